@@ -1,0 +1,29 @@
+/// Start-up of the native runtime, for scripts and the CLI.
+module MoFO.Runtime
+
+open TorchSharp
+
+/// Loads libtorch and TorchSharp's (patched) native bridge. Call once at the top of an .fsx script, before the first
+/// torch call: under `dotnet fsi` TorchSharp cannot find the bridge by itself. Idempotent.
+let init () = MoFO.Native.NativeLoader.EnsureLoaded()
+
+/// The result of the smoke test: y = sum(w * x), dy/dw = x.
+type SmokeResult = { Input: float32[]; Output: float32; Gradient: float32[]; SavedAndReloaded: bool }
+
+/// A tiny end-to-end check of the native stack: forward, backward, and a save/load round trip of a tensor.
+let smoke () =
+    init ()
+    use scope = torch.NewDisposeScope()
+    let x = torch.tensor([| 1.0f; 2.0f; 3.0f |])
+    let w = torch.tensor([| 0.5f; -1.0f; 2.0f |], requires_grad = true)
+    let y = (w * x).sum()
+    y.backward()
+    let grad = w.grad.data<float32>().ToArray()
+    let file = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"mofo-smoke-{System.Guid.NewGuid():N}.pt")
+    try
+        x.save(file) |> ignore
+        let back = torch.Tensor.load(file)
+        let same = back.eq(x).all().item<bool>()
+        { Input = x.data<float32>().ToArray(); Output = y.item<float32>(); Gradient = grad; SavedAndReloaded = same }
+    finally
+        if System.IO.File.Exists file then System.IO.File.Delete file

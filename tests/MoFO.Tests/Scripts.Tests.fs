@@ -1,0 +1,18 @@
+module MoFO.Tests.Scripts
+
+open System
+open System.IO
+open Expecto
+open MoFO.Tests.Fixtures
+
+[<Tests>]
+let tests =
+    testList "Scripts" [
+        test "Scripts.gradient: dotnet fsi scripts/gradient.fsx loads the fixed native library and prints a gradient" {
+            let dll = Path.Combine(repoRoot, "src", "MoFO.Dsl", "bin", "Release", "net10.0", "MoFO.Dsl.dll")
+            if not (File.Exists dll) then skiptestf "%s is not built (build in Release first: ./mofo info)" dll
+            let code, out, err = runProcess "dotnet" [ "fsi"; "--quiet"; "scripts/gradient.fsx" ] repoRoot (TimeSpan.FromMinutes 5.0)
+            Expect.equal code 0 $"script exit code; stderr: {err}"
+            Expect.stringContains out "gradient: [1; 2; 3]" "the gradient of sum(w * x) is x"
+        }
+    ]
