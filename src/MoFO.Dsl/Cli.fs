@@ -13,11 +13,13 @@ type InfoArgs =
 [<RequireQualifiedAccess>]
 type MofoArgs =
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
+    | [<CliPrefix(CliPrefix.None)>] Eval_Samples of ParseResults<EvalSamples.EvalSamplesArgs>
     | [<AltCommandLine("-d"); Inherit>] Data_Root of path: string
     interface IArgParserTemplate with
         member this.Usage =
             match this with
             | Info _ -> "print TorchSharp and libtorch versions, devices, threads, the data root and which real assets are present."
+            | Eval_Samples _ -> "score a samples file of generated code ({task_id, completion} jsonl) in the sandbox: pass@k."
             | Data_Root _ -> "the folder with the real models, tokenizers and datasets (default: $MOFO_DATA, else ../shared/data beside the repository)."
 
 let parser = ArgumentParser.Create<MofoArgs>(programName = "mofo")
@@ -33,9 +35,19 @@ let run (argv: string[]) =
         eprintfn "%s" e.Message
         2
     | Ok args ->
-        args.TryGetResult MofoArgs.Data_Root |> Option.iter (fun p -> MoFO.DataRoot.Override <- p)
+      args.TryGetResult MofoArgs.Data_Root |> Option.iter (fun p -> MoFO.DataRoot.Override <- p)
+      try
         match args.TryGetSubCommand() with
         | Some (MofoArgs.Info _) -> Info.run ()
+        | Some (MofoArgs.Eval_Samples a) -> EvalSamples.run a
         | _ ->
             eprintfn "%s" (parser.PrintUsage(message = "mofo: a subcommand is required."))
             2
+      with
+      // Errors in the user's input or environment: one clear line, no stack trace.
+      | :? MoFO.MissingAssetException as e -> eprintfn "mofo: %s" e.Message; 3
+      | :? MoFO.Data.DataFormatException as e -> eprintfn "mofo: %s" e.Message; 4
+      | :? System.IO.FileNotFoundException as e -> eprintfn "mofo: %s" e.Message; 3
+      | :? System.IO.DirectoryNotFoundException as e -> eprintfn "mofo: %s" e.Message; 3
+      | :? MoFO.Evaluation.SandboxUnavailableException as e -> eprintfn "mofo: %s" e.Message; 5
+      | :? System.ArgumentException as e -> eprintfn "mofo: %s" e.Message; 2

@@ -1,15 +1,4 @@
 module MoFO.Dsl.Program
 
-open System
-
 [<EntryPoint>]
-let main argv =
-    try
-        MoFO.Dsl.Cli.Main.run argv
-    with
-    | :? MoFO.MissingAssetException as e ->
-        eprintfn "mofo: %s" e.Message
-        3
-    | :? ArgumentException as e ->
-        eprintfn "mofo: %s" e.Message
-        2
+let main argv = MoFO.Dsl.Cli.Main.run argv
