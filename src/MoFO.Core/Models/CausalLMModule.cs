@@ -1,0 +1,103 @@
+using MoFO.Checkpoints;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace MoFO.Models;
+
+/// <summary>
+/// A decoder-only transformer with HF parameter names (<see cref="LlamaForCausalLM"/>, <see cref="GPTNeoXForCausalLM"/>).
+/// <see cref="Forward"/> maps token ids [B, T] to logits [B, T, V]; with a <see cref="KVCache"/> it continues from the
+/// cached positions. <c>attentionMask</c> [B, past + T] marks real tokens with 1 (left padding with 0).
+/// </summary>
+public abstract class CausalLMModule(string name) : nn.Module(name)
+{
+    public abstract ModelConfig Config { get; }
+
+    public abstract Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KVCache? cache = null);
+
+    public abstract KVCache CreateCache(long batch, long capacity);
+
+    /// <summary>The dtype of the parameters (float32 on CPU, bfloat16 on CUDA by default).</summary>
+    public ScalarType DType => parameters().First().dtype;
+
+    public Device Device => parameters().First().device;
+
+    /// <summary>Parameter names (HF checkpoint keys) and tensors.</summary>
+    public IReadOnlyDictionary<string, Tensor> StateDict() =>
+        named_parameters().ToDictionary(p => p.name, p => (Tensor)p.parameter);
+
+    /// <summary>Checkpoint keys that are not parameters but that HF checkpoints may carry (ignored on load).</summary>
+    protected virtual bool IsIgnorableKey(string key) => key.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal);
+
+    /// <summary>Copies checkpoint tensors into the parameters (converting dtype). Every parameter must be present with
+    /// its exact shape; unknown keys are an error. <paramref name="source"/> names the file(s) in errors.</summary>
+    public void LoadWeights(IReadOnlyDictionary<string, Tensor> tensors, string source)
+    {
+        var own = named_parameters().ToList();
+        var names = own.Select(p => p.name).ToHashSet();
+        var unknown = tensors.Keys.Where(k => !names.Contains(k) && !IsIgnorableKey(k)).OrderBy(k => k).ToList();
+        if (unknown.Count > 0)
+            throw CheckpointException.For(source, unknown[0],
+                $"unexpected tensor for a {Config.ModelType} model with this config ({unknown.Count} unexpected: {string.Join(", ", unknown.Take(5))})");
+        using var _ = torch.no_grad();
+        foreach (var (n, p) in own)
+        {
+            if (!tensors.TryGetValue(n, out var t))
+                throw CheckpointException.For(source, n, $"missing tensor (expected shape [{string.Join(", ", p.shape)}])");
+            if (!t.shape.SequenceEqual(p.shape))
+                throw CheckpointException.For(source, n, $"wrong shape [{string.Join(", ", t.shape)}], expected [{string.Join(", ", p.shape)}]");
+            p.copy_(t);
+        }
+    }
+
+    /// <summary>Random initialization as HF does: normal(0, initializer_range) for matrices and embeddings, ones for
+    /// norm weights, zeros for biases; reproducible from <paramref name="seed"/>.</summary>
+    public void InitializeWeights(long seed)
+    {
+        using var _ = torch.no_grad();
+        var g = new Generator((ulong)seed);
+        foreach (var (n, p) in named_parameters())
+        {
+            if (n.EndsWith(".bias", StringComparison.Ordinal)) p.zero_();
+            else if (p.dim() == 1) p.fill_(1.0);
+            else p.normal_(0.0, Config.InitializerRange, g);
+        }
+    }
+
+    /// <summary>Default position ids: from the attention mask (cumulative count of real tokens - 1) or past + arange(T).</summary>
+    protected static Tensor Positions(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, long past)
+    {
+        if (positionIds is not null) return positionIds;
+        var t = inputIds.shape[1];
+        if (attentionMask is not null)
+        {
+            var pos = attentionMask.to(ScalarType.Int64).cumsum(1) - 1;
+            return pos.clamp_min(0).narrow(1, attentionMask.shape[1] - t, t);
+        }
+        return torch.arange(past, past + t, dtype: ScalarType.Int64, device: inputIds.device).unsqueeze(0).expand(inputIds.shape[0], t);
+    }
+
+    /// <summary>The boolean attention mask [B or 1, 1, T, past + T]: causal, restricted to real keys; a padded query
+    /// still sees itself (so that no row is empty). Null when no mask is needed (one new token, no padding).</summary>
+    internal static Tensor? Mask(Tensor? attentionMask, long t, long past, Device device)
+    {
+        var total = past + t;
+        if (attentionMask is null && t == 1) return null;
+        var q = torch.arange(past, total, dtype: ScalarType.Int64, device: device).unsqueeze(1);
+        var k = torch.arange(0, total, dtype: ScalarType.Int64, device: device).unsqueeze(0);
+        var causal = k.le(q);
+        if (attentionMask is null) return causal.unsqueeze(0).unsqueeze(0);
+        if (attentionMask.shape[1] != total)
+            throw new ArgumentException($"attention mask covers {attentionMask.shape[1]} positions, expected past {past} + new {t}");
+        var keys = attentionMask.to(ScalarType.Bool).unsqueeze(1).unsqueeze(1);   // [B,1,1,total]
+        return causal.unsqueeze(0).unsqueeze(0).logical_and(keys.logical_or(k.eq(q).unsqueeze(0).unsqueeze(0)));
+    }
+
+    internal static Tensor Attend(Tensor q, Tensor k, Tensor v, Tensor? mask)
+    {
+        var rep = q.shape[1] / k.shape[1];
+        if (rep > 1) { k = k.repeat_interleave(rep, 1); v = v.repeat_interleave(rep, 1); }
+        return nn.functional.scaled_dot_product_attention(q, k, v, mask, 0.0, false);
+    }
+}

@@ -1,0 +1,157 @@
+using MoFO.Checkpoints;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace MoFO.Models;
+
+/// <summary>RMSNorm computed in float32 and cast back: weight * (x / sqrt(mean(x²) + eps)).</summary>
+public sealed class LlamaRMSNorm : nn.Module<Tensor, Tensor>
+{
+    readonly Parameter weight;
+    readonly double eps;
+
+    public LlamaRMSNorm(long dim, double eps) : base(nameof(LlamaRMSNorm))
+    {
+        weight = new Parameter(torch.ones(dim));
+        this.eps = eps;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        var x32 = x.to(ScalarType.Float32);
+        var normed = x32 * (x32.pow(2).mean([-1L], keepdim: true) + eps).rsqrt();
+        return weight * normed.to(x.dtype);
+    }
+}
+
+/// <summary>Grouped-query self-attention with rotary embeddings (HF <c>LlamaAttention</c>).</summary>
+public sealed class LlamaAttention : nn.Module
+{
+    readonly Linear q_proj, k_proj, v_proj, o_proj;
+    readonly int heads, kvHeads, headDim;
+
+    public LlamaAttention(LlamaConfig c) : base(nameof(LlamaAttention))
+    {
+        heads = c.NumAttentionHeads; kvHeads = c.NumKeyValueHeads; headDim = c.HeadDim;
+        q_proj = nn.Linear(c.HiddenSize, heads * headDim, hasBias: c.AttentionBias);
+        k_proj = nn.Linear(c.HiddenSize, kvHeads * headDim, hasBias: c.AttentionBias);
+        v_proj = nn.Linear(c.HiddenSize, kvHeads * headDim, hasBias: c.AttentionBias);
+        o_proj = nn.Linear(heads * headDim, c.HiddenSize, hasBias: c.AttentionBias);
+        RegisterComponents();
+    }
+
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KVCache? cache, int layer)
+    {
+        var (b, t) = (x.shape[0], x.shape[1]);
+        var q = q_proj.forward(x).view(b, t, heads, headDim).transpose(1, 2);
+        var k = k_proj.forward(x).view(b, t, kvHeads, headDim).transpose(1, 2);
+        var v = v_proj.forward(x).view(b, t, kvHeads, headDim).transpose(1, 2);
+        q = Rotary.Apply(q, cos, sin);
+        k = Rotary.Apply(k, cos, sin);
+        if (cache is not null) (k, v) = cache.Update(layer, k, v);
+        var o = CausalLMModule.Attend(q, k, v, mask);
+        return o_proj.forward(o.transpose(1, 2).reshape(b, t, heads * headDim));
+    }
+}
+
+/// <summary>SwiGLU MLP: down(silu(gate(x)) * up(x)).</summary>
+public sealed class LlamaMLP : nn.Module<Tensor, Tensor>
+{
+    readonly Linear gate_proj, up_proj, down_proj;
+
+    public LlamaMLP(LlamaConfig c) : base(nameof(LlamaMLP))
+    {
+        gate_proj = nn.Linear(c.HiddenSize, c.IntermediateSize, hasBias: c.MlpBias);
+        up_proj = nn.Linear(c.HiddenSize, c.IntermediateSize, hasBias: c.MlpBias);
+        down_proj = nn.Linear(c.IntermediateSize, c.HiddenSize, hasBias: c.MlpBias);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) =>
+        down_proj.forward(nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x));
+}
+
+public sealed class LlamaDecoderLayer : nn.Module
+{
+    readonly LlamaAttention self_attn;
+    readonly LlamaMLP mlp;
+    readonly LlamaRMSNorm input_layernorm, post_attention_layernorm;
+
+    public LlamaDecoderLayer(LlamaConfig c) : base(nameof(LlamaDecoderLayer))
+    {
+        self_attn = new LlamaAttention(c);
+        mlp = new LlamaMLP(c);
+        input_layernorm = new LlamaRMSNorm(c.HiddenSize, c.RmsNormEps);
+        post_attention_layernorm = new LlamaRMSNorm(c.HiddenSize, c.RmsNormEps);
+        RegisterComponents();
+    }
+
+    public Tensor Forward(Tensor h, Tensor cos, Tensor sin, Tensor? mask, KVCache? cache, int layer)
+    {
+        h = h + self_attn.Forward(input_layernorm.forward(h), cos, sin, mask, cache, layer);
+        return h + mlp.forward(post_attention_layernorm.forward(h));
+    }
+}
+
+/// <summary>HF <c>LlamaModel</c>: <c>embed_tokens</c>, <c>layers</c>, <c>norm</c>.</summary>
+public sealed class LlamaModel : nn.Module
+{
+    internal readonly Embedding embed_tokens;
+    internal readonly ModuleList<LlamaDecoderLayer> layers;
+    internal readonly LlamaRMSNorm norm;
+
+    public LlamaModel(LlamaConfig c) : base(nameof(LlamaModel))
+    {
+        embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize);
+        layers = new ModuleList<LlamaDecoderLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(_ => new LlamaDecoderLayer(c)).ToArray());
+        norm = new LlamaRMSNorm(c.HiddenSize, c.RmsNormEps);
+        RegisterComponents();
+    }
+}
+
+/// <summary>
+/// HF <c>LlamaForCausalLM</c>: parameter names <c>model.embed_tokens.weight</c>, <c>model.layers.{i}.self_attn.{q,k,v,o}_proj.weight</c>,
+/// <c>model.layers.{i}.mlp.{gate,up,down}_proj.weight</c>, <c>model.layers.{i}.{input,post_attention}_layernorm.weight</c>,
+/// <c>model.norm.weight</c> and <c>lm_head.weight</c> (absent when the embeddings are tied, as in HF checkpoints).
+/// </summary>
+public sealed class LlamaForCausalLM : CausalLMModule
+{
+    readonly LlamaModel model;
+    readonly Linear? lm_head;
+    readonly LlamaConfig config;
+    readonly Rotary rotary;
+
+    public LlamaForCausalLM(LlamaConfig config) : base(nameof(LlamaForCausalLM))
+    {
+        this.config = config;
+        model = new LlamaModel(config);
+        if (!config.TieWordEmbeddings) lm_head = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false);
+        rotary = new Rotary(config.HeadDim, config.RopeTheta, config.RopeScaling, config.MaxPositionEmbeddings);
+        RegisterComponents();
+    }
+
+    public override ModelConfig Config => config;
+    public LlamaConfig LlamaConfig => config;
+
+    protected override bool IsIgnorableKey(string key) =>
+        base.IsIgnorableKey(key) || (config.TieWordEmbeddings && key == "lm_head.weight");
+
+    public override KVCache CreateCache(long batch, long capacity) =>
+        new(config.NumHiddenLayers, batch, config.NumKeyValueHeads, capacity, config.HeadDim, DType, Device);
+
+    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KVCache? cache = null)
+    {
+        var past = cache?.Length ?? 0;
+        var t = inputIds.shape[1];
+        var pos = Positions(inputIds, attentionMask, positionIds, past);
+        var h = model.embed_tokens.forward(inputIds);
+        var (cos, sin) = rotary.Tables(pos, h.dtype);
+        var mask = CausalLMModule.Mask(attentionMask, t, past, h.device);
+        for (var i = 0; i < model.layers.Count; i++) h = model.layers[i].Forward(h, cos, sin, mask, cache, i);
+        cache?.Advance(t);
+        h = model.norm.forward(h);
+        return lm_head is not null ? lm_head.forward(h) : nn.functional.linear(h, model.embed_tokens.weight!);
+    }
+}
