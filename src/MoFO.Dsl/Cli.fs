@@ -13,12 +13,14 @@ type InfoArgs =
 [<RequireQualifiedAccess>]
 type MofoArgs =
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
+    | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<Eval.EvalArgs>
     | [<CliPrefix(CliPrefix.None)>] Eval_Samples of ParseResults<EvalSamples.EvalSamplesArgs>
     | [<AltCommandLine("-d"); Inherit>] Data_Root of path: string
     interface IArgParserTemplate with
         member this.Usage =
             match this with
             | Info _ -> "print TorchSharp and libtorch versions, devices, threads, the data root and which real assets are present."
+            | Eval _ -> "evaluate a model on a benchmark (mmlu, arc-easy, arc-challenge, hellaswag, mc, gsm8k, humaneval) or a forgetting measure (perplexity, pretrain-proxy, story-cloze)."
             | Eval_Samples _ -> "score a samples file of generated code ({task_id, completion} jsonl) in the sandbox: pass@k."
             | Data_Root _ -> "the folder with the real models, tokenizers and datasets (default: $MOFO_DATA, else ../shared/data beside the repository)."
 
@@ -39,6 +41,7 @@ let run (argv: string[]) =
       try
         match args.TryGetSubCommand() with
         | Some (MofoArgs.Info _) -> Info.run ()
+        | Some (MofoArgs.Eval a) -> Eval.run a
         | Some (MofoArgs.Eval_Samples a) -> EvalSamples.run a
         | _ ->
             eprintfn "%s" (parser.PrintUsage(message = "mofo: a subcommand is required."))
@@ -47,6 +50,7 @@ let run (argv: string[]) =
       // Errors in the user's input or environment: one clear line, no stack trace.
       | :? MoFO.MissingAssetException as e -> eprintfn "mofo: %s" e.Message; 3
       | :? MoFO.Data.DataFormatException as e -> eprintfn "mofo: %s" e.Message; 4
+      | :? MoFO.Checkpoints.CheckpointException as e -> eprintfn "mofo: %s" e.Message; 4
       | :? System.IO.FileNotFoundException as e -> eprintfn "mofo: %s" e.Message; 3
       | :? System.IO.DirectoryNotFoundException as e -> eprintfn "mofo: %s" e.Message; 3
       | :? MoFO.Evaluation.SandboxUnavailableException as e -> eprintfn "mofo: %s" e.Message; 5

@@ -61,7 +61,7 @@ public static class Mmlu
                 if (gold < 0) throw new DataFormatException(path, line, $"answer '{answer}' must be one of A, B, C, D");
             }
             var choices = f[1..5];
-            items.Add(new McItem($"{subject}/{items.Count}", FormatQuestion(f[0], choices), Letters, gold, Description(subject), subject));
+            items.Add(new McItem($"{Path.GetFileNameWithoutExtension(path)}/{items.Count}", FormatQuestion(f[0], choices), Letters, gold, Description(subject), subject));
         }
         return items;
     }
