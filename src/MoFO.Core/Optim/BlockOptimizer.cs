@@ -65,6 +65,8 @@ public abstract class BlockOptimizer : IDisposable
         rule ??= BlockRule.Default;
         TrackTouched = trackTouched;
         var seen = new HashSet<IntPtr>();
+        if (_groups.All(g => g.Parameters.Count == 0))
+            throw new ArgumentException("parameters: the optimizer got an empty parameter list", nameof(groups));
         for (int gi = 0; gi < _groups.Count; gi++)
         {
             var g = _groups[gi];

@@ -108,11 +108,15 @@ public static class AdamOps
                             double eps, double weightDecay, double step, double sqrtBc2, Selection sel, long k, Tensor? randomMask)
     {
         using var scope = NewDisposeScope();
-        if (weightDecay != 0) p.mul_(1 - lr * weightDecay);
-        m.mul_(beta1).add_(g, alpha: 1 - beta1);
-        v.mul_(beta2).addcmul_(g, g, value: 1 - beta2);
+        // Scalars held in locals: TorchSharp's implicit conversions can be finalized during the native call.
+        using Scalar decay = (1 - lr * weightDecay).ToScalar(), b1 = beta1.ToScalar(), ob1 = (1 - beta1).ToScalar(),
+                     b2 = beta2.ToScalar(), ob2 = (1 - beta2).ToScalar(), sb = sqrtBc2.ToScalar(), ep = eps.ToScalar(),
+                     ns = (-step).ToScalar();
+        if (weightDecay != 0) p.mul_(decay);
+        m.mul_(b1).add_(g, alpha: ob1);
+        v.mul_(b2).addcmul_(g, g, value: ob2);
         if (sel != Selection.All && k == 0) return 0;
-        var denom = (v.sqrt() / sqrtBc2).add_(eps);
+        var denom = v.sqrt().div_(sb).add_(ep);
         Tensor? mask = sel switch
         {
             Selection.All => null,
@@ -122,7 +126,7 @@ public static class AdamOps
             _ => throw new ArgumentException($"unknown selection {sel}", nameof(sel)),
         };
         var num = mask is null ? m : m.mul(mask);
-        p.addcdiv_(num, denom, value: -step);
+        p.addcdiv_(num, denom, value: ns);
         if (touched is not null)
         {
             if (mask is null) touched.fill_(1);

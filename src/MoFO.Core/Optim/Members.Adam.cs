@@ -126,7 +126,7 @@ public sealed class RandomizedBCD : MaskedAdam
 /// <summary>
 /// HFT (Hui et al. 2024), as the third-party reimplementations do it: in each transformer layer (a name with
 /// ".&lt;number&gt;."), half of the blocks of each kind are frozen for the whole run — attention (names with "attn"/
-/// "attention"), MLP ("mlp"/"ffn"/"feed_forward"), norms ("norm"/"ln"), others — rounding an odd half up or down
+/// "attention"), MLP ("mlp"/"ffn"/"feed_forward"), norms (names with "norm"/".ln", checked first), others — rounding an odd half up or down
 /// by a fair coin; embeddings, the head and blocks outside layers stay trainable. Trainable blocks take AdamW.
 /// The choice is drawn from <paramref name="seed"/>.
 /// </summary>
@@ -158,9 +158,9 @@ public sealed class HFT : MaskedAdam
     public static string Category(string name)
     {
         var n = name.ToLowerInvariant();
+        if (n.Contains("norm") || n.Contains(".ln")) return "norm";
         if (n.Contains("attn") || n.Contains("attention")) return "attention";
         if (n.Contains("mlp") || n.Contains("ffn") || n.Contains("feed_forward")) return "mlp";
-        if (n.Contains("norm") || n.Contains(".ln")) return "norm";
         return "other";
     }
 

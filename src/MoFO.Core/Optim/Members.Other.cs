@@ -25,13 +25,14 @@ public sealed class GDMoFO : BlockOptimizer
     protected override void StepBlock(Block b, ParamGroup group, Tensor grad)
     {
         var p = b.Parameter;
-        if (group.WeightDecay != 0) p.mul_(1 - group.LearningRate * group.WeightDecay);
+        using Scalar decay = (1 - group.LearningRate * group.WeightDecay).ToScalar(), nlr = (-group.LearningRate).ToScalar();
+        if (group.WeightDecay != 0) p.mul_(decay);
         long k = b.Kind == BlockKind.Filtered ? SelectedCount(b.Numel, group.Alpha) : b.Numel;
         b.LastUpdated = k;
-        if (k == b.Numel) { p.add_(grad, alpha: -group.LearningRate); MarkTouched(b, null); return; }
+        if (k == b.Numel) { p.add_(grad, alpha: nlr); MarkTouched(b, null); return; }
         if (k == 0) return;
         var mask = AdamOps.TopKMask(grad, k);
-        p.add_(grad.mul(mask), alpha: -group.LearningRate);
+        p.add_(grad.mul(mask), alpha: nlr);
         MarkTouched(b, mask);
     }
 }
@@ -64,10 +65,12 @@ public sealed class Lion : BlockOptimizer
     protected override void StepBlock(Block b, ParamGroup group, Tensor grad)
     {
         var p = b.Parameter; var m = b._moments[0];
-        if (group.WeightDecay != 0) p.mul_(1 - group.LearningRate * group.WeightDecay);
-        var c = m.mul(Beta1).add_(grad, alpha: 1 - Beta1);
-        p.add_(c.sign_(), alpha: -group.LearningRate);
-        m.mul_(Beta2).add_(grad, alpha: 1 - Beta2);
+        using Scalar decay = (1 - group.LearningRate * group.WeightDecay).ToScalar(), nlr = (-group.LearningRate).ToScalar(),
+                     b1 = Beta1.ToScalar(), ob1 = (1 - Beta1).ToScalar(), b2 = Beta2.ToScalar(), ob2 = (1 - Beta2).ToScalar();
+        if (group.WeightDecay != 0) p.mul_(decay);
+        var c = m.mul(b1).add_(grad, alpha: ob1);
+        p.add_(c.sign_(), alpha: nlr);
+        m.mul_(b2).add_(grad, alpha: ob2);
         b.LastUpdated = b.Numel;
         MarkTouched(b, null);
     }

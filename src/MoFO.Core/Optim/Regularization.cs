@@ -1,7 +1,14 @@
 using TorchSharp;
 using static TorchSharp.torch;
+using static MoFO.Optim.TensorMath;
 
 namespace MoFO.Optim;
+
+internal static class TensorMath
+{
+    /// <summary>Σ d² (without square(), whose implicit Scalar TorchSharp may finalize mid-call).</summary>
+    public static Tensor SumSq(Tensor d) => (d * d).sum();
+}
 
 /// <summary>A copy of parameters at one moment (the pretrained weights θ0), and distances to it.</summary>
 public sealed class ParameterSnapshot : IDisposable
@@ -28,7 +35,7 @@ public sealed class ParameterSnapshot : IDisposable
         using var scope = NewDisposeScope();
         double sum = 0;
         for (int i = 0; i < _params.Length; i++)
-            sum += (_params[i] - _initial[i]).to(ScalarType.Float64).square().sum().item<double>();
+            sum += SumSq((_params[i] - _initial[i]).to(ScalarType.Float64)).item<double>();
         return Math.Sqrt(sum);
     }
 
@@ -37,7 +44,7 @@ public sealed class ParameterSnapshot : IDisposable
     {
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
-        return _params.Select((p, i) => Math.Sqrt((p - _initial[i]).to(ScalarType.Float64).square().sum().item<double>())).ToArray();
+        return _params.Select((p, i) => Math.Sqrt(SumSq((p - _initial[i]).to(ScalarType.Float64)).item<double>())).ToArray();
     }
 
     public void Dispose() { foreach (var t in _initial) t.Dispose(); }
@@ -71,7 +78,8 @@ public sealed class L1ToPretrained : ILossTerm, IDisposable
             var t = (Snapshot.Parameters[i] - Snapshot.Initial[i]).abs().sum();
             total = total is null ? t : total + t;
         }
-        return total! * Lambda;
+        using Scalar lambda = Lambda.ToScalar();
+        return total!.mul(lambda);
     }
 
     public void Dispose() => Snapshot.Dispose();
@@ -94,10 +102,11 @@ public sealed class L2ToPretrained : ILossTerm, IDisposable
         Tensor? total = null;
         for (int i = 0; i < Snapshot.Parameters.Count; i++)
         {
-            var t = (Snapshot.Parameters[i] - Snapshot.Initial[i]).square().sum();
+            var t = SumSq(Snapshot.Parameters[i] - Snapshot.Initial[i]);
             total = total is null ? t : total + t;
         }
-        return total! * Lambda;
+        using Scalar lambda = Lambda.ToScalar();
+        return total!.mul(lambda);
     }
 
     public void Dispose() => Snapshot.Dispose();
