@@ -1,0 +1,369 @@
+using System.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace MoFO.Optim;
+
+/// <summary>One parameter tensor as the optimizer sees it, with its state.</summary>
+public sealed class Block
+{
+    internal Block(int index, string name, Tensor parameter, int group, BlockKind kind)
+    {
+        Index = index; Name = name; Parameter = parameter; Group = group; Kind = kind; Numel = parameter.numel();
+    }
+
+    public int Index { get; }
+    public string Name { get; }
+    public Tensor Parameter { get; }
+    /// <summary>The index of the parameter group the block belongs to.</summary>
+    public int Group { get; }
+    /// <summary>Filtered, Dense or Frozen (resolved; never Auto).</summary>
+    public BlockKind Kind { get; internal set; }
+    public long Numel { get; }
+    /// <summary>The number of steps this block has taken (blocks without a gradient are skipped, as in PyTorch).</summary>
+    public long Step { get; internal set; }
+    /// <summary>Entries that received the update in the last step that touched this block.</summary>
+    public long LastUpdated { get; internal set; }
+    /// <summary>The optimizer's moment tensors (Adam: exp_avg, exp_avg_sq; Lion: exp_avg; GD: none).</summary>
+    public IReadOnlyList<Tensor> Moments => _moments;
+    internal Tensor[] _moments = Array.Empty<Tensor>();
+    /// <summary>A byte per entry, 1 once the entry has received an update (only when touch tracking is on).</summary>
+    public Tensor? Touched { get; internal set; }
+}
+
+/// <summary>Per-step diagnostics of one block.</summary>
+/// <param name="UpdatedFraction">entries that received the update in the last step ÷ numel (weight decay, which
+/// scales every entry, is not counted).</param>
+/// <param name="TouchedFraction">entries ever updated ÷ numel; null unless touch tracking is on.</param>
+public sealed record BlockStats(string Name, BlockKind Kind, long Numel, long Updated, double UpdatedFraction, double? TouchedFraction);
+
+/// <summary>
+/// The base of the family: parameter groups, blocks, a step loop under <c>no_grad</c> and a dispose scope, state
+/// save/load (to a dictionary of tensors, or atomically to a file) and diagnostics. Members override
+/// <see cref="StepBlock"/>.
+/// </summary>
+public abstract class BlockOptimizer : IDisposable
+{
+    readonly List<ParamGroup> _groups;
+    readonly List<Block> _blocks = new();
+
+    /// <param name="groups">the parameter groups.</param>
+    /// <param name="lr">default learning rate of groups that do not set one.</param>
+    /// <param name="weightDecay">default decoupled weight decay.</param>
+    /// <param name="alpha">default update fraction (members that do not filter ignore it).</param>
+    /// <param name="rule">decides Filtered/Dense for groups whose kind is Auto (default: <see cref="BlockRule.Default"/>).</param>
+    /// <param name="trackTouched">keep a byte mask per block of the entries ever updated (costs a byte per entry).</param>
+    /// <param name="moments">how many moment tensors per block the member keeps.</param>
+    protected BlockOptimizer(IEnumerable<ParamGroup> groups, double lr, double weightDecay, double alpha,
+                             Func<string, Tensor, BlockKind>? rule, bool trackTouched, int moments)
+    {
+        Validate.LearningRate(lr);
+        Validate.WeightDecay(weightDecay);
+        Validate.Alpha(alpha);
+        _groups = groups?.ToList() ?? throw new ArgumentException("parameters: null", nameof(groups));
+        if (_groups.Count == 0) throw new ArgumentException("parameters: the optimizer got an empty parameter list", nameof(groups));
+        rule ??= BlockRule.Default;
+        TrackTouched = trackTouched;
+        var seen = new HashSet<IntPtr>();
+        if (_groups.All(g => g.Parameters.Count == 0))
+            throw new ArgumentException("parameters: the optimizer got an empty parameter list", nameof(groups));
+        for (int gi = 0; gi < _groups.Count; gi++)
+        {
+            var g = _groups[gi];
+            g.LearningRate = Validate.LearningRate(g.LearningRateOption ?? lr, $"lr (group {gi})");
+            g.InitialLearningRate = g.LearningRate;
+            g.WeightDecay = Validate.WeightDecay(g.WeightDecayOption ?? weightDecay, $"weight_decay (group {gi})");
+            g.Alpha = Validate.Alpha(g.AlphaOption ?? alpha, $"alpha (group {gi})");
+            for (int j = 0; j < g.Parameters.Count; j++)
+            {
+                var p = g.Parameters[j];
+                if (p is null) throw new ArgumentException($"parameters: group {gi} holds a null tensor at {j}", nameof(groups));
+                if (!p.is_floating_point())
+                    throw new ArgumentException($"parameters: {g.Names[j]} has dtype {p.dtype}; only floating-point tensors can be optimized", nameof(groups));
+                if (!seen.Add(p.Handle))
+                    throw new ArgumentException($"parameters: {g.Names[j]} appears more than once", nameof(groups));
+                var kind = g.Kind == BlockKind.Auto ? rule(g.Names[j], p) : g.Kind;
+                if (kind == BlockKind.Auto) kind = BlockKind.Dense;
+                var b = new Block(_blocks.Count, g.Names[j], p, gi, kind);
+                b._moments = Enumerable.Range(0, moments).Select(_ => zeros_like(p).DetachFromDisposeScope()).ToArray();
+                if (trackTouched) b.Touched = zeros(p.shape, ScalarType.Byte, p.device).DetachFromDisposeScope();
+                _blocks.Add(b);
+            }
+        }
+    }
+
+    /// <summary>One group of (name, parameter) pairs, as <c>module.named_parameters()</c> returns them.</summary>
+    protected static IEnumerable<ParamGroup> OneGroup(IEnumerable<(string name, TorchSharp.Modules.Parameter parameter)> named)
+        => new[] { new ParamGroup(named) };
+
+    /// <summary>One group of unnamed tensors.</summary>
+    protected static IEnumerable<ParamGroup> OneGroup(IEnumerable<Tensor> parameters)
+        => new[] { new ParamGroup(parameters) };
+
+    public IReadOnlyList<ParamGroup> ParamGroups => _groups;
+    public IReadOnlyList<Block> Blocks => _blocks;
+    /// <summary>Calls of <see cref="step"/> so far.</summary>
+    public long StepCount { get; private set; }
+    public bool TrackTouched { get; }
+
+    /// <summary>The learning rate of the first group (all groups, when set).</summary>
+    public double LearningRate
+    {
+        get => _groups[0].LearningRate;
+        set { foreach (var g in _groups) g.LearningRate = value; }
+    }
+
+    /// <summary>Clears the gradients (sets them to zero, as TorchSharp's optimizers do).</summary>
+    public void zero_grad()
+    {
+        foreach (var b in _blocks)
+        {
+            using var g = b.Parameter.grad;
+            if (g is not null) { g.detach_(); g.zero_(); }
+        }
+    }
+
+    /// <summary>One optimizer step over every block that has a gradient.</summary>
+    public void step()
+    {
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        StepCount++;
+        BeginStep();
+        foreach (var b in _blocks)
+        {
+            if (b.Kind == BlockKind.Frozen) { b.LastUpdated = 0; continue; }
+            var grad = b.Parameter.grad;
+            if (grad is null) { b.LastUpdated = 0; continue; }
+            b.Step++;
+            StepBlock(b, _groups[b.Group], grad);
+        }
+    }
+
+    /// <summary>Called once per step before the blocks (e.g. to draw random numbers in a fixed order).</summary>
+    protected virtual void BeginStep() { }
+
+    /// <summary>Updates one block in place; must set <see cref="Block.LastUpdated"/> and the touched mask.</summary>
+    protected abstract void StepBlock(Block block, ParamGroup group, Tensor grad);
+
+    /// <summary>
+    /// The number of entries a filtered block updates: k = ⌊α·numel⌋, computed so that products that are integers in
+    /// exact arithmetic (α = 0.29, numel = 100 → 29) are not cut down by binary rounding. k = 0 (a block smaller than
+    /// 1/α) means the block gets no filtered update in that step (its moments still advance).
+    /// </summary>
+    public static long SelectedCount(long numel, double alpha)
+    {
+        var x = alpha * numel;
+        var k = (long)Math.Floor(x);
+        if (k + 1 <= numel && (k + 1) - x <= 1e-9 * Math.Max(1.0, x)) k++;
+        return Math.Clamp(k, 0, numel);
+    }
+
+    // ---------------------------------------------------------------- state
+
+    /// <summary>Extra state of the member (e.g. an RNG state), saved beside the blocks' moments.</summary>
+    protected virtual IEnumerable<(string key, Tensor value)> ExtraState() => Array.Empty<(string, Tensor)>();
+    /// <summary>Restores what <see cref="ExtraState"/> saved.</summary>
+    protected virtual void LoadExtraState(IReadOnlyDictionary<string, Tensor> state) { }
+
+    /// <summary>
+    /// The optimizer state as CPU tensors (copies), so that a trainer checkpoint can embed it: the step counters, each
+    /// block's moments and touched mask, each group's learning rate, and the member's extra state.
+    /// </summary>
+    public Dictionary<string, Tensor> state_dict()
+    {
+        using var noGrad = no_grad();
+        var d = new Dictionary<string, Tensor>
+        {
+            ["step"] = tensor(StepCount),
+        };
+        for (int gi = 0; gi < _groups.Count; gi++)
+            d[$"group.{gi}.lr"] = tensor(_groups[gi].LearningRate, ScalarType.Float64);
+        foreach (var b in _blocks)
+        {
+            d[$"block.{b.Index}.step"] = tensor(b.Step);
+            for (int i = 0; i < b._moments.Length; i++) d[$"block.{b.Index}.moment{i}"] = b._moments[i].cpu().clone();
+            if (b.Touched is not null) d[$"block.{b.Index}.touched"] = b.Touched.cpu().clone();
+        }
+        foreach (var (k, v) in ExtraState()) d[k] = v.cpu().clone();
+        return d;
+    }
+
+    /// <summary>Restores a state from <see cref="state_dict"/>; throws <see cref="ArgumentException"/> naming a missing or
+    /// mismatched entry.</summary>
+    public void load_state_dict(IReadOnlyDictionary<string, Tensor> state)
+    {
+        using var noGrad = no_grad();
+        Tensor Get(string key)
+            => state.TryGetValue(key, out var t) ? t
+               : throw new ArgumentException($"optimizer state: the entry '{key}' is missing (was it saved by a different optimizer or parameter list?)", nameof(state));
+        StepCount = Get("step").item<long>();
+        for (int gi = 0; gi < _groups.Count; gi++) _groups[gi].LearningRate = Get($"group.{gi}.lr").item<double>();
+        foreach (var b in _blocks)
+        {
+            b.Step = Get($"block.{b.Index}.step").item<long>();
+            for (int i = 0; i < b._moments.Length; i++)
+            {
+                var src = Get($"block.{b.Index}.moment{i}");
+                if (!src.shape.SequenceEqual(b._moments[i].shape) || src.dtype != b._moments[i].dtype)
+                    throw new ArgumentException($"optimizer state: block.{b.Index}.moment{i} ({b.Name}) has shape [{string.Join(",", src.shape)}] {src.dtype}, the parameter needs [{string.Join(",", b._moments[i].shape)}] {b._moments[i].dtype}", nameof(state));
+                b._moments[i].copy_(src);
+            }
+            if (b.Touched is not null)
+            {
+                if (state.TryGetValue($"block.{b.Index}.touched", out var tm)) b.Touched.copy_(tm);
+                else b.Touched.zero_();
+            }
+        }
+        LoadExtraState(state);
+    }
+
+    const string Magic = "MOFO-OPTIM-STATE-1";
+
+    /// <summary>Saves the state to a file atomically (a temporary file beside it, then a rename).</summary>
+    public void Save(string path)
+    {
+        var full = Path.GetFullPath(path);
+        var dir = Path.GetDirectoryName(full)!;
+        Directory.CreateDirectory(dir);
+        var tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        var state = state_dict();
+        try
+        {
+            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write))
+            using (var w = new BinaryWriter(fs, Encoding.UTF8))
+            {
+                w.Write(Magic);
+                w.Write(GetType().Name);
+                w.Write(state.Count);
+                foreach (var (k, t) in state.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+                {
+                    w.Write(k);
+                    TensorIO.Write(w, t);
+                }
+                w.Flush();
+                fs.Flush(true);
+            }
+            File.Move(tmp, full, overwrite: true);
+        }
+        finally
+        {
+            if (File.Exists(tmp)) File.Delete(tmp);
+            foreach (var t in state.Values) t.Dispose();
+        }
+    }
+
+    /// <summary>Loads a state saved by <see cref="Save"/>.</summary>
+    public void Load(string path)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"optimizer state file not found: {path}", path);
+        var state = new Dictionary<string, Tensor>();
+        try
+        {
+            using (var fs = File.OpenRead(path))
+            using (var r = new BinaryReader(fs, Encoding.UTF8))
+            {
+                string magic;
+                try { magic = r.ReadString(); } catch (Exception) { magic = ""; }
+                if (magic != Magic) throw new ArgumentException($"{path} is not a MoFO.NET optimizer state file", nameof(path));
+                var kind = r.ReadString();
+                if (kind != GetType().Name)
+                    throw new ArgumentException($"{path} holds the state of a {kind} optimizer; this is a {GetType().Name}", nameof(path));
+                var n = r.ReadInt32();
+                for (int i = 0; i < n; i++) { var k = r.ReadString(); state[k] = TensorIO.Read(r); }
+            }
+            load_state_dict(state);
+        }
+        finally
+        {
+            foreach (var t in state.Values) t.Dispose();
+        }
+    }
+
+    // ---------------------------------------------------------------- diagnostics
+
+    /// <summary>Per-block diagnostics of the last step.</summary>
+    public IReadOnlyList<BlockStats> Diagnostics()
+    {
+        using var noGrad = no_grad();
+        return _blocks.Select(b =>
+        {
+            double? touched = null;
+            if (b.Touched is not null)
+            {
+                using var s = b.Touched.sum(ScalarType.Int64);
+                touched = b.Numel == 0 ? 0.0 : s.item<long>() / (double)b.Numel;
+            }
+            return new BlockStats(b.Name, b.Kind, b.Numel, b.LastUpdated,
+                                  b.Numel == 0 ? 0.0 : b.LastUpdated / (double)b.Numel, touched);
+        }).ToList();
+    }
+
+    /// <summary>Entries updated in the last step ÷ all entries.</summary>
+    public double UpdatedFraction()
+    {
+        long total = _blocks.Sum(b => b.Numel);
+        return total == 0 ? 0 : _blocks.Sum(b => b.LastUpdated) / (double)total;
+    }
+
+    /// <summary>Entries ever updated ÷ all entries (needs touch tracking).</summary>
+    public double TouchedFraction()
+    {
+        if (!TrackTouched) throw new InvalidOperationException("TouchedFraction needs the optimizer built with trackTouched = true");
+        using var noGrad = no_grad();
+        long total = 0, touched = 0;
+        foreach (var b in _blocks)
+        {
+            total += b.Numel;
+            using var s = b.Touched!.sum(ScalarType.Int64);
+            touched += s.item<long>();
+        }
+        return total == 0 ? 0 : touched / (double)total;
+    }
+
+    protected static void MarkTouched(Block b, Tensor? mask)
+    {
+        if (b.Touched is null) return;
+        if (mask is null) b.Touched.fill_(1);
+        else b.Touched.bitwise_or_(mask.to(ScalarType.Byte).view(b.Touched.shape));
+    }
+
+    public virtual void Dispose()
+    {
+        foreach (var b in _blocks)
+        {
+            foreach (var m in b._moments) m.Dispose();
+            b.Touched?.Dispose();
+        }
+        GC.SuppressFinalize(this);
+    }
+}
+
+/// <summary>A raw, self-describing tensor encoding for the optimizer state file.</summary>
+internal static class TensorIO
+{
+    public static void Write(BinaryWriter w, Tensor t)
+    {
+        using var c = t.cpu().contiguous();
+        w.Write((int)c.dtype);
+        w.Write(c.dim());
+        foreach (var s in c.shape) w.Write(s);
+        var bytes = c.bytes;
+        w.Write((long)bytes.Length);
+        w.Write(bytes);
+    }
+
+    public static Tensor Read(BinaryReader r)
+    {
+        var dtype = (ScalarType)r.ReadInt32();
+        var nd = r.ReadInt64();
+        var shape = new long[nd];
+        for (int i = 0; i < nd; i++) shape[i] = r.ReadInt64();
+        var len = r.ReadInt64();
+        var t = empty(shape, dtype);
+        var data = r.ReadBytes(checked((int)len));
+        if (data.Length != len) throw new EndOfStreamException("optimizer state file is truncated");
+        data.AsSpan().CopyTo(t.bytes);
+        return t;
+    }
+}
