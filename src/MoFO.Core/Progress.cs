@@ -32,6 +32,9 @@ public sealed class ConsoleProgress : IDisposable
 
     public long Done => Interlocked.Read(ref _done);
 
+    /// <summary>Extra text shown after the counts (e.g. the current loss).</summary>
+    public string? Status { get; set; }
+
     public void Advance(long n = 1)
     {
         var done = Interlocked.Add(ref _done, n);
@@ -52,7 +55,8 @@ public sealed class ConsoleProgress : IDisposable
         var rate = elapsed > 0 ? done / elapsed : 0;
         var pct = _total > 0 ? 100.0 * done / _total : 100.0;
         var eta = rate > 0 && _total > done ? TimeSpan.FromSeconds((_total - done) / rate) : TimeSpan.Zero;
-        return $"{_label}: {done}/{_total} {_unit} ({pct:F0}%) {rate:F1}/s, elapsed {Fmt(TimeSpan.FromSeconds(elapsed))}, ETA {Fmt(eta)}";
+        var status = Status is null ? "" : ", " + Status;
+        return $"{_label}: {done}/{_total} {_unit} ({pct:F0}%) {rate:F1}/s, elapsed {Fmt(TimeSpan.FromSeconds(elapsed))}, ETA {Fmt(eta)}{status}";
     }
 
     void Draw(long done, bool final)

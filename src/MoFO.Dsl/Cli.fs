@@ -13,6 +13,7 @@ type InfoArgs =
 [<RequireQualifiedAccess>]
 type MofoArgs =
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
+    | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<Train.TrainArgs>
     | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<Eval.EvalArgs>
     | [<CliPrefix(CliPrefix.None)>] Eval_Samples of ParseResults<EvalSamples.EvalSamplesArgs>
     | [<AltCommandLine("-d"); Inherit>] Data_Root of path: string
@@ -20,6 +21,7 @@ type MofoArgs =
         member this.Usage =
             match this with
             | Info _ -> "print TorchSharp and libtorch versions, devices, threads, the data root and which real assets are present."
+            | Train _ -> "fine-tune a model on instruction data with MoFO or a baseline (checkpoints, resume, metrics log)."
             | Eval _ -> "evaluate a model on a benchmark (mmlu, arc-easy, arc-challenge, hellaswag, mc, gsm8k, humaneval) or a forgetting measure (perplexity, pretrain-proxy, story-cloze)."
             | Eval_Samples _ -> "score a samples file of generated code ({task_id, completion} jsonl) in the sandbox: pass@k."
             | Data_Root _ -> "the folder with the real models, tokenizers and datasets (default: $MOFO_DATA, else ../shared/data beside the repository)."
@@ -41,6 +43,7 @@ let run (argv: string[]) =
       try
         match args.TryGetSubCommand() with
         | Some (MofoArgs.Info _) -> Info.run ()
+        | Some (MofoArgs.Train a) -> Train.run a
         | Some (MofoArgs.Eval a) -> Eval.run a
         | Some (MofoArgs.Eval_Samples a) -> EvalSamples.run a
         | _ ->
@@ -54,4 +57,5 @@ let run (argv: string[]) =
       | :? System.IO.FileNotFoundException as e -> eprintfn "mofo: %s" e.Message; 3
       | :? System.IO.DirectoryNotFoundException as e -> eprintfn "mofo: %s" e.Message; 3
       | :? MoFO.Evaluation.SandboxUnavailableException as e -> eprintfn "mofo: %s" e.Message; 5
+      | :? MoFO.Training.TrainingDivergedException as e -> eprintfn "mofo: %s" e.Message; 6
       | :? System.ArgumentException as e -> eprintfn "mofo: %s" e.Message; 2

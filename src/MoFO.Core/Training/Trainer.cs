@@ -1,0 +1,318 @@
+using System.Diagnostics;
+using System.Text.Json;
+using MoFO.Checkpoints;
+using MoFO.Data;
+using MoFO.Models;
+using MoFO.Optim;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace MoFO.Training;
+
+/// <summary>One line of the metrics log.</summary>
+public sealed record StepMetrics(int Step, int Epoch, double Loss, double LearningRate, double GradNorm, double Distance,
+                                 double UpdatedFraction, long Tokens, double ElapsedSeconds, bool Skipped = false, double? EvalLoss = null);
+
+/// <summary>What a run ended with.</summary>
+public sealed record TrainResult(int Steps, int TotalSteps, bool Interrupted, double? FinalLoss, double? EvalLoss, double Distance,
+                                 string OutputDir, string? ModelDir, int DroppedExamples);
+
+/// <summary>The run stopped because the loss or the gradient stayed non-finite.</summary>
+public sealed class TrainingDivergedException(string message) : Exception(message);
+
+/// <summary>
+/// Fine-tunes a causal LM with any member of the optimizer family (<see cref="TrainingOptions"/>): micro-batches with
+/// gradient accumulation to the global batch (the loss is the mean over all trained tokens of the global batch), an
+/// LR schedule, gradient clipping, non-finite detection (the step is skipped with a warning; the run stops after
+/// several in a row), a JSONL metrics log, periodic and final checkpoints written atomically, and resume that
+/// continues bit-identically on CPU (model, optimizer state, step; the data order is a function of seed and epoch,
+/// and the schedule a function of the step). Output folder layout: <c>metrics.jsonl</c>, <c>checkpoint/</c>
+/// (model.safetensors, optimizer.safetensors, trainer_state.json), <c>model/</c> (the final HF folder),
+/// <c>train_summary.json</c>. All data is read and tokenized before anything is written.
+/// </summary>
+public sealed class Trainer
+{
+    readonly CausalLM _lm;
+    readonly TrainingOptions _o;
+    readonly string _out;
+    readonly List<TokenizedExample> _rows;
+    readonly List<TokenizedExample> _eval;
+    readonly int _dropped;
+
+    /// <summary>Called after every step (tests use it to simulate a crash).</summary>
+    public Action<StepMetrics>? OnStep { get; set; }
+
+    public Trainer(CausalLM model, IReadOnlyList<TrainingExample> train, IReadOnlyList<TrainingExample>? eval, TrainingOptions options, string outputDir)
+    {
+        options.Validate();
+        _lm = model;
+        _o = options;
+        _out = Path.GetFullPath(outputDir);
+        var tokenized = train.Select(e => Tokenized.Encode(e, model.Tokenizer, options.MaxLength)).ToList();
+        _dropped = tokenized.RemoveAll(t => PredictedTokens(t) == 0);
+        if (tokenized.Count == 0)
+            throw new ArgumentException($"no training example keeps a trained token within max length {options.MaxLength} (all {train.Count} dropped)");
+        _rows = options.Pack ? Tokenized.Pack(tokenized, options.MaxLength) : tokenized;
+        _eval = (eval ?? []).Select(e => Tokenized.Encode(e, model.Tokenizer, options.MaxLength)).Where(t => PredictedTokens(t) > 0).ToList();
+    }
+
+    public int Examples => _rows.Count;
+    public int StepsPerEpoch => (_rows.Count + _o.BatchSize - 1) / _o.BatchSize;
+    public int TotalSteps => _o.Steps ?? StepsPerEpoch * _o.Epochs;
+    public string CheckpointDir => Path.Combine(_out, "checkpoint");
+    public string MetricsFile => Path.Combine(_out, "metrics.jsonl");
+
+    /// <summary>Labels that a position predicts: positions t ≥ 1 whose label is not ignored.</summary>
+    static int PredictedTokens(TokenizedExample t) => t.Labels.Skip(1).Count(l => l != Tokenized.Ignore);
+
+    /// <summary>The examples of a step: a slice of its epoch's seeded permutation.</summary>
+    public IReadOnlyList<TokenizedExample> BatchOf(int step, out int epoch)
+    {
+        epoch = step / StepsPerEpoch;
+        int pos = step % StepsPerEpoch;
+        var order = DataOrder.Epoch(_rows.Count, _o.Seed, epoch);
+        return order.Skip(pos * _o.BatchSize).Take(_o.BatchSize).Select(i => _rows[i]).ToList();
+    }
+
+    /// <summary>Creates the optimizer and loss terms of the method for the model's parameters.</summary>
+    public static (BlockOptimizer Optimizer, IReadOnlyList<ILossTerm> Terms) CreateOptimizer(CausalLMModule module, TrainingOptions o)
+    {
+        var named = module.named_parameters().ToList();
+        var tensors = named.Select(p => (Tensor)p.parameter).ToList();
+        BlockOptimizer opt = o.Method switch
+        {
+            Method.MoFO => new MoFOOptimizer(named, o.LearningRate, o.Alpha, weight_decay: o.WeightDecay, trackTouched: true),
+            Method.AdamW or Method.L1 or Method.L2 => new AdamW(named, o.LearningRate, weight_decay: o.WeightDecay, trackTouched: true),
+            Method.Lion => new Lion(named, o.LearningRate, weight_decay: o.WeightDecay, trackTouched: true),
+            Method.HFT => new HFT(named, o.LearningRate, seed: o.Seed, weight_decay: o.WeightDecay, trackTouched: true),
+            Method.GradBCD => new GradientFilteredBCD(named, o.LearningRate, o.Alpha, weight_decay: o.WeightDecay, trackTouched: true),
+            Method.RandomBCD => new RandomizedBCD(named, o.LearningRate, o.Alpha, seed: o.Seed, weight_decay: o.WeightDecay, trackTouched: true),
+            _ => throw new ArgumentOutOfRangeException(nameof(o.Method)),
+        };
+        IReadOnlyList<ILossTerm> terms = o.Method switch
+        {
+            Method.L1 => [new L1ToPretrained(tensors, o.L1Lambda)],
+            Method.L2 => [new L2ToPretrained(tensors, o.L2Lambda)],
+            _ => [],
+        };
+        return (opt, terms);
+    }
+
+    /// <summary>Sum of token cross-entropies of a batch and the number of predicted tokens.</summary>
+    static (Tensor Sum, long Count) LossSum(CausalLM lm, Batch b)
+    {
+        var logits = lm.Logits(b.InputIds, b.AttentionMask);
+        var v = logits.shape[^1];
+        var shifted = logits[.., ..^1, ..].reshape(-1, v).to(ScalarType.Float32);
+        var labels = b.Labels[.., 1..].reshape(-1).to(logits.device);
+        var count = labels.ne(Tokenized.Ignore).sum().item<long>();
+        var sum = nn.functional.cross_entropy(shifted, labels, ignore_index: Tokenized.Ignore, reduction: nn.Reduction.Sum);
+        return (sum, count);
+    }
+
+    /// <summary>Mean token loss on the held-out examples.</summary>
+    public double EvalLoss()
+    {
+        if (_eval.Count == 0) return double.NaN;
+        using var _ = no_grad();
+        double sum = 0; long count = 0;
+        int pad = _lm.Tokenizer.EosId ?? 0;
+        for (int i = 0; i < _eval.Count; i += _o.MicroBatch)
+        {
+            using var scope = NewDisposeScope();
+            using var b = Tokenized.Pad(_eval.Skip(i).Take(_o.MicroBatch).ToList(), pad);
+            var (s, c) = LossSum(_lm, b);
+            sum += s.item<float>(); count += c;
+        }
+        return sum / Math.Max(1, count);
+    }
+
+    public TrainResult Run(bool resume = false, CancellationToken cancel = default)
+    {
+        var module = _lm.Module;
+        module.train();
+        var (opt, terms) = CreateOptimizer(module, _o);
+        using var snapshot = new ParameterSnapshot(module.parameters().Select(p => (Tensor)p));
+        int start = 0;
+        var stateFile = Path.Combine(CheckpointDir, "trainer_state.json");
+        if (resume)
+        {
+            if (!File.Exists(stateFile) && Directory.Exists(CheckpointDir + ".old")) Directory.Move(CheckpointDir + ".old", CheckpointDir);
+            if (!File.Exists(stateFile)) throw new FileNotFoundException($"{stateFile}: no checkpoint to resume from in {_out}", stateFile);
+            start = LoadCheckpoint(opt);
+        }
+        else if (File.Exists(stateFile))
+            throw new ArgumentException($"{_out} already holds a checkpoint; pass --resume to continue it, or choose another --output");
+        Directory.CreateDirectory(_out);
+        TruncateMetrics(start);
+        int total = TotalSteps;
+        int warmup = (int)Math.Ceiling(_o.WarmupRatio * total);
+        int pad = _lm.Tokenizer.EosId ?? 0;
+        var clock = Stopwatch.StartNew();
+        using var progress = _o.ShowProgress && ConsoleProgress.Enabled ? new ConsoleProgress("train", total, "steps") : null;
+        progress?.Advance(start);
+        int bad = 0;
+        double? lastLoss = null, evalLoss = null;
+        double distance = snapshot.L2Distance();
+        bool interrupted = false;
+        int step = start;
+        using var log = new StreamWriter(MetricsFile, append: true);
+        for (; step < total; step++)
+        {
+            var lr = LrSchedule.At(_o.Schedule, _o.LearningRate, step, total, warmup);
+            opt.LearningRate = lr;
+            opt.zero_grad();
+            var batch = BatchOf(step, out var epoch);
+            long tokens = batch.Sum(t => (long)PredictedTokens(t));
+            double lossSum = 0;
+            for (int m = 0; m < batch.Count; m += _o.MicroBatch)
+            {
+                using var scope = NewDisposeScope();
+                using var b = Tokenized.Pad(batch.Skip(m).Take(_o.MicroBatch).ToList(), pad);
+                var (sum, _) = LossSum(_lm, b);
+                (sum / tokens).backward();
+                lossSum += sum.item<float>();
+            }
+            foreach (var term in terms)
+            {
+                using var scope = NewDisposeScope();
+                term.Loss().backward();
+            }
+            double norm = GradNorm(module);
+            double loss = lossSum / tokens;
+            bool skipped = !double.IsFinite(loss) || !double.IsFinite(norm);
+            if (skipped)
+            {
+                bad++;
+                Console.Error.WriteLine($"warning: step {step + 1}: non-finite {(double.IsFinite(loss) ? "gradient norm" : "loss")}; the step is skipped ({bad} in a row)");
+                opt.zero_grad();
+                if (bad >= _o.MaxBadSteps)
+                {
+                    SaveCheckpoint(opt, step);
+                    throw new TrainingDivergedException($"{bad} consecutive steps with a non-finite loss or gradient (last at step {step + 1}); the run stopped. A checkpoint of step {step} is in {CheckpointDir}. Lower the learning rate.");
+                }
+            }
+            else
+            {
+                bad = 0;
+                if (_o.MaxGradNorm > 0 && norm > _o.MaxGradNorm) ScaleGrads(module, _o.MaxGradNorm / (norm + 1e-6));
+                opt.step();
+                lastLoss = loss;
+            }
+            distance = snapshot.L2Distance();
+            long updated = 0, numel = 0;
+            foreach (var blk in opt.Blocks) { updated += blk.LastUpdated; numel += blk.Numel; }
+            evalLoss = _o.EvalEvery > 0 && (step + 1) % _o.EvalEvery == 0 ? EvalLoss() : null;
+            var metrics = new StepMetrics(step + 1, epoch, loss, lr, norm, distance, skipped ? 0 : (double)updated / numel, tokens, clock.Elapsed.TotalSeconds, skipped, evalLoss);
+            log.WriteLine(JsonSerializer.Serialize(metrics, JsonOptions));
+            log.Flush();
+            if (progress is not null) { progress.Status = $"loss {loss:F4}, lr {lr:G3}"; progress.Advance(); }
+            if (_o.SaveEvery > 0 && (step + 1) % _o.SaveEvery == 0 && step + 1 < total) SaveCheckpoint(opt, step + 1);
+            OnStep?.Invoke(metrics);
+            if (cancel.IsCancellationRequested && step + 1 < total)
+            {
+                interrupted = true;
+                step++;
+                break;
+            }
+        }
+        log.Dispose();
+        SaveCheckpoint(opt, step);
+        string? modelDir = null;
+        if (!interrupted)
+        {
+            evalLoss = _eval.Count > 0 ? EvalLoss() : null;
+            modelDir = Path.Combine(_out, "model");
+            var tmp = Path.Combine(_out, $".model-{Guid.NewGuid():N}");
+            HfFolder.Save(_lm, tmp);
+            if (Directory.Exists(modelDir)) Directory.Delete(modelDir, true);
+            Directory.Move(tmp, modelDir);
+        }
+        var result = new TrainResult(step, total, interrupted, lastLoss, evalLoss, distance, _out, modelDir, _dropped);
+        AtomicFile.WriteAllText(Path.Combine(_out, "train_summary.json"), JsonSerializer.Serialize(new
+        {
+            method = _o.Method.ToString(), options = _o, steps = step, totalSteps = total, interrupted,
+            finalLoss = lastLoss, evalLoss, distance, droppedExamples = _dropped, examples = _rows.Count, touchedFraction = opt.TouchedFraction(),
+        }, JsonOptions));
+        opt.Dispose();
+        foreach (var t in terms) (t as IDisposable)?.Dispose();
+        return result;
+    }
+
+    static readonly JsonSerializerOptions JsonOptions = new()
+    {
+        NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+        Converters = { new System.Text.Json.Serialization.JsonStringEnumConverter() },
+    };
+
+    static double GradNorm(CausalLMModule module)
+    {
+        using var _ = no_grad();
+        double sq = 0;
+        foreach (var p in module.parameters())
+        {
+            using var g = p.grad;
+            if (g is null) continue;
+            using var scope = NewDisposeScope();
+            sq += g.to(ScalarType.Float64).pow(2).sum().item<double>();
+        }
+        return Math.Sqrt(sq);
+    }
+
+    static void ScaleGrads(CausalLMModule module, double factor)
+    {
+        using var _ = no_grad();
+        foreach (var p in module.parameters())
+        {
+            using var g = p.grad;
+            g?.mul_(factor);
+        }
+    }
+
+    /// <summary>Identity of the run: a resume must use the same settings.</summary>
+    string Fingerprint() => JsonSerializer.Serialize(_o with { ShowProgress = true, SaveEvery = 0, EvalEvery = 0 }, JsonOptions) + $"|rows={_rows.Count}";
+
+    void SaveCheckpoint(BlockOptimizer opt, int step)
+    {
+        Directory.CreateDirectory(_out);
+        var tmp = Path.Combine(_out, $".checkpoint-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(tmp);
+        SafeTensors.Save(Path.Combine(tmp, "model.safetensors"), _lm.Module.StateDict());
+        var state = opt.state_dict();
+        SafeTensors.Save(Path.Combine(tmp, "optimizer.safetensors"), state);
+        AtomicFile.WriteAllText(Path.Combine(tmp, "trainer_state.json"), JsonSerializer.Serialize(new TrainerState(step, Fingerprint())));
+        var old = CheckpointDir + ".old";
+        if (Directory.Exists(old)) Directory.Delete(old, true);
+        if (Directory.Exists(CheckpointDir)) Directory.Move(CheckpointDir, old);
+        Directory.Move(tmp, CheckpointDir);
+        if (Directory.Exists(old)) Directory.Delete(old, true);
+    }
+
+    sealed record TrainerState(int Step, string Fingerprint);
+
+    int LoadCheckpoint(BlockOptimizer opt)
+    {
+        var stateFile = Path.Combine(CheckpointDir, "trainer_state.json");
+        var state = JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(stateFile))
+            ?? throw new CheckpointException($"{stateFile}: empty trainer state");
+        if (state.Fingerprint != Fingerprint())
+            throw new ArgumentException($"{stateFile}: the checkpoint was written by a run with other settings or data; resume with the same options (checkpoint: {state.Fingerprint}; now: {Fingerprint()})");
+        var weights = Path.Combine(CheckpointDir, "model.safetensors");
+        _lm.Module.LoadWeights(SafeTensors.Load(weights), weights);
+        opt.load_state_dict(SafeTensors.Load(Path.Combine(CheckpointDir, "optimizer.safetensors")));
+        return state.Step;
+    }
+
+    /// <summary>Keeps the metrics lines of steps up to <paramref name="step"/> (a resume rewrites the rest).</summary>
+    void TruncateMetrics(int step)
+    {
+        if (!File.Exists(MetricsFile)) return;
+        var keep = File.ReadAllLines(MetricsFile).Where(l =>
+        {
+            using var d = JsonDocument.Parse(l);
+            return d.RootElement.GetProperty("step").GetInt32() <= step;
+        }).ToList();
+        AtomicFile.WriteAllLines(MetricsFile, keep);
+    }
+}
