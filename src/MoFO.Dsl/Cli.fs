@@ -10,13 +10,26 @@ type InfoArgs =
             match this with
             | Verbose -> "unused."
 
+type BenchArgs =
+    | [<CliPrefix(CliPrefix.None)>] Model of ParseResults<Bench.Model.BenchModelArgs>
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Model _ -> "forward tokens/s of stories260K and a ~20M-parameter random Llama."
+
 [<RequireQualifiedAccess>]
 type MofoArgs =
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
+    | [<CliPrefix(CliPrefix.None)>] Generate of ParseResults<Generate.GenerateArgs>
+    | [<CliPrefix(CliPrefix.None)>] Convert of ParseResults<Convert.ConvertArgs>
+    | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
     | [<AltCommandLine("-d"); Inherit>] Data_Root of path: string
     interface IArgParserTemplate with
         member this.Usage =
             match this with
+            | Generate _ -> "generate text from an HF model folder or a llama2.c .bin."
+            | Convert _ -> "save a model (llama2.c .bin or HF folder) as an HF folder (config.json, safetensors, tokenizer)."
+            | Bench _ -> "benchmarks (model: forward tokens/s)."
             | Info _ -> "print TorchSharp and libtorch versions, devices, threads, the data root and which real assets are present."
             | Data_Root _ -> "the folder with the real models, tokenizers and datasets (default: $MOFO_DATA, else ../shared/data beside the repository)."
 
@@ -36,6 +49,14 @@ let run (argv: string[]) =
         args.TryGetResult MofoArgs.Data_Root |> Option.iter (fun p -> MoFO.DataRoot.Override <- p)
         match args.TryGetSubCommand() with
         | Some (MofoArgs.Info _) -> Info.run ()
+        | Some (MofoArgs.Generate g) -> Generate.run g
+        | Some (MofoArgs.Convert c) -> Convert.run c
+        | Some (MofoArgs.Bench b) ->
+            match b.TryGetSubCommand() with
+            | Some (BenchArgs.Model m) -> Bench.Model.run m
+            | None ->
+                eprintfn "%s" (b.Parser.PrintUsage(message = "mofo bench: a benchmark is required."))
+                2
         | _ ->
             eprintfn "%s" (parser.PrintUsage(message = "mofo: a subcommand is required."))
             2
