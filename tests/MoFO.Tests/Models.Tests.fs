@@ -210,6 +210,34 @@ let tests =
             Expect.equal code 0 err
         }
 
+        test "Models.gptNeoX.textApi: a GPT-NeoX folder with tokenizer.json scores without BOS, generates, converts" {
+            use dir = new TempDir()
+            let m = randomModel (tinyNeoX true) 51L
+            saveModule m dir.Path
+            File.WriteAllText(dir.File "tokenizer.json", MoFO.Tests.Tokenization.tinyTokenizerJson "null")
+            use lm = ModelLoader.Load dir.Path
+            let hello, world = 13, 18   // ids of "hello" and "Ġworld" in the tiny vocabulary
+            let r = lm.LogLikelihoods([| LogLikelihoodRequest("hello", " world") |])[0]
+            Expect.equal r.TokenCount 1 "one continuation token"
+            use _ = torch.no_grad()
+            let logits1 = lm.Module.Forward(ids [ int64 hello ])
+            let lastRow = logits1[0, -1].log_softmax(-1)
+            let expected = lastRow[int64 world].item<float32>() |> float
+            Expect.floatClose Accuracy.medium r.LogLikelihood expected "context without BOS, as GPT-NeoX's tokenizer"
+            let rolling = lm.TextLogLikelihoods([| "hello world" |])[0]
+            Expect.equal rolling.TokenCount 2 "both tokens predicted after <|endoftext|>"
+            let generated = lm.GenerateTokens([| [| hello |] |], GenerationOptions(MaxNewTokens = 6))[0] |> List.ofSeq
+            let reference = greedyNoCache lm.Module [ hello ] 6
+            let stop = reference |> List.tryFindIndex (fun t -> lm.StopTokenIds.Contains t)
+            Expect.equal generated (match stop with Some i -> List.take i reference | None -> reference) "cached greedy = recomputed greedy"
+            let out = Path.Combine(dir.Path, "copy")
+            HfFolder.Save(lm, out) |> ignore
+            Expect.isTrue (File.Exists(Path.Combine(out, "tokenizer.json"))) "tokenizer.json copied"
+            use back = ModelLoader.Load out
+            let x = randomIds 64 2 7 4L
+            Expect.isTrue (identical (back.Logits x) (lm.Logits x)) "identical logits after convert"
+        }
+
         test "Models.bfloat16: the model runs in bfloat16 (RMSNorm in float32) and agrees with float32 on the next token" {
             let path = requireAsset DataRoot.Assets.Stories260K
             let struct (f32, _) = ModelLoader.LoadModule path

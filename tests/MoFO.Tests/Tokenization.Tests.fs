@@ -9,7 +9,7 @@ open MoFO.Tests.ModelFixtures
 
 /// A byte-level BPE tokenizer.json written after the HF format (GPT-NeoX's layout: ByteLevel pre-tokenizer and
 /// decoder, added special token <|endoftext|>); "Ġ" is the byte-level form of a space.
-let private tinyTokenizerJson (postProcessor: string) =
+let tinyTokenizerJson (postProcessor: string) =
     let pieces = [ "h"; "e"; "l"; "o"; "w"; "r"; "d"; "Ġ"; "he"; "ll"; "hell"; "hello"; "Ġw"; "or"; "Ġwor"; "ld"; "Ġworld"; "!" ]
     let vocab = pieces |> List.mapi (fun i p -> sprintf "\"%s\": %d" p (i + 2)) |> String.concat ", "
     sprintf """{
