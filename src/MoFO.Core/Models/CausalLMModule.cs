@@ -32,23 +32,33 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
 
     /// <summary>Copies checkpoint tensors into the parameters (converting dtype). Every parameter must be present with
     /// its exact shape; unknown keys are an error. <paramref name="source"/> names the file(s) in errors.</summary>
-    public void LoadWeights(IReadOnlyDictionary<string, Tensor> tensors, string source)
+    public void LoadWeights(IReadOnlyDictionary<string, Tensor> tensors, string source) => LoadWeights([(source, tensors)], source);
+
+    /// <summary>Loads a checkpoint part by part (one shard at a time, so that only one shard is in memory besides the
+    /// model). Errors name the part's file; a parameter missing from every part names <paramref name="checkpoint"/>.</summary>
+    public void LoadWeights(IEnumerable<(string Source, IReadOnlyDictionary<string, Tensor> Tensors)> parts, string checkpoint)
     {
-        var own = named_parameters().ToList();
-        var names = own.Select(p => p.name).ToHashSet();
-        var unknown = tensors.Keys.Where(k => !names.Contains(k) && !IsIgnorableKey(k)).OrderBy(k => k).ToList();
-        if (unknown.Count > 0)
-            throw CheckpointException.For(source, unknown[0],
-                $"unexpected tensor for a {Config.ModelType} model with this config ({unknown.Count} unexpected: {string.Join(", ", unknown.Take(5))})");
+        var own = named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        var loaded = new HashSet<string>();
         using var _ = torch.no_grad();
-        foreach (var (n, p) in own)
+        foreach (var (source, tensors) in parts)
         {
-            if (!tensors.TryGetValue(n, out var t))
-                throw CheckpointException.For(source, n, $"missing tensor (expected shape [{string.Join(", ", p.shape)}])");
-            if (!t.shape.SequenceEqual(p.shape))
-                throw CheckpointException.For(source, n, $"wrong shape [{string.Join(", ", t.shape)}], expected [{string.Join(", ", p.shape)}]");
-            p.copy_(t);
+            var unknown = tensors.Keys.Where(k => !own.ContainsKey(k) && !IsIgnorableKey(k)).OrderBy(k => k, StringComparer.Ordinal).ToList();
+            if (unknown.Count > 0)
+                throw CheckpointException.For(source, unknown[0],
+                    $"unexpected tensor for a {Config.ModelType} model with this config ({unknown.Count} unexpected: {string.Join(", ", unknown.Take(5))})");
+            foreach (var (n, t) in tensors)
+            {
+                if (!own.TryGetValue(n, out var p)) continue;
+                if (!t.shape.SequenceEqual(p.shape))
+                    throw CheckpointException.For(source, n, $"wrong shape [{string.Join(", ", t.shape)}], expected [{string.Join(", ", p.shape)}]");
+                p.copy_(t);
+                loaded.Add(n);
+            }
         }
+        foreach (var (n, p) in own)
+            if (!loaded.Contains(n))
+                throw CheckpointException.For(checkpoint, n, $"missing tensor (expected shape [{string.Join(", ", p.shape)}])");
     }
 
     /// <summary>Random initialization as HF does: normal(0, initializer_range) for matrices and embeddings, ones for
