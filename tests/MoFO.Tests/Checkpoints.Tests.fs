@@ -51,6 +51,15 @@ let tests =
             Expect.equal (BitConverter.ToSingle(bytes, 8 + int n + 4)) 2.0f "little-endian float32 data"
         }
 
+        test "Checkpoints.atomic: a write that fails midway leaves the old file intact and no temporary file" {
+            use dir = new TempDir()
+            let file = dir.File "model.safetensors"
+            File.WriteAllText(file, "old")
+            Expect.throws (fun () -> AtomicFile.Write(file, fun fs -> fs.Write([| 1uy; 2uy |]); failwith "disk full")) "the failure propagates"
+            Expect.equal (File.ReadAllText file) "old" "old content kept"
+            Expect.equal (Directory.GetFiles dir.Path).Length 1 "no temporary file left"
+        }
+
         test "Checkpoints.safetensors.sharded: shards with model.safetensors.index.json load back as one checkpoint" {
             use dir = new TempDir()
             let m = randomModel (tinyLlama false) 3L

@@ -266,6 +266,17 @@ let tests =
             Expect.stringContains err "tokenizer.model" "one line naming the file"
         }
 
+        test "Models.bench.cli: `mofo bench model` prints tokens/s for stories260K and the ~20M random Llama" {
+            let code, out, err = captureConsole (fun () -> MoFO.Dsl.Cli.Main.run [| "bench"; "model"; "--batch"; "1"; "--seq-len"; "8"; "--repetitions"; "1"; "--warmup"; "0" |])
+            Expect.equal code 0 err
+            Expect.stringContains out "tokens/s" "header"
+            Expect.stringContains out "random Llama ~20M" "the 20M row"
+            let row = out.Split('\n') |> Array.find (fun l -> l.StartsWith "random Llama ~20M")
+            let parameters = int64 (row.Split(' ', StringSplitOptions.RemoveEmptyEntries)[3])
+            Expect.isTrue (parameters > 19_000_000L && parameters < 21_000_000L) $"about 20M parameters ({parameters})"
+            if DataRoot.Assets.Stories260K.Present then Expect.stringContains out "stories260K" "the stories260K row"
+        }
+
         test "Models.rope: linear, dynamic and llama3 scaling change the frequencies as HF defines; rotation is relative" {
             let baseFreq = Rotary(8, 10000.0, null, 16).InverseFrequencies 0L
             let lin = Rotary(8, 10000.0, RopeScaling("linear", 4.0), 16).InverseFrequencies 0L
