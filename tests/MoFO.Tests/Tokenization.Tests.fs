@@ -76,6 +76,20 @@ let tests =
             Expect.sequenceEqual (t.Encode "hello") [ 1; 13 ] "BOS then hello"
         }
 
+        test "Tokenization.bpe.splitRegex: a Split pre-tokenizer's regex replaces GPT-2's (Llama-3 style Sequence)" {
+            use dir = new TempDir()
+            let f = dir.File "tokenizer.json"
+            let json =
+                (tinyTokenizerJson "null")
+                    .Replace(""""pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}""",
+                             """"pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "\\p{L}+|\\s+"}, "behavior": "Isolated", "invert": false}, {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}""")
+            File.WriteAllText(f, json)
+            let t = TextTokenizer.Load f
+            // the space is its own piece, so "Ġw" can never form: h-e-l-l-o | Ġ | w-o-r-l-d
+            Expect.sequenceEqual (t.Encode "hello world") [ 13; 9; 6; 15; 17 ] "hello, Ġ, w, or, ld"
+            Expect.equal (t.Decode(t.Encode "hello world")) "hello world" "round trip"
+        }
+
         test "Tokenization.errors: a missing file and a non-BPE tokenizer.json are clear errors" {
             let e = throwsWith<FileNotFoundException> (fun () -> TextTokenizer.Load "/nonexistent/tokenizer.model" |> ignore)
             Expect.stringContains e.Message "/nonexistent/tokenizer.model" "names the file"

@@ -112,7 +112,8 @@ public static class ModelLoader
             var tok = TextTokenizer.Load(tokFile);
             if (tok.VocabSize > module.Config.VocabSize)
                 throw new CheckpointException($"{tokFile}: the tokenizer has {tok.VocabSize} tokens but the model {path} only {module.Config.VocabSize} (vocab_size)");
-            var name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(path)));
+            var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
+            var name = Directory.Exists(full) ? Path.GetFileName(full) : Path.GetFileNameWithoutExtension(full);
             return new CausalLM(module, tok, name, stops);
         }
         catch { module.Dispose(); throw; }
