@@ -89,11 +89,12 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
     }
 
     /// <summary>The boolean attention mask [B or 1, 1, T, past + T]: causal, restricted to real keys; a padded query
-    /// still sees itself (so that no row is empty). Null when no mask is needed (one new token, no padding).</summary>
+    /// still sees itself (so that no row is empty). Null when no explicit mask is needed: no padding and either one new
+    /// token (it sees every cached key) or no cache (then <see cref="Attend"/> uses the fused causal kernel).</summary>
     internal static Tensor? Mask(Tensor? attentionMask, long t, long past, Device device)
     {
         var total = past + t;
-        if (attentionMask is null && t == 1) return null;
+        if (attentionMask is null && (t == 1 || past == 0)) return null;
         var q = torch.arange(past, total, dtype: ScalarType.Int64, device: device).unsqueeze(1);
         var k = torch.arange(0, total, dtype: ScalarType.Int64, device: device).unsqueeze(0);
         var causal = k.le(q);
@@ -108,6 +109,8 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
     {
         var rep = q.shape[1] / k.shape[1];
         if (rep > 1) { k = k.repeat_interleave(rep, 1); v = v.repeat_interleave(rep, 1); }
-        return nn.functional.scaled_dot_product_attention(q, k, v, mask, 0.0, false);
+        // Without a mask, T queries over T keys are causal; one query over the cache sees all keys.
+        var causal = mask is null && q.shape[2] > 1;
+        return nn.functional.scaled_dot_product_attention(q, k, v, mask, 0.0, causal);
     }
 }
