@@ -10,16 +10,29 @@ type InfoArgs =
             match this with
             | Verbose -> "unused."
 
+type BenchArgs =
+    | [<CliPrefix(CliPrefix.None)>] Model of ParseResults<Bench.Model.BenchModelArgs>
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Model _ -> "forward tokens/s of stories260K and a ~20M-parameter random Llama."
+
 [<RequireQualifiedAccess>]
 type MofoArgs =
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
     | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<Train.TrainArgs>
     | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<Eval.EvalArgs>
     | [<CliPrefix(CliPrefix.None)>] Eval_Samples of ParseResults<EvalSamples.EvalSamplesArgs>
+    | [<CliPrefix(CliPrefix.None)>] Generate of ParseResults<Generate.GenerateArgs>
+    | [<CliPrefix(CliPrefix.None)>] Convert of ParseResults<Convert.ConvertArgs>
+    | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
     | [<AltCommandLine("-d"); Inherit>] Data_Root of path: string
     interface IArgParserTemplate with
         member this.Usage =
             match this with
+            | Generate _ -> "generate text from an HF model folder or a llama2.c .bin."
+            | Convert _ -> "save a model (llama2.c .bin or HF folder) as an HF folder (config.json, safetensors, tokenizer)."
+            | Bench _ -> "benchmarks (model: forward tokens/s)."
             | Info _ -> "print TorchSharp and libtorch versions, devices, threads, the data root and which real assets are present."
             | Train _ -> "fine-tune a model on instruction data with MoFO or a baseline (checkpoints, resume, metrics log)."
             | Eval _ -> "evaluate a model on a benchmark (mmlu, arc-easy, arc-challenge, hellaswag, mc, gsm8k, humaneval) or a forgetting measure (perplexity, pretrain-proxy, story-cloze)."
@@ -46,6 +59,14 @@ let run (argv: string[]) =
         | Some (MofoArgs.Train a) -> Train.run a
         | Some (MofoArgs.Eval a) -> Eval.run a
         | Some (MofoArgs.Eval_Samples a) -> EvalSamples.run a
+        | Some (MofoArgs.Generate g) -> Generate.run g
+        | Some (MofoArgs.Convert c) -> Convert.run c
+        | Some (MofoArgs.Bench b) ->
+            (match b.TryGetSubCommand() with
+             | Some (BenchArgs.Model m) -> Bench.Model.run m
+             | None ->
+                 eprintfn "%s" (b.Parser.PrintUsage(message = "mofo bench: a benchmark is required."))
+                 2)
         | _ ->
             eprintfn "%s" (parser.PrintUsage(message = "mofo: a subcommand is required."))
             2

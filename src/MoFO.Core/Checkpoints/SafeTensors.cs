@@ -103,25 +103,47 @@ public static class SafeTensors
     /// <summary>Loads a checkpoint folder or file: <c>model.safetensors.index.json</c> (sharded) or <c>model.safetensors</c>.</summary>
     public static Dictionary<string, Tensor> LoadCheckpoint(string path)
     {
-        if (File.Exists(path)) return Load(path);
+        var result = new Dictionary<string, Tensor>();
+        foreach (var (_, part) in EnumerateCheckpoint(path)) foreach (var (k, v) in part) result[k] = v;
+        return result;
+    }
+
+    /// <summary>The file that describes a checkpoint folder: the shard index, else model.safetensors (or the file itself).</summary>
+    public static string CheckpointFile(string path)
+    {
+        if (File.Exists(path)) return path;
         var index = Path.Combine(path, IndexFileName);
-        if (File.Exists(index))
-        {
-            var map = ReadIndex(index);
-            var result = new Dictionary<string, Tensor>();
-            foreach (var shard in map.Values.Distinct())
-            {
-                var file = Path.Combine(path, shard);
-                if (!File.Exists(file)) throw CheckpointException.For(index, "weight_map", $"shard '{shard}' is listed but {file} does not exist");
-                foreach (var (k, v) in Load(file, name => map.TryGetValue(name, out var s) && s == shard)) result[k] = v;
-            }
-            foreach (var name in map.Keys)
-                if (!result.ContainsKey(name)) throw CheckpointException.For(index, name, $"listed in weight_map for shard '{map[name]}' but absent from that shard");
-            return result;
-        }
+        if (File.Exists(index)) return index;
         var single = Path.Combine(path, SingleFileName);
-        if (File.Exists(single)) return Load(single);
+        if (File.Exists(single)) return single;
         throw new CheckpointException($"{path}: no weights found: expected {SingleFileName} or {IndexFileName} (sharded) in the folder");
+    }
+
+    /// <summary>The tensors of a checkpoint one file (shard) at a time, each with its file name. The caller owns and
+    /// disposes each part's tensors. A sharded index is checked: every listed shard exists and holds its tensors.</summary>
+    public static IEnumerable<(string File, IReadOnlyDictionary<string, Tensor> Tensors)> EnumerateCheckpoint(string path)
+    {
+        var file = CheckpointFile(path);
+        if (!file.EndsWith(IndexFileName, StringComparison.Ordinal))
+        {
+            yield return (file, Load(file));
+            yield break;
+        }
+        var dir = Path.GetDirectoryName(file)!;
+        var map = ReadIndex(file);
+        foreach (var shard in map.Values.Distinct())
+        {
+            var shardFile = Path.Combine(dir, shard);
+            if (!File.Exists(shardFile)) throw CheckpointException.For(file, "weight_map", $"shard '{shard}' is listed but {shardFile} does not exist");
+            var part = Load(shardFile, name => map.TryGetValue(name, out var s) && s == shard);
+            foreach (var (name, s) in map)
+                if (s == shard && !part.ContainsKey(name))
+                {
+                    foreach (var t in part.Values) t.Dispose();
+                    throw CheckpointException.For(shardFile, name, $"listed in {IndexFileName} for this shard but absent from it");
+                }
+            yield return (shardFile, part);
+        }
     }
 
     /// <summary>Reads <c>weight_map</c> of a sharded index.</summary>

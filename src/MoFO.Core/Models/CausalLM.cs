@@ -8,9 +8,10 @@ namespace MoFO.Models;
 /// A causal language model with its tokenizer: logits, the token-level loss with a label mask, and the text-level
 /// <see cref="ILanguageModel"/> (batched log-likelihoods, rolling text log-likelihoods, generation with a KV cache).
 /// <para>Tokenization of a (context, continuation) request follows lm-evaluation-harness: trailing spaces of the context
-/// move to the continuation; the whole text context + continuation is encoded (with BOS), and the continuation's
-/// tokens are those after the first len(encode(context)) tokens. Inputs longer than <see cref="MaxSequenceLength"/> + 1
-/// tokens are truncated from the left.</para>
+/// move to the continuation; the whole text context + continuation is encoded (with BOS where the original tokenizer
+/// adds it: Llama yes, GPT-NeoX no), and the continuation's tokens are those after the first len(encode(context))
+/// tokens; an empty context is the start token (BOS, else EOS, the harness's prefix token). Inputs longer than
+/// <see cref="MaxSequenceLength"/> + 1 tokens are truncated from the left.</para>
 /// </summary>
 public sealed class CausalLM : ILanguageModel, IDisposable
 {
@@ -61,15 +62,20 @@ public sealed class CausalLM : ILanguageModel, IDisposable
     /// <summary>One scoring job: the input tokens and the targets predicted at its last Targets.Length positions.</summary>
     sealed record Item(int Index, int[] Input, int[] Targets);
 
+    /// <summary>The start token of a text with no context: BOS, else EOS (GPT-NeoX's &lt;|endoftext|&gt;), as the
+    /// harness's prefix token.</summary>
+    int StartToken => Tokenizer.BosId ?? Tokenizer.EosId ?? throw new InvalidOperationException($"{Tokenizer.SourceFile}: the tokenizer has neither BOS nor EOS to start a text with");
+
     (int[] Context, int[] Continuation) SplitRequest(LogLikelihoodRequest r)
     {
         var context = r.Context;
         var continuation = r.Continuation;
         var spaces = context.Length - context.TrimEnd(' ').Length;
         if (spaces > 0) { continuation = context[^spaces..] + continuation; context = context[..^spaces]; }
-        var whole = Tokenizer.Encode(context + continuation, addBos: true).ToArray();
-        var ctxLen = Tokenizer.Encode(context, addBos: true).Count;
-        ctxLen = Math.Min(ctxLen, whole.Length);
+        if (context.Length == 0) return ([StartToken], Tokenizer.Encode(continuation, addBos: false).ToArray());
+        var bos = Tokenizer.AddsBosByDefault;
+        var whole = Tokenizer.Encode(context + continuation, bos).ToArray();
+        var ctxLen = Math.Min(Tokenizer.Encode(context, bos).Count, whole.Length);
         return (whole[..ctxLen], whole[ctxLen..]);
     }
 
@@ -133,8 +139,7 @@ public sealed class CausalLM : ILanguageModel, IDisposable
         var counts = new int[texts.Count];
         for (var i = 0; i < texts.Count; i++)
         {
-            var tokens = Tokenizer.Encode(texts[i], addBos: true).ToArray();
-            if (tokens.Length == 0 || (Tokenizer.BosId is null)) tokens = [.. (Tokenizer.EosId is int e ? new[] { e } : []), .. tokens];
+            int[] tokens = [StartToken, .. Tokenizer.Encode(texts[i], addBos: false)];
             counts[i] = Math.Max(0, tokens.Length - 1);
             for (var s = 1; s < tokens.Length; s += MaxSequenceLength)
             {
@@ -160,7 +165,8 @@ public sealed class CausalLM : ILanguageModel, IDisposable
         for (var start = 0; start < prompts.Count; start += BatchSize)
         {
             var batch = Enumerable.Range(start, Math.Min(BatchSize, prompts.Count - start)).ToList();
-            var encoded = batch.Select(i => Tokenizer.Encode(prompts[i], addBos: true).ToArray()).ToList();
+            // As the original tokenizer does (BOS for Llama, none for GPT-NeoX); an empty prompt starts from the start token.
+            var encoded = batch.Select(i => prompts[i].Length == 0 ? [StartToken] : Tokenizer.Encode(prompts[i], Tokenizer.AddsBosByDefault).ToArray()).ToList();
             var tokens = GenerateTokens(encoded, options, generator);
             for (var b = 0; b < batch.Count; b++) results[batch[b]] = ContinuationText(encoded[b], tokens[b], options.StopStrings);
         }

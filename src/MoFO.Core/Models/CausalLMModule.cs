@@ -32,23 +32,33 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
 
     /// <summary>Copies checkpoint tensors into the parameters (converting dtype). Every parameter must be present with
     /// its exact shape; unknown keys are an error. <paramref name="source"/> names the file(s) in errors.</summary>
-    public void LoadWeights(IReadOnlyDictionary<string, Tensor> tensors, string source)
+    public void LoadWeights(IReadOnlyDictionary<string, Tensor> tensors, string source) => LoadWeights([(source, tensors)], source);
+
+    /// <summary>Loads a checkpoint part by part (one shard at a time, so that only one shard is in memory besides the
+    /// model). Errors name the part's file; a parameter missing from every part names <paramref name="checkpoint"/>.</summary>
+    public void LoadWeights(IEnumerable<(string Source, IReadOnlyDictionary<string, Tensor> Tensors)> parts, string checkpoint)
     {
-        var own = named_parameters().ToList();
-        var names = own.Select(p => p.name).ToHashSet();
-        var unknown = tensors.Keys.Where(k => !names.Contains(k) && !IsIgnorableKey(k)).OrderBy(k => k).ToList();
-        if (unknown.Count > 0)
-            throw CheckpointException.For(source, unknown[0],
-                $"unexpected tensor for a {Config.ModelType} model with this config ({unknown.Count} unexpected: {string.Join(", ", unknown.Take(5))})");
+        var own = named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        var loaded = new HashSet<string>();
         using var _ = torch.no_grad();
-        foreach (var (n, p) in own)
+        foreach (var (source, tensors) in parts)
         {
-            if (!tensors.TryGetValue(n, out var t))
-                throw CheckpointException.For(source, n, $"missing tensor (expected shape [{string.Join(", ", p.shape)}])");
-            if (!t.shape.SequenceEqual(p.shape))
-                throw CheckpointException.For(source, n, $"wrong shape [{string.Join(", ", t.shape)}], expected [{string.Join(", ", p.shape)}]");
-            p.copy_(t);
+            var unknown = tensors.Keys.Where(k => !own.ContainsKey(k) && !IsIgnorableKey(k)).OrderBy(k => k, StringComparer.Ordinal).ToList();
+            if (unknown.Count > 0)
+                throw CheckpointException.For(source, unknown[0],
+                    $"unexpected tensor for a {Config.ModelType} model with this config ({unknown.Count} unexpected: {string.Join(", ", unknown.Take(5))})");
+            foreach (var (n, t) in tensors)
+            {
+                if (!own.TryGetValue(n, out var p)) continue;
+                if (!t.shape.SequenceEqual(p.shape))
+                    throw CheckpointException.For(source, n, $"wrong shape [{string.Join(", ", t.shape)}], expected [{string.Join(", ", p.shape)}]");
+                p.copy_(t);
+                loaded.Add(n);
+            }
         }
+        foreach (var (n, p) in own)
+            if (!loaded.Contains(n))
+                throw CheckpointException.For(checkpoint, n, $"missing tensor (expected shape [{string.Join(", ", p.shape)}])");
     }
 
     /// <summary>Random initialization as HF does: normal(0, initializer_range) for matrices and embeddings, ones for
@@ -79,11 +89,12 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
     }
 
     /// <summary>The boolean attention mask [B or 1, 1, T, past + T]: causal, restricted to real keys; a padded query
-    /// still sees itself (so that no row is empty). Null when no mask is needed (one new token, no padding).</summary>
+    /// still sees itself (so that no row is empty). Null when no explicit mask is needed: no padding and either one new
+    /// token (it sees every cached key) or no cache (then <see cref="Attend"/> uses the fused causal kernel).</summary>
     internal static Tensor? Mask(Tensor? attentionMask, long t, long past, Device device)
     {
         var total = past + t;
-        if (attentionMask is null && t == 1) return null;
+        if (attentionMask is null && (t == 1 || past == 0)) return null;
         var q = torch.arange(past, total, dtype: ScalarType.Int64, device: device).unsqueeze(1);
         var k = torch.arange(0, total, dtype: ScalarType.Int64, device: device).unsqueeze(0);
         var causal = k.le(q);
@@ -98,6 +109,8 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
     {
         var rep = q.shape[1] / k.shape[1];
         if (rep > 1) { k = k.repeat_interleave(rep, 1); v = v.repeat_interleave(rep, 1); }
-        return nn.functional.scaled_dot_product_attention(q, k, v, mask, 0.0, false);
+        // Without a mask, T queries over T keys are causal; one query over the cache sees all keys.
+        var causal = mask is null && q.shape[2] > 1;
+        return nn.functional.scaled_dot_product_attention(q, k, v, mask, 0.0, causal);
     }
 }

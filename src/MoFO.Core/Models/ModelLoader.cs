@@ -27,42 +27,50 @@ public static class ModelLoader
     {
         device ??= torch.CPU;
         var dt = dtype ?? DefaultDType(device);
-        ModelConfig config;
-        Dictionary<string, Tensor> tensors;
-        string source;
-        IReadOnlyList<int> stops;
         if (File.Exists(path) && path.EndsWith(".bin", StringComparison.OrdinalIgnoreCase))
         {
-            LlamaConfig lc;
-            (lc, tensors) = Llama2c.Load(path);
-            config = lc;
-            source = path;
-            stops = [.. lc.EosTokenIds, lc.BosTokenId!.Value];   // run.c ends a story at BOS, the training delimiter
+            var (lc, tensors) = Llama2c.Load(path);
+            try { return (Build(lc, [(path, tensors)], path, dt, device), [.. lc.EosTokenIds, lc.BosTokenId!.Value]); }  // run.c ends a story at BOS
+            finally { foreach (var t in tensors.Values) t.Dispose(); }
         }
-        else if (Directory.Exists(path))
+        if (Directory.Exists(path))
         {
             var configFile = Path.Combine(path, "config.json");
             if (!File.Exists(configFile)) throw new CheckpointException($"{configFile}: missing (an HF model folder needs config.json)");
-            config = ModelConfig.Load(configFile);
-            tensors = SafeTensors.LoadCheckpoint(path);
-            source = File.Exists(Path.Combine(path, SafeTensors.IndexFileName)) ? Path.Combine(path, SafeTensors.IndexFileName) : Path.Combine(path, SafeTensors.SingleFileName);
-            stops = ReadGenerationStops(Path.Combine(path, "generation_config.json")) ?? config.EosTokenIds;
+            var config = ModelConfig.Load(configFile);
+            var checkpoint = SafeTensors.CheckpointFile(path);
+            var stops = ReadGenerationStops(Path.Combine(path, "generation_config.json")) ?? config.EosTokenIds;
+            return (Build(config, Parts(path), checkpoint, dt, device), stops);
         }
-        else if (File.Exists(path))
+        if (File.Exists(path))
             throw new CheckpointException($"{path}: unsupported model file (expected a llama2.c .bin or an HF folder with config.json)");
-        else
-            throw new CheckpointException($"{path}: not found (expected an HF model folder or a llama2.c .bin file)");
+        throw new CheckpointException($"{path}: not found (expected an HF model folder or a llama2.c .bin file)");
+    }
 
-        CausalLMModule module;
+    /// <summary>Shards one at a time; each is disposed once copied into the model.</summary>
+    static IEnumerable<(string, IReadOnlyDictionary<string, Tensor>)> Parts(string path)
+    {
+        foreach (var (file, tensors) in SafeTensors.EnumerateCheckpoint(path))
+        {
+            try { yield return (file, tensors); }
+            finally { foreach (var t in tensors.Values) t.Dispose(); }
+        }
+    }
+
+    /// <summary>Creates the module in the target dtype (so a bfloat16 model never exists in float32), copies the
+    /// weights, then moves it to the device.</summary>
+    static CausalLMModule Build(ModelConfig config, IEnumerable<(string, IReadOnlyDictionary<string, Tensor>)> parts, string checkpoint, ScalarType dt, Device device)
+    {
+        var module = Create(config);
         try
         {
-            module = Create(config);
-            module.LoadWeights(tensors, source);
+            module.to(dt);
+            module.LoadWeights(parts, checkpoint);
+            module.to(device);
+            module.eval();
+            return module;
         }
-        finally { foreach (var t in tensors.Values) t.Dispose(); }
-        module.to(dt).to(device);
-        module.eval();
-        return (module, stops);
+        catch { module.Dispose(); throw; }
     }
 
     static IReadOnlyList<int>? ReadGenerationStops(string file)
@@ -104,7 +112,8 @@ public static class ModelLoader
             var tok = TextTokenizer.Load(tokFile);
             if (tok.VocabSize > module.Config.VocabSize)
                 throw new CheckpointException($"{tokFile}: the tokenizer has {tok.VocabSize} tokens but the model {path} only {module.Config.VocabSize} (vocab_size)");
-            var name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(path)));
+            var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
+            var name = Directory.Exists(full) ? Path.GetFileName(full) : Path.GetFileNameWithoutExtension(full);
             return new CausalLM(module, tok, name, stops);
         }
         catch { module.Dispose(); throw; }

@@ -9,8 +9,9 @@ namespace MoFO.Tokenization;
 /// An HF <c>tokenizer.json</c> with a byte-level BPE model (GPT-NeoX/Pythia, GPT-2 family), built on
 /// Microsoft.ML.Tokenizers' <see cref="BpeTokenizer"/> with <c>ByteLevel</c> on and GPT-2's pre-tokenization regex.
 /// Reads <c>model.vocab</c>, <c>model.merges</c> ("a b" strings or [a, b] pairs), <c>added_tokens</c> (matched whole
-/// in the text), <c>pre_tokenizer.add_prefix_space</c>, and a <c>TemplateProcessing</c> post-processor that puts a
+/// in the text), <c>pre_tokenizer.add_prefix_space</c>, a <c>Split</c> pre-tokenizer's regex (else GPT-2's), and a <c>TemplateProcessing</c> post-processor that puts a
 /// special token first (which makes BOS the default, as in Llama-3); Pythia's ByteLevel post-processor adds nothing.
+/// The normalizer (NFC for GPT-NeoX) is not applied.
 /// </summary>
 public sealed class ByteLevelBpeTokenizer : ITextTokenizer
 {
@@ -82,7 +83,7 @@ public sealed class ByteLevelBpeTokenizer : ITextTokenizer
             Merges = merges,
             ByteLevel = true,
             SpecialTokens = added,
-            PreTokenizer = new RegexPreTokenizer(new Regex(Gpt2Pattern, RegexOptions.Compiled), added),
+            PreTokenizer = new RegexPreTokenizer(new Regex(FindSplitPattern(root["pre_tokenizer"]) ?? Gpt2Pattern, RegexOptions.Compiled), added),
         };
         BpeTokenizer bpe;
         try { bpe = BpeTokenizer.Create(options); }
@@ -90,6 +91,15 @@ public sealed class ByteLevelBpeTokenizer : ITextTokenizer
         var size = Math.Max(vocab.Count == 0 ? 0 : vocab.Values.Max() + 1, added.Count == 0 ? 0 : added.Values.Max() + 1);
         return new ByteLevelBpeTokenizer(bpe, file, size, bos, eos, bosDefault, special, addPrefix);
     }
+
+    /// <summary>The regex of a <c>Split</c> pre-tokenizer (Llama-3 style <c>Sequence[Split, ByteLevel]</c>), or null for
+    /// GPT-2's pattern (what <c>ByteLevel</c> with <c>use_regex</c> applies).</summary>
+    static string? FindSplitPattern(JsonNode? pre) => pre switch
+    {
+        JsonObject o when o["type"]?.GetValue<string>() == "Split" => o["pattern"]?["Regex"]?.GetValue<string>(),
+        JsonObject o when o["pretokenizers"] is JsonArray list => list.Select(FindSplitPattern).FirstOrDefault(p => p is not null),
+        _ => null,
+    };
 
     static bool FindAddPrefixSpace(JsonNode? pre) => pre switch
     {
