@@ -186,11 +186,6 @@ public sealed class Trainer
                 bad++;
                 Console.Error.WriteLine($"warning: step {step + 1}: non-finite {(double.IsFinite(loss) ? "gradient norm" : "loss")}; the step is skipped ({bad} in a row)");
                 opt.zero_grad();
-                if (bad >= _o.MaxBadSteps)
-                {
-                    SaveCheckpoint(opt, step);
-                    throw new TrainingDivergedException($"{bad} consecutive steps with a non-finite loss or gradient (last at step {step + 1}); the run stopped. A checkpoint of step {step} is in {CheckpointDir}. Lower the learning rate.");
-                }
             }
             else
             {
@@ -206,6 +201,12 @@ public sealed class Trainer
             var metrics = new StepMetrics(step + 1, epoch, loss, lr, norm, distance, skipped ? 0 : (double)updated / numel, tokens, clock.Elapsed.TotalSeconds, skipped, evalLoss);
             log.WriteLine(JsonSerializer.Serialize(metrics, JsonOptions));
             log.Flush();
+            if (bad >= _o.MaxBadSteps)
+            {
+                log.Dispose();
+                SaveCheckpoint(opt, step);
+                throw new TrainingDivergedException($"{bad} consecutive steps with a non-finite loss or gradient (last at step {step + 1}); the run stopped. A checkpoint of step {step} is in {CheckpointDir}. Lower the learning rate.");
+            }
             if (progress is not null) { progress.Status = $"loss {loss:F4}, lr {lr:G3}"; progress.Advance(); }
             if (_o.SaveEvery > 0 && (step + 1) % _o.SaveEvery == 0 && step + 1 < total) SaveCheckpoint(opt, step + 1);
             OnStep?.Invoke(metrics);
