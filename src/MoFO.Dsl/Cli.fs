@@ -21,6 +21,7 @@ type BenchArgs =
 type MofoArgs =
     | [<CliPrefix(CliPrefix.None)>] Info of ParseResults<InfoArgs>
     | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<Train.TrainArgs>
+    | [<CliPrefix(CliPrefix.None)>] Continual of ParseResults<Continual.ContinualArgs>
     | [<CliPrefix(CliPrefix.None)>] Eval of ParseResults<Eval.EvalArgs>
     | [<CliPrefix(CliPrefix.None)>] Eval_Samples of ParseResults<EvalSamples.EvalSamplesArgs>
     | [<CliPrefix(CliPrefix.None)>] Generate of ParseResults<Generate.GenerateArgs>
@@ -35,6 +36,7 @@ type MofoArgs =
             | Bench _ -> "benchmarks (model: forward tokens/s)."
             | Info _ -> "print TorchSharp and libtorch versions, devices, threads, the data root and which real assets are present."
             | Train _ -> "fine-tune a model on instruction data with MoFO or a baseline (checkpoints, resume, metrics log)."
+            | Continual _ -> "train on a stream of TRACE task folders in sequence; the accuracy matrix, OP and BWT, with Replay, GEM or MTL."
             | Eval _ -> "evaluate a model on a benchmark (mmlu, arc-easy, arc-challenge, hellaswag, mc, gsm8k, humaneval) or a forgetting measure (perplexity, pretrain-proxy, story-cloze)."
             | Eval_Samples _ -> "score a samples file of generated code ({task_id, completion} jsonl) in the sandbox: pass@k."
             | Data_Root _ -> "the folder with the real models, tokenizers and datasets (default: $MOFO_DATA, else ../shared/data beside the repository)."
@@ -57,6 +59,7 @@ let run (argv: string[]) =
         match args.TryGetSubCommand() with
         | Some (MofoArgs.Info _) -> Info.run ()
         | Some (MofoArgs.Train a) -> Train.run a
+        | Some (MofoArgs.Continual a) -> Continual.run a
         | Some (MofoArgs.Eval a) -> Eval.run a
         | Some (MofoArgs.Eval_Samples a) -> EvalSamples.run a
         | Some (MofoArgs.Generate g) -> Generate.run g

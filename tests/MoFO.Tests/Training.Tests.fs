@@ -1,4 +1,4 @@
-module MoFO.Tests.Training
+module MoFO.Tests.Training.Trainer.Tests
 
 open System
 open System.IO

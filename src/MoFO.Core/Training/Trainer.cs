@@ -42,6 +42,10 @@ public sealed class Trainer
     /// <summary>Called after every step (tests use it to simulate a crash).</summary>
     public Action<StepMetrics>? OnStep { get; set; }
 
+    /// <summary>Called after the backward pass of a step, before clipping and the optimizer step: may rewrite the
+    /// gradients (GEM projects them here).</summary>
+    public Action<CausalLMModule>? AfterBackward { get; set; }
+
     public Trainer(CausalLM model, IReadOnlyList<TrainingExample> train, IReadOnlyList<TrainingExample>? eval, TrainingOptions options, string outputDir)
     {
         options.Validate();
@@ -178,6 +182,7 @@ public sealed class Trainer
                 using var scope = NewDisposeScope();
                 term.Loss().backward();
             }
+            AfterBackward?.Invoke(module);
             double norm = GradNorm(module);
             double loss = lossSum / tokens;
             bool skipped = !double.IsFinite(loss) || !double.IsFinite(norm);
