@@ -11,7 +11,7 @@ public static class AtomicFile
         var tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
         try
         {
-            using (var s = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write))
+            using (var s = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
             {
                 write(s);
                 s.Flush(flushToDisk: true);

@@ -16,6 +16,7 @@ public sealed class ConsoleProgress : IDisposable
     readonly object _gate = new();
     readonly TextWriter _out;
     long _done;
+    long _drawn = -1;
     TimeSpan _lastDraw = TimeSpan.FromDays(-1);
     bool _finished;
 
@@ -62,6 +63,8 @@ public sealed class ConsoleProgress : IDisposable
     void Draw(long done, bool final)
     {
         if (!Enabled) return;
+        if (final && !_interactive && done == _drawn) return;   // the last line is already out
+        _drawn = done;
         var text = Describe(done);
         if (_interactive) _out.Write("\r" + text.PadRight(Console.IsErrorRedirected ? 0 : 100) + (final ? "\n" : ""));
         else _out.WriteLine(text);

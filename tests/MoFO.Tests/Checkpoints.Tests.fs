@@ -55,7 +55,7 @@ let tests =
             use dir = new TempDir()
             let file = dir.File "model.safetensors"
             File.WriteAllText(file, "old")
-            Expect.throws (fun () -> AtomicFile.Write(file, fun fs -> fs.Write([| 1uy; 2uy |]); failwith "disk full")) "the failure propagates"
+            Expect.throws (fun () -> MoFO.AtomicFile.Write(file, fun (fs: Stream) -> fs.Write([| 1uy; 2uy |]); failwith "disk full")) "the failure propagates"
             Expect.equal (File.ReadAllText file) "old" "old content kept"
             Expect.equal (Directory.GetFiles dir.Path).Length 1 "no temporary file left"
         }

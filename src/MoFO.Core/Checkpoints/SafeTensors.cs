@@ -240,31 +240,3 @@ public static class SafeTensors
         return files;
     }
 }
-
-/// <summary>Atomic file writes: write a temporary file in the target's folder, flush it, then rename over the target.</summary>
-public static class AtomicFile
-{
-    public static void Write(string file, Action<FileStream> write)
-    {
-        var full = Path.GetFullPath(file);
-        var dir = Path.GetDirectoryName(full)!;
-        Directory.CreateDirectory(dir);
-        var tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            using (var fs = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
-            {
-                write(fs);
-                fs.Flush(true);
-            }
-            File.Move(tmp, full, overwrite: true);
-        }
-        catch
-        {
-            if (File.Exists(tmp)) File.Delete(tmp);
-            throw;
-        }
-    }
-
-    public static void WriteAllText(string file, string text) => Write(file, fs => fs.Write(Encoding.UTF8.GetBytes(text)));
-}
