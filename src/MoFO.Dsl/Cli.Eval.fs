@@ -22,6 +22,7 @@ type EvalTask =
     | Perplexity
     | Pretrain_Proxy
     | Story_Cloze
+    | Distance
 
 type EvalArgs =
     | [<Mandatory>] Model of path: string
@@ -50,7 +51,7 @@ type EvalArgs =
             | Limit _ -> "evaluate only the first N items (MMLU: the first N of every subject)."
             | Shots _ -> "few-shot examples (default: 0; gsm8k 5)."
             | Output _ -> "write the metrics and per-item results as JSON to this file."
-            | Base _ -> "pretrain-proxy / story-cloze: the base model whose samples are the data (default: --model itself)."
+            | Base _ -> "pretrain-proxy / story-cloze: the base model whose samples are the data (default: --model itself); distance: the model to measure from (required)."
             | Samples _ -> "humaneval: completions per problem (default 10); pretrain-proxy/story-cloze: base-model samples (default 64)."
             | Temperature _ -> "humaneval sampling temperature (default 0.8; 0 = greedy)."
             | Top_P _ -> "humaneval nucleus sampling (default 0.95)."
@@ -158,6 +159,13 @@ let evaluate (model: CausalLM) (args: ParseResults<EvalArgs>) =
         use progress = new ConsoleProgress("perplexity", int64 texts.Length, "texts")
         let l = Forgetting.Loss(model, texts, 16, progress)
         { Metrics = [ "mean_token_nll", l.MeanTokenNll; "perplexity", l.Perplexity; "tokens", float l.Tokens ]; Count = l.Texts; Items = null }
+    | EvalTask.Distance ->
+        let basePath = args.TryGetResult Base |> Option.defaultWith (fun () -> raise (ArgumentException "--task distance: pass --base with the model to measure from"))
+        use b = ModelLoader.Load(basePath, Option.toObj (args.TryGetResult Tokenizer))
+        let d = ParameterDistance.Compute(b.Module.StateDict(), model.Module.StateDict(), basePath, model.Name)
+        { Metrics = [ "l2", d.L2; "relative", d.Relative; "base_norm", d.BaseNorm ]
+          Count = d.PerTensorL2.Count
+          Items = d.PerTensorL2 :> obj }
     | EvalTask.Pretrain_Proxy ->
         let texts = samplesFor () |> take limit
         use progress = new ConsoleProgress("pretrain-proxy", int64 texts.Length, "samples")

@@ -37,7 +37,7 @@ type MofoArgs =
             | Info _ -> "print TorchSharp and libtorch versions, devices, threads, the data root and which real assets are present."
             | Train _ -> "fine-tune a model on instruction data with MoFO or a baseline (checkpoints, resume, metrics log)."
             | Continual _ -> "train on a stream of TRACE task folders in sequence; the accuracy matrix, OP and BWT, with Replay, GEM or MTL."
-            | Eval _ -> "evaluate a model on a benchmark (mmlu, arc-easy, arc-challenge, hellaswag, mc, gsm8k, humaneval) or a forgetting measure (perplexity, pretrain-proxy, story-cloze)."
+            | Eval _ -> "evaluate a model on a benchmark (mmlu, arc-easy, arc-challenge, hellaswag, mc, gsm8k, humaneval) or a forgetting measure (perplexity, pretrain-proxy, story-cloze, distance)."
             | Eval_Samples _ -> "score a samples file of generated code ({task_id, completion} jsonl) in the sandbox: pass@k."
             | Data_Root _ -> "the folder with the real models, tokenizers and datasets (default: $MOFO_DATA, else ../shared/data beside the repository)."
 

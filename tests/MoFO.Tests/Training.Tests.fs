@@ -220,6 +220,13 @@ let trainer =
             let r = Trainer(lm, train, null, options, dir).Run(resume = true)
             Expect.equal r.Steps 4 "resumed to the end"
             Expect.isTrue (File.Exists(Path.Combine(dir, "model", "model.safetensors"))) "final model written"
+            // mofo eval --task distance measures the same distance from the base weights as the trainer logged.
+            let json = Path.Combine(dir, "distance.json")
+            let code, _, err = captureConsole (fun () ->
+                MoFO.Dsl.Cli.Main.run [| "eval"; "--task"; "distance"; "--model"; Path.Combine(dir, "model"); "--base"; stories (); "--output"; json |])
+            Expect.equal code 0 $"distance eval; stderr: {err}"
+            let l2 = using (Text.Json.JsonDocument.Parse(File.ReadAllText json)) (fun d -> d.RootElement.GetProperty("metrics").GetProperty("l2").GetDouble())
+            Expect.floatClose Accuracy.high l2 r.Distance "same L2 distance"
         }
 
         test "non-finite losses skip steps and stop the run after several in a row" {

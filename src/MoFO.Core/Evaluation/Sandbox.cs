@@ -73,13 +73,14 @@ public sealed class PythonSandbox
 
     /// <summary>Finds python3 and bubblewrap. Throws <see cref="SandboxUnavailableException"/> when bubblewrap is missing
     /// and <paramref name="allowUnsandboxed"/> is false.</summary>
-    public static PythonSandbox Create(SandboxLimits? limits = null, bool allowUnsandboxed = false)
+    /// <param name="bwrapPath">where bubblewrap is (default: /usr/bin/bwrap, else the PATH).</param>
+    public static PythonSandbox Create(SandboxLimits? limits = null, bool allowUnsandboxed = false, string? bwrapPath = null)
     {
         if (!RuntimeInformation.IsOSPlatform(OSPlatform.Linux))
             throw new SandboxUnavailableException("the code-execution sandbox needs Linux (bubblewrap)");
         var python = FindExecutable("python3", preferred: "/usr/bin/python3")
             ?? throw new SandboxUnavailableException("python3 was not found on PATH; install it (Debian: apt-get install python3)");
-        var bwrap = FindExecutable("bwrap", preferred: "/usr/bin/bwrap");
+        var bwrap = bwrapPath is not null ? (File.Exists(bwrapPath) ? bwrapPath : null) : FindExecutable("bwrap", preferred: "/usr/bin/bwrap");
         if (bwrap is null && !allowUnsandboxed)
             throw new SandboxUnavailableException(
                 "bubblewrap (bwrap) is not installed, so generated code cannot be run in a sandbox. Install it " +
