@@ -263,3 +263,33 @@ let trainer =
             Expect.stringContains e2.Message "sgd" "names the method"
         }
     ]
+
+type PromptRow() =
+    member val prompt = "" with get, set
+    member val completion = "" with get, set
+
+let private writeParquet (path: string) (rows: 'T list) =
+    use s = File.Create path
+    Parquet.Serialization.ParquetSerializer.SerializeAsync(rows, s).Wait()
+
+[<Tests>]
+let parquet =
+    testList "Training.Parquet" [
+        test "parquet: prompt/completion columns and a Tulu messages column, as HF datasets ship them" {
+            let dir = tempDir ()
+            let flat = Path.Combine(dir, "train.parquet")
+            writeParquet flat [ PromptRow(prompt = "2+2=", completion = " 4"); PromptRow(prompt = "3+3=", completion = " 6") ]
+            let ex = InstructionData.Read(flat, DataFormat.Jsonl)
+            Expect.equal [ for e in ex -> e.Prompt, e.Completion ] [ "2+2=", " 4"; "3+3=", " 6" ] "rows"
+            let chat = Path.Combine(dir, "chat.parquet")
+            let row (u: string) (a: string) =
+                ParquetData.MessageRow(messages = Collections.Generic.List [ ParquetData.Message(role = "user", content = u); ParquetData.Message(role = "assistant", content = a) ])
+            writeParquet chat [ row "Hi" "Yo"; row "Q" "A" ]
+            let conv = InstructionData.Read(chat, DataFormat.Tulu)
+            Expect.equal conv.Count 2 "two conversations"
+            Expect.equal conv[0].Text "<|user|>\nHi\n<|assistant|>\nYo" "Tulu template"
+            let e = throwsWith<DataFormatException> (fun () -> InstructionData.Read(flat, DataFormat.Alpaca) |> ignore)
+            Expect.stringContains e.Message "\"instruction\"" "names the missing column"
+            Expect.stringContains e.Message "prompt, completion" "lists the columns that exist"
+        }
+    ]

@@ -39,6 +39,7 @@ public static class InstructionData
     {
         if (format != DataFormat.Trace && !File.Exists(path))
             throw new FileNotFoundException($"{path}: data file not found", path);
+        if (path.EndsWith(".parquet", StringComparison.OrdinalIgnoreCase)) return ReadParquet(path, format, skipEmpty);
         return format switch
         {
             DataFormat.Tulu => ReadTulu(path, skipEmpty),
@@ -162,6 +163,54 @@ public static class InstructionData
             i++;
         }
         return NonEmpty(list, file);
+    }
+
+    /// <summary>Parquet files (HF datasets): tulu reads a <c>messages</c> column; alpaca instruction/input/output;
+    /// gsm8k question/answer; jsonl prompt/completion (or response/answer).</summary>
+    public static List<TrainingExample> ReadParquet(string path, DataFormat format, bool skipEmpty = false)
+    {
+        var list = new List<TrainingExample>();
+        if (format == DataFormat.Tulu)
+        {
+            var convs = ParquetData.ReadMessages(path);
+            for (int i = 0; i < convs.Count; i++)
+            {
+                if (skipEmpty && convs[i].Any(m => m.Role == "assistant" && m.Content.Trim().Length == 0)) continue;
+                try { list.Add(TuluTemplate.Render(convs[i], $"{path} row {i}")); }
+                catch (DataFormatException e) { throw new DataFormatException(path, null, $"row {i}: {e.Message[(e.File.Length + 2)..]}"); }
+            }
+            return NonEmpty(list, path);
+        }
+        var rows = ParquetData.ReadStringColumns(path);
+        for (int i = 0; i < rows.Count; i++)
+        {
+            var row = rows[i];
+            string prompt, answer;
+            switch (format)
+            {
+                case DataFormat.Alpaca:
+                    var instruction = ParquetData.Field(row, path, i, "instruction");
+                    var input = row.TryGetValue("input", out var inp) ? inp ?? "" : "";
+                    answer = ParquetData.Field(row, path, i, "output");
+                    prompt = input.Trim().Length > 0 ? instruction.Trim() + "\n\n" + input.Trim() : instruction.Trim();
+                    if (answer.Trim().Length == 0) { if (skipEmpty) continue; throw new DataFormatException(path, null, $"row {i}: empty \"output\""); }
+                    list.Add(TuluTemplate.Render([new ChatMessage("user", prompt), new ChatMessage("assistant", answer)], $"{path} row {i}"));
+                    continue;
+                case DataFormat.Gsm8k:
+                    prompt = Evaluation.Gsm8k.FormatQuestion(ParquetData.Field(row, path, i, "question"));
+                    answer = " " + ParquetData.Field(row, path, i, "answer");
+                    break;
+                case DataFormat.Jsonl:
+                    prompt = ParquetData.Field(row, path, i, "prompt");
+                    answer = ParquetData.Field(row, path, i, "completion", "response", "answer");
+                    break;
+                default:
+                    throw new ArgumentException($"{path}: format {format} is not read from parquet (tulu, alpaca, gsm8k and jsonl are)");
+            }
+            if (answer.Trim().Length == 0) { if (skipEmpty) continue; throw new DataFormatException(path, null, $"row {i}: empty answer"); }
+            list.Add(TrainingExample.PromptCompletion(prompt, answer, $"{path} row {i}"));
+        }
+        return NonEmpty(list, path);
     }
 
     static List<TrainingExample> NonEmpty(List<TrainingExample> list, string path) =>
