@@ -59,6 +59,13 @@ let tests =
             Expect.isTrue (get "exact_match_flexible" >= 0.0 && get "exact_match_strict" >= 0.0) "scores"
         }
 
+        test "HumanEval end to end: sampled completions of stories260K run in the sandbox (pass@1 and pass@2 reported)" {
+            let count, get, stdout = evalCli [ "--task"; "humaneval"; "--limit"; "3"; "--samples"; "2"; "--max-new-tokens"; "24"; "--k"; "1,2" ]
+            Expect.equal count 3 "problems"
+            Expect.isTrue (get "pass@1" >= 0.0 && get "pass@1" <= get "pass@2") "pass@1 ≤ pass@2"
+            Expect.stringContains stdout "pass@2" "reported"
+        }
+
         test "pretrain proxy: the base model's loss on its own samples is near its pilot value" {
             let cache = Directory.CreateTempSubdirectory("mofo-cache-").FullName
             let _, get, _ = evalCli [ "--task"; "pretrain-proxy"; "--cache"; cache ]
