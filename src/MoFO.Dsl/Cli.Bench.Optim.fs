@@ -107,7 +107,7 @@ let run (args: ParseResults<BenchOptimArgs>) =
         [ "AdamW (ours, fused)", new AdamW(group (), lr = 1e-5) :> BlockOptimizer
           $"MoFO α={alpha}", new MoFOOptimizer(group (), lr = 1e-5, alpha = alpha) :> BlockOptimizer
           $"gradient-filtered BCD α={alpha}", new GradientFilteredBCD(group (), lr = 1e-5, alpha = alpha) :> BlockOptimizer ]
-    let tsParams = ps |> List.map (fun p -> TorchSharp.Modules.Parameter(p.detach().clone()))
+    let tsParams = ps |> List.map (fun p -> new TorchSharp.Modules.Parameter(p.detach().clone()))
     for p, q in List.zip tsParams ps do p.grad <- q.grad.clone()
     let libtorch = torch.optim.AdamW(tsParams, lr = 1e-5)
     let steppers : (string * (unit -> unit)) list =

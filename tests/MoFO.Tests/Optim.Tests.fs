@@ -27,7 +27,7 @@ let engine =
                 let ws = makeWeights 1L ps
                 use ours = new MoFOOptimizer(asSeq ps, lr = 1e-2, alpha = 1.0, weight_decay = 0.05)
                 ours.UseFastPath <- fast
-                let refParams = ref |> List.map (fun t -> TorchSharp.Modules.Parameter(t))
+                let refParams = ref |> List.map (fun t -> new TorchSharp.Modules.Parameter(t))
                 use theirs = torch.optim.AdamW(refParams, lr = 1e-2, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.05)
                 for _ in 1 .. 20 do
                     stepSin ours.zero_grad ours.step ps ws
