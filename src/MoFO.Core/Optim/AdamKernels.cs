@@ -19,7 +19,7 @@ internal sealed class ThresholdGuess
 /// <summary>The per-step constants of the Adam update, in float32 as libtorch converts them.</summary>
 internal readonly struct AdamScalars
 {
-    public readonly float Beta1, OneMinusBeta1, Beta2, OneMinusBeta2, NegStep, SqrtBc2, Eps, Decay;
+    public readonly float Beta1, OneMinusBeta1, Beta2, OneMinusBeta2, NegStep, SqrtBc2, InvSqrtBc2, Eps, Decay;
     public readonly double Lr, WeightDecay, Beta1D, Beta2D, EpsD, StepD, SqrtBc2D;
 
     /// <summary>The authors' conventions: step = lr/(1-β1^t), denom = sqrt(v)/sqrt(1-β2^t) + eps, p *= 1 - lr·wd.</summary>
@@ -32,7 +32,7 @@ internal readonly struct AdamScalars
         SqrtBc2D = Math.Sqrt(bc2);
         Beta1 = (float)beta1; OneMinusBeta1 = (float)(1 - beta1);
         Beta2 = (float)beta2; OneMinusBeta2 = (float)(1 - beta2);
-        NegStep = (float)(-StepD); SqrtBc2 = (float)SqrtBc2D; Eps = (float)eps;
+        NegStep = (float)(-StepD); SqrtBc2 = (float)SqrtBc2D; InvSqrtBc2 = (float)(1 / SqrtBc2D); Eps = (float)eps;
         Decay = (float)(1 - lr * weightDecay);
     }
 }
@@ -85,7 +85,7 @@ internal static unsafe class AdamKernels
         int W = Vector<float>.Count;
         var b1 = new Vector<float>(s.Beta1); var ob1 = new Vector<float>(s.OneMinusBeta1);
         var b2 = new Vector<float>(s.Beta2); var ob2 = new Vector<float>(s.OneMinusBeta2);
-        var ns = new Vector<float>(s.NegStep); var sb = new Vector<float>(s.SqrtBc2);
+        var ns = new Vector<float>(s.NegStep); var isb = new Vector<float>(s.InvSqrtBc2);
         var ep = new Vector<float>(s.Eps); var dc = new Vector<float>(s.Decay);
         long i = lo;
         for (; i + W <= hi; i += W)
@@ -95,7 +95,7 @@ internal static unsafe class AdamKernels
             var vv = Unsafe.ReadUnaligned<Vector<float>>(v + i) * b2 + (gv * ob2) * gv;
             Unsafe.WriteUnaligned(m + i, mv);
             Unsafe.WriteUnaligned(v + i, vv);
-            var denom = Vector.SquareRoot(vv) / sb + ep;
+            var denom = Vector.SquareRoot(vv) * isb + ep;
             var pv = Unsafe.ReadUnaligned<Vector<float>>(p + i) * dc;
             Unsafe.WriteUnaligned(p + i, pv + (ns * mv) / denom);
         }
@@ -105,7 +105,7 @@ internal static unsafe class AdamKernels
             float mi = m[i] * s.Beta1 + gi * s.OneMinusBeta1;
             float vi = v[i] * s.Beta2 + (gi * s.OneMinusBeta2) * gi;
             m[i] = mi; v[i] = vi;
-            float denom = MathF.Sqrt(vi) / s.SqrtBc2 + s.Eps;
+            float denom = MathF.Sqrt(vi) * s.InvSqrtBc2 + s.Eps;
             p[i] = p[i] * s.Decay + (s.NegStep * mi) / denom;
         }
     }
@@ -458,7 +458,7 @@ internal static unsafe class AdamKernels
     static void ApplyRange(float* p, float* m, float* v, uint* key, byte* touched, long lo, long hi, int T, int lastTie, in AdamScalars s)
     {
         int W = Vector<float>.Count;
-        var ns = new Vector<float>(s.NegStep); var sb = new Vector<float>(s.SqrtBc2);
+        var ns = new Vector<float>(s.NegStep); var isb = new Vector<float>(s.InvSqrtBc2);
         var ep = new Vector<float>(s.Eps); var dc = new Vector<float>(s.Decay);
         var absMask = new Vector<int>(0x7FFFFFFF);
         var tv = new Vector<int>(T); var lastV = new Vector<int>(lastTie);
@@ -474,7 +474,7 @@ internal static unsafe class AdamKernels
             var pd = Unsafe.ReadUnaligned<Vector<float>>(p + i) * dc;
             var mv = Unsafe.ReadUnaligned<Vector<float>>(m + i);
             var vv = Unsafe.ReadUnaligned<Vector<float>>(v + i);
-            var denom = Vector.SquareRoot(vv) / sb + ep;
+            var denom = Vector.SquareRoot(vv) * isb + ep;
             Unsafe.WriteUnaligned(p + i, Vector.ConditionalSelect(sel, pd + (ns * mv) / denom, pd));
             if (touched != null && sel != Vector<int>.Zero)
                 for (int j = 0; j < W; j++) if (sel[j] != 0) touched[i + j] = 1;
@@ -485,7 +485,7 @@ internal static unsafe class AdamKernels
             float pd = p[i] * s.Decay;
             if (kx > T || (kx == T && i <= lastTie))
             {
-                float denom = MathF.Sqrt(v[i]) / s.SqrtBc2 + s.Eps;
+                float denom = MathF.Sqrt(v[i]) * s.InvSqrtBc2 + s.Eps;
                 p[i] = pd + (s.NegStep * m[i]) / denom;
                 if (touched != null) touched[i] = 1;
             }
