@@ -191,7 +191,7 @@ internal static unsafe class AdamKernels
         void Body(long c)
         {
             long a = c * Chunk, b = Math.Min(n, a + Chunk);
-            var list = new List<ulong>();
+            var list = new List<ulong>(256);
             above[c] = MomentsCountRange((float*)g, (float*)m, (float*)v, a, b, sc, (uint*)spn, byGradient, lo, hi, list);
             cands[c] = list;
         }
@@ -201,10 +201,11 @@ internal static unsafe class AdamKernels
         uint T; long lastTie;
         if (need >= 1 && need <= total)
         {
-            var all = new ulong[total];
+            var all = ArrayPool<ulong>.Shared.Rent((int)total);
             int o = 0;
             foreach (var l in cands) { l.CopyTo(all, o); o += l.Count; }
-            ulong cStar = QuickSelect(all, all.Length, (int)(all.Length - need));
+            ulong cStar = QuickSelect(all, (int)total, (int)(total - need));
+            ArrayPool<ulong>.Shared.Return(all);
             T = (uint)(cStar >> 32); lastTie = 0xFFFFFFFFu - (uint)cStar;
             // keep the window about 4x wider than the drift of the threshold, within [0.1 %, 20 %]
             double drift = Math.Abs(BitConverter.Int32BitsToSingle((int)T) - center) / Math.Max(center, 1e-30f);
@@ -299,11 +300,12 @@ internal static unsafe class AdamKernels
         long cAbove = above.Sum();
         long need = k - cAbove;
         if (need < 1 || need > total) return (0, 0, false);
-        var all = new ulong[total];
+        var all = ArrayPool<ulong>.Shared.Rent((int)total);
         int o = 0;
         foreach (var l in cands) { l.CopyTo(all, o); o += l.Count; }
         // the need-th largest composite
-        ulong cStar = QuickSelect(all, all.Length, (int)(all.Length - need));
+        ulong cStar = QuickSelect(all, (int)total, (int)(total - need));
+        ArrayPool<ulong>.Shared.Return(all);
         return ((uint)(cStar >> 32), (long)(0xFFFFFFFFu - (uint)cStar), true);
     }
 
@@ -420,7 +422,8 @@ internal static unsafe class AdamKernels
     static (uint T, long lastTie) SelectByHistogram(uint* key, long n, long k)
     {
         nint kp = (nint)key;
-        var hiHist = new long[HiBins];
+        var hiHist = ArrayPool<long>.Shared.Rent(HiBins);
+        Array.Clear(hiHist, 0, HiBins);
         RunWithHistograms(n, HiBins, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (lo, hi, h) =>
         {
             var kk = (uint*)kp;
@@ -429,7 +432,8 @@ internal static unsafe class AdamKernels
         long above = 0; int bin = HiBins - 1;
         for (; bin >= 0; bin--) { if (above + hiHist[bin] >= k) break; above += hiHist[bin]; }
         long needInBin = k - above;
-        var loHist = new long[LoBins];
+        var loHist = ArrayPool<long>.Shared.Rent(LoBins);
+        Array.Clear(loHist, 0, LoBins);
         uint binU = (uint)bin;
         RunWithHistograms(n, LoBins, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (lo, hi, h) =>
         {
@@ -451,6 +455,8 @@ internal static unsafe class AdamKernels
             for (long i = 0; i < n; i++)
                 if ((key[i] & 0x7FFFFFFFu) == T && ++seen == needTies) { lastTie = i; break; }
         }
+        ArrayPool<long>.Shared.Return(hiHist);
+        ArrayPool<long>.Shared.Return(loHist);
         return (T, lastTie);
     }
 
