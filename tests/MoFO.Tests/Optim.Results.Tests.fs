@@ -39,6 +39,16 @@ let results =
             Expect.stringContains e2.Message "--seed x" "names the bad seed"
         }
 
+        test "Optim.bench.args: mofo bench optim rejects bad values, naming them; --help lists --pytorch" {
+            let e = throwsWith<ArgumentException> (fun () -> MoFO.Dsl.Cli.Main.run [| "bench"; "optim"; "--repetitions"; "0" |] |> ignore)
+            Expect.stringContains e.Message "--repetitions 0" "names the bad repetition count"
+            let e2 = throwsWith<ArgumentException> (fun () -> MoFO.Dsl.Cli.Main.run [| "bench"; "optim"; "--alpha"; "1.5" |] |> ignore)
+            Expect.stringContains e2.Message "1.5" "names the bad alpha"
+            let code, out, _ = captureConsole (fun () -> MoFO.Dsl.Cli.Main.run [| "bench"; "optim"; "--help" |])
+            Expect.equal code 0 "help exits 0"
+            Expect.stringContains out "--pytorch" "the PyTorch peer is documented"
+        }
+
         test "Optim.results.toy-example script writes results/toy-example.{json,md,html} and its checks hold" {
             let dll = Path.Combine(repoRoot, "src", "MoFO.Dsl", "bin", "Release", "net10.0", "MoFO.Dsl.dll")
             if not (File.Exists dll) then skiptestf "%s is not built (build in Release first: ./mofo info)" dll

@@ -181,6 +181,7 @@ internal static unsafe class AdamKernels
         float center = BitConverter.Int32BitsToSingle((int)guess.Key) * (float)guess.Trend;
         uint lo = (uint)BitConverter.SingleToInt32Bits(center * (float)(1 - guess.Width));
         uint hi = (uint)BitConverter.SingleToInt32Bits(center * (float)(1 + guess.Width));
+        if (lo > hi || hi > 0x7FFFFFFFu) { guess.Valid = false; return false; } // nothing touched yet: the cold path runs
         long chunks = (n + Chunk - 1) / Chunk;
         var above = new long[chunks];
         var cands = new List<ulong>[chunks];
