@@ -472,12 +472,15 @@ internal static unsafe class AdamKernels
         Span<int> iotaS = stackalloc int[W];
         for (int j = 0; j < W; j++) iotaS[j] = j;
         var iota = new Vector<int>(iotaS);
+        // when no tie at T is cut off inside this range, "key > T or (key = T and i ≤ I*)" is just key > T − 1
+        bool allTies = lastTie >= hi - 1;
+        var tm1 = new Vector<int>(T - 1);
         long i = lo;
         for (; i + W <= hi; i += W)
         {
             var kv = Unsafe.ReadUnaligned<Vector<int>>(key + i) & absMask;
-            var idx = new Vector<int>((int)i) + iota;
-            var sel = Vector.GreaterThan(kv, tv) | (Vector.Equals(kv, tv) & Vector.LessThanOrEqual(idx, lastV));
+            var sel = allTies ? Vector.GreaterThan(kv, tm1)
+                              : Vector.GreaterThan(kv, tv) | (Vector.Equals(kv, tv) & Vector.LessThanOrEqual(new Vector<int>((int)i) + iota, lastV));
             var pd = Unsafe.ReadUnaligned<Vector<float>>(p + i) * dc;
             var mv = Unsafe.ReadUnaligned<Vector<float>>(m + i);
             var vv = Unsafe.ReadUnaligned<Vector<float>>(v + i);
