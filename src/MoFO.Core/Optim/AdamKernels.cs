@@ -39,16 +39,21 @@ internal readonly struct AdamScalars
 
 /// <summary>
 /// Fused CPU float32 kernels of the masked Adam step over raw tensor memory (SIMD via <see cref="Vector{T}"/>,
-/// chunks in parallel). A dense step is a single pass (reads g, m, v, p; writes m, v, p). A filtered step is
-/// <list type="number">
-/// <item>moments + a histogram of the upper 15 bits of the ranking key (|m| or |g| as a non-negative float's bit
-/// pattern, which orders like an unsigned integer);</item>
-/// <item>a pass over the key alone that histograms the lower 16 bits inside the bin holding the k-th largest key,
-/// giving the exact threshold key T;</item>
-/// <item>(only when ties at T straddle the cut) a scan for the index I* of the last tie taken: lower flat index wins;</item>
-/// <item>the update pass: entry i is selected iff key_i &gt; T, or key_i = T and i ≤ I*.</item>
+/// chunks in parallel). The ranking key of an entry is |m| (or |g|) as the bit pattern of a non-negative float, which
+/// orders like an integer; with the flat index as the tie-breaker (lower index wins) every entry has a distinct
+/// composite key key·2³² + (2³² − 1 − index), and the selection is exactly the k largest composites.
+/// <list type="bullet">
+/// <item>Dense step: one pass (reads g, m, v, p; writes m, v, p: 28 B/entry).</item>
+/// <item>Filtered step, steady state: the moment pass also counts the keys above a narrow window around last step's
+/// threshold and collects the (few) composites inside it; if the count brackets k, the exact k-th composite is
+/// selected among the collected ones (quickselect) — then the update pass applies
+/// "key &gt; T, or key = T and index ≤ I*" (36 B/entry in all).</item>
+/// <item>Otherwise (first step, or the window missed): a window from a 1-in-64 sample of the keys and one counting
+/// pass over the keys; if that misses too, two histogram passes (upper 15, then lower 16 bits inside the threshold's
+/// bin) and, when ties straddle the cut, a scan for I*. Every route gives the same, exact selection.</item>
 /// </list>
-/// No buffer beyond the two moments (and the optional byte mask) is allocated per block.
+/// Beyond the two moments (and the optional byte mask) only small pooled buffers are used (the sample, 1/64 of the
+/// block as uint, and the candidates).
 /// </summary>
 internal static unsafe class AdamKernels
 {
