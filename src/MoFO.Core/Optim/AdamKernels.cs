@@ -154,6 +154,7 @@ internal static unsafe class AdamKernels
     }
 
     const int SampleShift = 6; // one key in 64 is sampled during the moment pass
+    const int CandidateCap = Chunk / 16; // at most 1/16 of a chunk collected (8 B each): past that the window missed
 
     /// <summary>
     /// The filtered step: exactly k entries (1 ≤ k &lt; numel) with the largest key (|m|, or |g| when
@@ -203,9 +204,10 @@ internal static unsafe class AdamKernels
         }
         if (chunks <= 1) Body(0); else Parallel.For(0L, chunks, Body);
         long total = cands.Sum(l => (long)l.Count);
+        bool overflow = cands.Any(l => l.Count > CandidateCap);
         long need = k - above.Sum();
         uint T; long lastTie;
-        if (need >= 1 && need <= total)
+        if (!overflow && need >= 1 && need <= total)
         {
             var all = ArrayPool<ulong>.Shared.Rent((int)total);
             int o = 0;
@@ -347,7 +349,7 @@ internal static unsafe class AdamKernels
             for (int j = 0; j < W; j++)
             {
                 uint x = key[i + j] & 0x7FFFFFFFu;
-                if (x >= lo && x <= hi) list.Add(((ulong)x << 32) | (0xFFFFFFFFu - (uint)(i + j)));
+                if (x >= lo && x <= hi && list.Count <= CandidateCap) list.Add(((ulong)x << 32) | (0xFFFFFFFFu - (uint)(i + j)));
             }
         }
         count += Vector.Sum(acc);
@@ -359,7 +361,7 @@ internal static unsafe class AdamKernels
             uint x = key[i] & 0x7FFFFFFFu;
             if ((i & 63) == 0) sample[i >> 6] = x;
             if (x > hi) count++;
-            else if (x >= lo) list.Add(((ulong)x << 32) | (0xFFFFFFFFu - (uint)i));
+            else if (x >= lo && list.Count <= CandidateCap) list.Add(((ulong)x << 32) | (0xFFFFFFFFu - (uint)i));
         }
         return count;
     }
