@@ -217,7 +217,7 @@ internal static unsafe class AdamKernels
             T = (uint)(cStar >> 32); lastTie = 0xFFFFFFFFu - (uint)cStar;
             // keep the window about 4x wider than the drift of the threshold, within [0.1 %, 20 %]
             double drift = Math.Abs(BitConverter.Int32BitsToSingle((int)T) - center) / Math.Max(center, 1e-30f);
-            guess.Width = Math.Clamp(3 * drift + 0.002, 0.002, 0.2);
+            guess.Width = Math.Clamp(3 * drift + 0.002, 0.002, 0.05);
         }
         else
         {
@@ -226,7 +226,9 @@ internal static unsafe class AdamKernels
             (T, lastTie, ok) = SelectGuided((uint*)keyP, n, k, sample, ns);
             if (!ok) (T, lastTie) = SelectByHistogram((uint*)keyP, n, k);
             double drift = Math.Abs(BitConverter.Int32BitsToSingle((int)T) - center) / Math.Max(center, 1e-30f);
-            guess.Width = Math.Clamp(Math.Max(2 * guess.Width, 3 * drift + 0.002), 0.002, 0.2);
+            // too many candidates: the window was too wide; too few or too many above it: too narrow or off-centre
+            guess.Width = overflow ? Math.Clamp(Math.Min(guess.Width / 2, 3 * drift + 0.002), 0.002, 0.05)
+                                   : Math.Clamp(Math.Max(2 * guess.Width, 3 * drift + 0.002), 0.002, 0.05);
         }
         handle.Free();
         ArrayPool<uint>.Shared.Return(sample);
