@@ -12,10 +12,12 @@ type InfoArgs =
 
 type BenchArgs =
     | [<CliPrefix(CliPrefix.None)>] Model of ParseResults<Bench.Model.BenchModelArgs>
+    | [<CliPrefix(CliPrefix.None)>] Optim of ParseResults<Bench.Optim.BenchOptimArgs>
     interface IArgParserTemplate with
         member this.Usage =
             match this with
             | Model _ -> "forward tokens/s of stories260K and a ~20M-parameter random Llama."
+            | Optim _ -> "step time of AdamW, MoFO and gradient-filtered BCD on a ~30M-parameter transformer-shaped set (and PyTorch's AdamW with --pytorch)."
 
 [<RequireQualifiedAccess>]
 type MofoArgs =
@@ -33,7 +35,7 @@ type MofoArgs =
             match this with
             | Generate _ -> "generate text from an HF model folder or a llama2.c .bin."
             | Convert _ -> "save a model (llama2.c .bin or HF folder) as an HF folder (config.json, safetensors, tokenizer)."
-            | Bench _ -> "benchmarks (model: forward tokens/s)."
+            | Bench _ -> "benchmarks: model (forward tokens/s), optim (optimizer step time)."
             | Info _ -> "print TorchSharp and libtorch versions, devices, threads, the data root and which real assets are present."
             | Train _ -> "fine-tune a model on instruction data with MoFO or a baseline (checkpoints, resume, metrics log)."
             | Continual _ -> "train on a stream of TRACE task folders in sequence; the accuracy matrix, OP and BWT, with Replay, GEM or MTL."
@@ -67,6 +69,7 @@ let run (argv: string[]) =
         | Some (MofoArgs.Bench b) ->
             (match b.TryGetSubCommand() with
              | Some (BenchArgs.Model m) -> Bench.Model.run m
+             | Some (BenchArgs.Optim o) -> Bench.Optim.run o
              | None ->
                  eprintfn "%s" (b.Parser.PrintUsage(message = "mofo bench: a benchmark is required."))
                  2)

@@ -27,7 +27,7 @@ let engine =
                 let ws = makeWeights 1L ps
                 use ours = new MoFOOptimizer(asSeq ps, lr = 1e-2, alpha = 1.0, weight_decay = 0.05)
                 ours.UseFastPath <- fast
-                let refParams = ref |> List.map (fun t -> TorchSharp.Modules.Parameter(t))
+                let refParams = ref |> List.map (fun t -> new TorchSharp.Modules.Parameter(t))
                 use theirs = torch.optim.AdamW(refParams, lr = 1e-2, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.05)
                 for _ in 1 .. 20 do
                     stepSin ours.zero_grad ours.step ps ws
@@ -65,11 +65,12 @@ let engine =
         }
 
         test "Optim.MoFO.exact-k: exactly ⌊α·numel⌋ entries move per filtered block in every step; k = 0 and dense blocks" {
-            for fast in both do
+            for fast, histogram in [ true, false; true, true; false, false ] do
                 let shapes = [ [| 37L; 53L |]; [| 300L; 500L |]; [| 2L; 3L |]; [| 64L |] ]
                 let ps = makeParams 2L shapes
                 let ws = makeWeights 2L ps
                 use opt = mofo ps 0.15 1e-3 fast
+                opt.HistogramSelection <- histogram
                 let kinds = opt.Blocks |> Seq.map (fun b -> b.Kind) |> List.ofSeq
                 Expect.equal kinds [ BlockKind.Filtered; BlockKind.Filtered; BlockKind.Filtered; BlockKind.Dense ] "matrices filtered, vectors dense"
                 let expected = [ kOf 0.15 1961; kOf 0.15 150000; 0; 64 ]
@@ -95,9 +96,10 @@ let engine =
                 stepWithGrads opt [ p ] [ g ]
                 Expect.equal (movedIndices before (toArray p)) [| 0 .. 7 |] $"{pathName fast}: with all |m| equal the first k = 8 indices move"
             // 200 000 entries whose gradients take 7 values: the threshold falls inside a huge tie
-            let run fast =
+            let run fast histogram =
                 let p = torch.zeros(400L, 500L).requires_grad_(true)
                 use opt = mofo [ p ] 0.15 0.1 fast
+                opt.HistogramSelection <- histogram
                 use g = gen 5L
                 use s = (1.5).ToScalar()
                 use lo = (-3.0).ToScalar()
@@ -107,18 +109,21 @@ let engine =
                     let before = toArray p
                     stepWithGrads opt [ p ] [ gr ]
                     yield movedIndices before (toArray p) ]
-            let a = run true
-            let b = run false
+            let a = run true false
+            let b = run false false
+            let c = run true true
             for t in 0 .. 2 do
                 Expect.equal a.[t].Length (kOf 0.15 200000) $"exactly k moved at step {t + 1}"
                 Expect.sequenceEqual a.[t] b.[t] $"fast path and torch-ops path move the same entries at step {t + 1}"
+                Expect.sequenceEqual c.[t] b.[t] $"the histogram selection agrees too at step {t + 1}"
         }
 
         test "Optim.fast-path equals torch-ops path (MoFO, gradient BCD, AdamW; weight decay on)" {
             let makers : (string * (Tensor list -> bool -> MaskedAdam)) list =
                 [ "MoFO", (fun ps fast -> let o = new MoFOOptimizer(asSeq ps, lr = 1e-3, alpha = 0.15, weight_decay = 0.1) in o.UseFastPath <- fast; o :> MaskedAdam)
                   "GradientFilteredBCD", (fun ps fast -> let o = new GradientFilteredBCD(asSeq ps, lr = 1e-3, alpha = 0.15, weight_decay = 0.1) in o.UseFastPath <- fast; o :> MaskedAdam)
-                  "AdamW", (fun ps fast -> let o = new AdamW(asSeq ps, lr = 1e-3, weight_decay = 0.1) in o.UseFastPath <- fast; o :> MaskedAdam) ]
+                  "AdamW", (fun ps fast -> let o = new AdamW(asSeq ps, lr = 1e-3, weight_decay = 0.1) in o.UseFastPath <- fast; o :> MaskedAdam)
+                  "MoFO (histogram selection)", (fun ps fast -> let o = new MoFOOptimizer(asSeq ps, lr = 1e-3, alpha = 0.15, weight_decay = 0.1) in o.UseFastPath <- fast; o.HistogramSelection <- true; o :> MaskedAdam) ]
             for name, make in makers do
                 let shapes = [ [| 300L; 500L |]; [| 37L; 53L |]; [| 64L |] ]
                 let ps1 = makeParams 3L shapes

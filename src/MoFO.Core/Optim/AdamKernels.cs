@@ -7,10 +7,19 @@ using static TorchSharp.torch;
 
 namespace MoFO.Optim;
 
+/// <summary>A block's last exact threshold key and the relative width of the window searched around it next step.</summary>
+internal sealed class ThresholdGuess
+{
+    public bool Valid;
+    public uint Key;
+    public double Width = 0.02;
+    public double Trend = 1.0;
+}
+
 /// <summary>The per-step constants of the Adam update, in float32 as libtorch converts them.</summary>
 internal readonly struct AdamScalars
 {
-    public readonly float Beta1, OneMinusBeta1, Beta2, OneMinusBeta2, NegStep, SqrtBc2, Eps, Decay;
+    public readonly float Beta1, OneMinusBeta1, Beta2, OneMinusBeta2, NegStep, SqrtBc2, InvSqrtBc2, Eps, Decay;
     public readonly double Lr, WeightDecay, Beta1D, Beta2D, EpsD, StepD, SqrtBc2D;
 
     /// <summary>The authors' conventions: step = lr/(1-β1^t), denom = sqrt(v)/sqrt(1-β2^t) + eps, p *= 1 - lr·wd.</summary>
@@ -23,23 +32,28 @@ internal readonly struct AdamScalars
         SqrtBc2D = Math.Sqrt(bc2);
         Beta1 = (float)beta1; OneMinusBeta1 = (float)(1 - beta1);
         Beta2 = (float)beta2; OneMinusBeta2 = (float)(1 - beta2);
-        NegStep = (float)(-StepD); SqrtBc2 = (float)SqrtBc2D; Eps = (float)eps;
+        NegStep = (float)(-StepD); SqrtBc2 = (float)SqrtBc2D; InvSqrtBc2 = (float)(1 / SqrtBc2D); Eps = (float)eps;
         Decay = (float)(1 - lr * weightDecay);
     }
 }
 
 /// <summary>
 /// Fused CPU float32 kernels of the masked Adam step over raw tensor memory (SIMD via <see cref="Vector{T}"/>,
-/// chunks in parallel). A dense step is a single pass (reads g, m, v, p; writes m, v, p). A filtered step is
-/// <list type="number">
-/// <item>moments + a histogram of the upper 15 bits of the ranking key (|m| or |g| as a non-negative float's bit
-/// pattern, which orders like an unsigned integer);</item>
-/// <item>a pass over the key alone that histograms the lower 16 bits inside the bin holding the k-th largest key,
-/// giving the exact threshold key T;</item>
-/// <item>(only when ties at T straddle the cut) a scan for the index I* of the last tie taken: lower flat index wins;</item>
-/// <item>the update pass: entry i is selected iff key_i &gt; T, or key_i = T and i ≤ I*.</item>
+/// chunks in parallel). The ranking key of an entry is |m| (or |g|) as the bit pattern of a non-negative float, which
+/// orders like an integer; with the flat index as the tie-breaker (lower index wins) every entry has a distinct
+/// composite key key·2³² + (2³² − 1 − index), and the selection is exactly the k largest composites.
+/// <list type="bullet">
+/// <item>Dense step: one pass (reads g, m, v, p; writes m, v, p: 28 B/entry).</item>
+/// <item>Filtered step, steady state: the moment pass also counts the keys above a narrow window around last step's
+/// threshold and collects the (few) composites inside it; if the count brackets k, the exact k-th composite is
+/// selected among the collected ones (quickselect) — then the update pass applies
+/// "key &gt; T, or key = T and index ≤ I*" (36 B/entry in all).</item>
+/// <item>Otherwise (first step, or the window missed): a window from a 1-in-64 sample of the keys and one counting
+/// pass over the keys; if that misses too, two histogram passes (upper 15, then lower 16 bits inside the threshold's
+/// bin) and, when ties straddle the cut, a scan for I*. Every route gives the same, exact selection.</item>
 /// </list>
-/// No buffer beyond the two moments (and the optional byte mask) is allocated per block.
+/// Beyond the two moments (and the optional byte mask) only small pooled buffers are used (the sample, 1/64 of the
+/// block as uint, and the candidates).
 /// </summary>
 internal static unsafe class AdamKernels
 {
@@ -70,12 +84,13 @@ internal static unsafe class AdamKernels
         ForChunks(pt.numel(), (lo, hi) => DenseRange((float*)p, (float*)g, (float*)m, (float*)v, lo, hi, sc));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void DenseRange(float* p, float* g, float* m, float* v, long lo, long hi, in AdamScalars s)
     {
         int W = Vector<float>.Count;
         var b1 = new Vector<float>(s.Beta1); var ob1 = new Vector<float>(s.OneMinusBeta1);
         var b2 = new Vector<float>(s.Beta2); var ob2 = new Vector<float>(s.OneMinusBeta2);
-        var ns = new Vector<float>(s.NegStep); var sb = new Vector<float>(s.SqrtBc2);
+        var ns = new Vector<float>(s.NegStep); var isb = new Vector<float>(s.InvSqrtBc2);
         var ep = new Vector<float>(s.Eps); var dc = new Vector<float>(s.Decay);
         long i = lo;
         for (; i + W <= hi; i += W)
@@ -85,7 +100,7 @@ internal static unsafe class AdamKernels
             var vv = Unsafe.ReadUnaligned<Vector<float>>(v + i) * b2 + (gv * ob2) * gv;
             Unsafe.WriteUnaligned(m + i, mv);
             Unsafe.WriteUnaligned(v + i, vv);
-            var denom = Vector.SquareRoot(vv) / sb + ep;
+            var denom = Vector.SquareRoot(vv) * isb + ep;
             var pv = Unsafe.ReadUnaligned<Vector<float>>(p + i) * dc;
             Unsafe.WriteUnaligned(p + i, pv + (ns * mv) / denom);
         }
@@ -95,7 +110,7 @@ internal static unsafe class AdamKernels
             float mi = m[i] * s.Beta1 + gi * s.OneMinusBeta1;
             float vi = v[i] * s.Beta2 + (gi * s.OneMinusBeta2) * gi;
             m[i] = mi; v[i] = vi;
-            float denom = MathF.Sqrt(vi) / s.SqrtBc2 + s.Eps;
+            float denom = MathF.Sqrt(vi) * s.InvSqrtBc2 + s.Eps;
             p[i] = p[i] * s.Decay + (s.NegStep * mi) / denom;
         }
     }
@@ -112,7 +127,8 @@ internal static unsafe class AdamKernels
         });
     }
 
-    static void MomentsRange(float* g, float* m, float* v, long lo, long hi, in AdamScalars s, int[]? hist, bool byGradient)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void MomentsRange(float* g, float* m, float* v, long lo, long hi, in AdamScalars s, uint* sample, bool byGradient)
     {
         int W = Vector<float>.Count;
         var b1 = new Vector<float>(s.Beta1); var ob1 = new Vector<float>(s.OneMinusBeta1);
@@ -126,43 +142,312 @@ internal static unsafe class AdamKernels
             var vv = Unsafe.ReadUnaligned<Vector<float>>(v + i) * b2 + (gv * ob2) * gv;
             Unsafe.WriteUnaligned(m + i, mv);
             Unsafe.WriteUnaligned(v + i, vv);
-            if (hist != null)
-                for (int j = 0; j < W; j++) hist[(key[i + j] & 0x7FFFFFFFu) >> 16]++;
+            if (sample != null && (i & 63) == 0) sample[i >> 6] = key[i] & 0x7FFFFFFFu;
         }
         for (; i < hi; i++)
         {
             float gi = g[i];
             m[i] = m[i] * s.Beta1 + gi * s.OneMinusBeta1;
             v[i] = v[i] * s.Beta2 + (gi * s.OneMinusBeta2) * gi;
-            if (hist != null) hist[(key[i] & 0x7FFFFFFFu) >> 16]++;
+            if (sample != null && (i & 63) == 0) sample[i >> 6] = key[i] & 0x7FFFFFFFu;
         }
     }
+
+    const int SampleShift = 6; // one key in 64 is sampled during the moment pass
+    const int CandidateCap = Chunk / 16; // at most 1/16 of a chunk collected (8 B each): past that the window missed
 
     /// <summary>
     /// The filtered step: exactly k entries (1 ≤ k &lt; numel) with the largest key (|m|, or |g| when
     /// <paramref name="byGradient"/>) get the update; ties at the threshold go to the lower flat index.
     /// </summary>
-    public static void Filtered(Tensor pt, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s)
+    public static void Filtered(Tensor pt, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram = false)
+    {
+        var guess = new ThresholdGuess();
+        Filtered(pt, gt, mt, vt, touchedT, k, byGradient, s, forceHistogram, guess);
+    }
+
+    /// <summary>
+    /// As above, with the previous step's threshold of this block as a guess: when the window around it brackets the
+    /// k-th key, the moment pass itself counts and collects, and no separate pass over the keys is needed. The guess
+    /// only decides how the exact threshold is found, never which entries are selected.
+    /// </summary>
+    public static void Filtered(Tensor pt, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram, ThresholdGuess guess)
+    {
+        if (!forceHistogram && guess.Valid && pt.numel() >= (1 << 14) && FilteredWithGuess(pt, gt, mt, vt, touchedT, k, byGradient, s, guess)) return;
+        FilteredCold(pt, gt, mt, vt, touchedT, k, byGradient, s, forceHistogram, guess);
+    }
+
+    static bool FilteredWithGuess(Tensor pt, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, ThresholdGuess guess)
     {
         long n = pt.numel();
         nint p = (nint)Ptr(pt), g = (nint)Ptr(gt), m = (nint)Ptr(mt), v = (nint)Ptr(vt);
         nint touched = touchedT is null ? 0 : (nint)BytePtr(touchedT);
         var sc = s;
+        nint keyP = byGradient ? g : m;
+        float center = BitConverter.Int32BitsToSingle((int)guess.Key) * (float)guess.Trend;
+        uint lo = (uint)BitConverter.SingleToInt32Bits(center * (float)(1 - guess.Width));
+        uint hi = (uint)BitConverter.SingleToInt32Bits(center * (float)(1 + guess.Width));
+        if (lo > hi || hi > 0x7FFFFFFFu) { guess.Valid = false; return false; } // nothing touched yet: the cold path runs
+        long chunks = (n + Chunk - 1) / Chunk;
+        var above = new long[chunks];
+        var cands = new List<ulong>[chunks];
+        long ns = (n + (1 << SampleShift) - 1) >> SampleShift;
+        var sample = ArrayPool<uint>.Shared.Rent((int)ns);
+        var handle = System.Runtime.InteropServices.GCHandle.Alloc(sample, System.Runtime.InteropServices.GCHandleType.Pinned);
+        nint spn = handle.AddrOfPinnedObject();
+        void Body(long c)
+        {
+            long a = c * Chunk, b = Math.Min(n, a + Chunk);
+            var list = new List<ulong>(256);
+            above[c] = MomentsCountRange((float*)g, (float*)m, (float*)v, a, b, sc, (uint*)spn, byGradient, lo, hi, list);
+            cands[c] = list;
+        }
+        if (chunks <= 1) Body(0); else Parallel.For(0L, chunks, Body);
+        long total = cands.Sum(l => (long)l.Count);
+        bool overflow = cands.Any(l => l.Count > CandidateCap);
+        long need = k - above.Sum();
+        uint T; long lastTie;
+        if (!overflow && need >= 1 && need <= total)
+        {
+            var all = ArrayPool<ulong>.Shared.Rent((int)total);
+            int o = 0;
+            foreach (var l in cands) { l.CopyTo(all, o); o += l.Count; }
+            ulong cStar = QuickSelect(all, (int)total, (int)(total - need));
+            ArrayPool<ulong>.Shared.Return(all);
+            T = (uint)(cStar >> 32); lastTie = 0xFFFFFFFFu - (uint)cStar;
+            // keep the window about 4x wider than the drift of the threshold, within [0.1 %, 20 %]
+            double drift = Math.Abs(BitConverter.Int32BitsToSingle((int)T) - center) / Math.Max(center, 1e-30f);
+            guess.Width = Math.Clamp(3 * drift + 0.002, 0.002, 0.05);
+        }
+        else
+        {
+            // the moments are already updated: find the threshold from the keys alone
+            bool ok;
+            (T, lastTie, ok) = SelectGuided((uint*)keyP, n, k, sample, ns);
+            if (!ok) (T, lastTie) = SelectByHistogram((uint*)keyP, n, k);
+            double drift = Math.Abs(BitConverter.Int32BitsToSingle((int)T) - center) / Math.Max(center, 1e-30f);
+            // too many candidates: the window was too wide; too few or too many above it: too narrow or off-centre
+            guess.Width = overflow ? Math.Clamp(Math.Min(guess.Width / 2, 3 * drift + 0.002), 0.002, 0.05)
+                                   : Math.Clamp(Math.Max(2 * guess.Width, 3 * drift + 0.002), 0.002, 0.05);
+        }
+        handle.Free();
+        ArrayPool<uint>.Shared.Return(sample);
+        float prev = BitConverter.Int32BitsToSingle((int)guess.Key);
+        float now = BitConverter.Int32BitsToSingle((int)T);
+        guess.Trend = prev > 0 && now > 0 ? Math.Clamp(now / prev, 0.5, 2.0) : 1.0;
+        guess.Key = T; guess.Valid = T != 0;
+        int tInt = (int)T, lastInt = (int)lastTie;
+        ForChunks(n, (a, b) => ApplyRange((float*)p, (float*)m, (float*)v, (uint*)keyP, (byte*)touched, a, b, tInt, lastInt, sc));
+        return true;
+    }
 
-        // pass 1: moments + histogram of the key's upper bits
-        var hiHist = new long[HiBins];
-        RunWithHistograms(n, HiBins, (lo, hi, h) => MomentsRange((float*)g, (float*)m, (float*)v, lo, hi, sc, h, byGradient), hiHist);
+    static void FilteredCold(Tensor pt, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram, ThresholdGuess guess)
+    {
+        long n = pt.numel();
+        nint p = (nint)Ptr(pt), g = (nint)Ptr(gt), m = (nint)Ptr(mt), v = (nint)Ptr(vt);
+        nint touched = touchedT is null ? 0 : (nint)BytePtr(touchedT);
+        var sc = s;
+        nint keyP = byGradient ? g : m;
+
+        // pass 1: moments, and every 64th key as a sample
+        long ns = (n + (1 << SampleShift) - 1) >> SampleShift;
+        var sample = ArrayPool<uint>.Shared.Rent((int)ns);
+        fixed (uint* sp = sample)
+        {
+            nint spn = (nint)sp;
+            ForChunks(n, (lo, hi) => MomentsRange((float*)g, (float*)m, (float*)v, lo, hi, sc, (uint*)spn, byGradient));
+        }
+        // pass 2: count the keys above a window guessed from the sample, collect those inside it, select exactly
+        var (T, lastTie, ok) = forceHistogram ? (0u, 0L, false) : SelectGuided((uint*)keyP, n, k, sample, ns);
+        ArrayPool<uint>.Shared.Return(sample);
+        if (!ok) { (T, lastTie) = SelectByHistogram((uint*)keyP, n, k); }
+        guess.Key = T; guess.Valid = T != 0; guess.Width = 0.02; guess.Trend = 1.0;
+
+        // pass 3: the masked update
+        int tInt = (int)T, lastInt = (int)lastTie;
+        ForChunks(n, (lo, hi) => ApplyRange((float*)p, (float*)m, (float*)v, (uint*)keyP, (byte*)touched, lo, hi, tInt, lastInt, sc));
+    }
+
+    /// <summary>The k-th largest composite key, where composite = key·2³² + (2³² − 1 − index): larger key first, then lower index.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static (uint T, long lastTie, bool ok) SelectGuided(uint* key, long n, long k, uint[] sample, long ns)
+    {
+        if (ns < 64) return (0, 0, false);
+        // the window [lo, hi] around the expected threshold: ±4 binomial standard deviations of the sample rank
+        double q = (double)k / n;
+        double expect = q * ns;
+        long margin = (long)Math.Ceiling(4 * Math.Sqrt(ns * q * (1 - q))) + 8;
+        long rHi = (long)Math.Floor(expect) - margin;   // descending rank of hi in the sample
+        long rLo = (long)Math.Ceiling(expect) + margin; // descending rank of lo
+        var tmp = ArrayPool<uint>.Shared.Rent((int)ns);
+        uint hi, lo;
+        try
+        {
+            for (long i = 0; i < ns; i++) tmp[i] = sample[i];
+            // ascending position of descending rank r is ns - 1 - r
+            hi = rHi < 0 ? 0x7FFFFFFFu : QuickSelect(tmp, (int)ns, (int)(ns - 1 - rHi));
+            lo = rLo >= ns ? 0u : QuickSelect(tmp, (int)ns, (int)(ns - 1 - rLo));
+        }
+        finally { ArrayPool<uint>.Shared.Return(tmp); }
+        if (lo > hi) return (0, 0, false);
+        long cap = Math.Max(4096, n / 16);
+        long chunks = (n + Chunk - 1) / Chunk;
+        var above = new long[chunks];
+        var cands = new List<ulong>[chunks];
+        long total = 0;
+        bool overflow = false;
+        nint kp = (nint)key;
+        void Body(long c)
+        {
+            long a = c * Chunk, b = Math.Min(n, a + Chunk);
+            var list = new List<ulong>();
+            above[c] = CountAndCollect((uint*)kp, a, b, lo, hi, list);
+            cands[c] = list;
+            if (Interlocked.Add(ref total, list.Count) > cap) Volatile.Write(ref overflow, true);
+        }
+        if (chunks <= 1) Body(0); else Parallel.For(0L, chunks, Body);
+        if (overflow) return (0, 0, false);
+        long cAbove = above.Sum();
+        long need = k - cAbove;
+        if (need < 1 || need > total) return (0, 0, false);
+        var all = ArrayPool<ulong>.Shared.Rent((int)total);
+        int o = 0;
+        foreach (var l in cands) { l.CopyTo(all, o); o += l.Count; }
+        // the need-th largest composite
+        ulong cStar = QuickSelect(all, (int)total, (int)(total - need));
+        ArrayPool<ulong>.Shared.Return(all);
+        return ((uint)(cStar >> 32), (long)(0xFFFFFFFFu - (uint)cStar), true);
+    }
+
+    /// <summary>The moment pass fused with counting the keys above hi and collecting those in [lo, hi].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static long MomentsCountRange(float* g, float* m, float* v, long lo0, long hi0, in AdamScalars s, uint* sample, bool byGradient,
+                                  uint lo, uint hi, List<ulong> list)
+    {
+        int W = Vector<float>.Count;
+        var b1 = new Vector<float>(s.Beta1); var ob1 = new Vector<float>(s.OneMinusBeta1);
+        var b2 = new Vector<float>(s.Beta2); var ob2 = new Vector<float>(s.OneMinusBeta2);
+        var absMask = new Vector<int>(0x7FFFFFFF);
+        var hiV = new Vector<int>((int)hi);
+        var loV = new Vector<int>((int)lo);
+        var flip = new Vector<int>(int.MinValue);
+        var spanV = new Vector<int>((int)((hi - lo) ^ 0x80000000u));
+        var allOut = new Vector<int>(-1);
+        var acc = Vector<int>.Zero;
         uint* key = (uint*)(byGradient ? g : m);
+        long i = lo0, count = 0;
+        for (; i + W <= hi0; i += W)
+        {
+            var gv = Unsafe.ReadUnaligned<Vector<float>>(g + i);
+            var mv = Unsafe.ReadUnaligned<Vector<float>>(m + i) * b1 + gv * ob1;
+            var vv = Unsafe.ReadUnaligned<Vector<float>>(v + i) * b2 + (gv * ob2) * gv;
+            Unsafe.WriteUnaligned(m + i, mv);
+            Unsafe.WriteUnaligned(v + i, vv);
+            var kv = Vector.AsVectorInt32(byGradient ? gv : mv) & absMask;
+            if ((i & 63) == 0) sample[i >> 6] = (uint)kv[0];
+            acc -= Vector.GreaterThan(kv, hiV);
+            var outside = Vector.GreaterThan((kv - loV) ^ flip, spanV);
+            if (outside == allOut) continue;
+            for (int j = 0; j < W; j++)
+            {
+                uint x = key[i + j] & 0x7FFFFFFFu;
+                if (x >= lo && x <= hi && list.Count <= CandidateCap) list.Add(((ulong)x << 32) | (0xFFFFFFFFu - (uint)(i + j)));
+            }
+        }
+        count += Vector.Sum(acc);
+        for (; i < hi0; i++)
+        {
+            float gi = g[i];
+            m[i] = m[i] * s.Beta1 + gi * s.OneMinusBeta1;
+            v[i] = v[i] * s.Beta2 + (gi * s.OneMinusBeta2) * gi;
+            uint x = key[i] & 0x7FFFFFFFu;
+            if ((i & 63) == 0) sample[i >> 6] = x;
+            if (x > hi) count++;
+            else if (x >= lo && list.Count <= CandidateCap) list.Add(((ulong)x << 32) | (0xFFFFFFFFu - (uint)i));
+        }
+        return count;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static long CountAndCollect(uint* key, long a, long b, uint lo, uint hi, List<ulong> list)
+    {
+        int W = Vector<int>.Count;
+        var absMask = new Vector<int>(0x7FFFFFFF);
+        var hiV = new Vector<int>((int)hi);
+        var loV = new Vector<int>((int)lo);
+        var flip = new Vector<int>(int.MinValue);
+        // lo <= x <= hi  ⇔  (uint)(x - lo) <= hi - lo  ⇔  signed((x - lo) ^ 2³¹) <= signed((hi - lo) ^ 2³¹)
+        var spanV = new Vector<int>((int)((hi - lo) ^ 0x80000000u));
+        var allOut = new Vector<int>(-1);
+        var acc = Vector<int>.Zero;
+        long i = a, count = 0;
+        for (; i + W <= b; i += W)
+        {
+            var kv = Unsafe.ReadUnaligned<Vector<int>>(key + i) & absMask;
+            acc -= Vector.GreaterThan(kv, hiV);
+            var outside = Vector.GreaterThan((kv - loV) ^ flip, spanV);
+            if (outside == allOut) continue;
+            for (int j = 0; j < W; j++)
+            {
+                uint x = key[i + j] & 0x7FFFFFFFu;
+                if (x >= lo && x <= hi) list.Add(((ulong)x << 32) | (0xFFFFFFFFu - (uint)(i + j)));
+            }
+        }
+        count += Vector.Sum(acc);
+        for (; i < b; i++)
+        {
+            uint x = key[i] & 0x7FFFFFFFu;
+            if (x > hi) count++;
+            else if (x >= lo) list.Add(((ulong)x << 32) | (0xFFFFFFFFu - (uint)i));
+        }
+        return count;
+    }
+
+    /// <summary>The element that would sit at position pos (ascending) after sorting a[0..n).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static T QuickSelect<T>(T[] a, int n, int pos) where T : IComparable<T>
+    {
+        int left = 0, right = n - 1;
+        var rng = new Random(12345);
+        while (left < right)
+        {
+            T pivot = a[left + rng.Next(right - left + 1)];
+            int i = left, j = right;
+            while (i <= j)
+            {
+                while (a[i].CompareTo(pivot) < 0) i++;
+                while (a[j].CompareTo(pivot) > 0) j--;
+                if (i <= j) { (a[i], a[j]) = (a[j], a[i]); i++; j--; }
+            }
+            if (pos <= j) right = j;
+            else if (pos >= i) left = i;
+            else break;
+        }
+        return a[pos];
+    }
+
+    /// <summary>The exact fallback: two histogram passes over the key (upper 15 bits, then lower 16 bits inside the
+    /// threshold's bin), and a scan for the last tie when ties straddle the cut.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static (uint T, long lastTie) SelectByHistogram(uint* key, long n, long k)
+    {
+        nint kp = (nint)key;
+        var hiHist = ArrayPool<long>.Shared.Rent(HiBins);
+        Array.Clear(hiHist, 0, HiBins);
+        RunWithHistograms(n, HiBins, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (lo, hi, h) =>
+        {
+            var kk = (uint*)kp;
+            for (long i = lo; i < hi; i++) h[(kk[i] & 0x7FFFFFFFu) >> 16]++;
+        }, hiHist);
         long above = 0; int bin = HiBins - 1;
         for (; bin >= 0; bin--) { if (above + hiHist[bin] >= k) break; above += hiHist[bin]; }
         long needInBin = k - above;
-
-        // pass 2: the lower 16 bits inside that bin → the exact threshold key T
-        var loHist = new long[LoBins];
+        var loHist = ArrayPool<long>.Shared.Rent(LoBins);
+        Array.Clear(loHist, 0, LoBins);
         uint binU = (uint)bin;
-        RunWithHistograms(n, LoBins, (lo, hi, h) =>
+        RunWithHistograms(n, LoBins, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (lo, hi, h) =>
         {
-            var kk = (uint*)(byGradient ? g : m);
+            var kk = (uint*)kp;
             for (long i = lo; i < hi; i++)
             {
                 uint x = kk[i] & 0x7FFFFFFFu;
@@ -176,40 +461,41 @@ internal static unsafe class AdamKernels
         long lastTie = n - 1;
         if (needTies < loHist[low])
         {
-            // pass 3 (rare): the needTies-th entry equal to T in index order
             long seen = 0;
             for (long i = 0; i < n; i++)
                 if ((key[i] & 0x7FFFFFFFu) == T && ++seen == needTies) { lastTie = i; break; }
         }
-
-        // pass 4: the masked update
-        int tInt = (int)T, lastInt = (int)lastTie;
-        ForChunks(n, (lo, hi) => ApplyRange((float*)p, (float*)m, (float*)v, (uint*)(byGradient ? g : m), (byte*)touched, lo, hi, tInt, lastInt, sc));
+        ArrayPool<long>.Shared.Return(hiHist);
+        ArrayPool<long>.Shared.Return(loHist);
+        return (T, lastTie);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void ApplyRange(float* p, float* m, float* v, uint* key, byte* touched, long lo, long hi, int T, int lastTie, in AdamScalars s)
     {
         int W = Vector<float>.Count;
-        var ns = new Vector<float>(s.NegStep); var sb = new Vector<float>(s.SqrtBc2);
+        var ns = new Vector<float>(s.NegStep); var isb = new Vector<float>(s.InvSqrtBc2);
         var ep = new Vector<float>(s.Eps); var dc = new Vector<float>(s.Decay);
         var absMask = new Vector<int>(0x7FFFFFFF);
         var tv = new Vector<int>(T); var lastV = new Vector<int>(lastTie);
         Span<int> iotaS = stackalloc int[W];
         for (int j = 0; j < W; j++) iotaS[j] = j;
         var iota = new Vector<int>(iotaS);
+        // when no tie at T is cut off inside this range, "key > T or (key = T and i ≤ I*)" is just key > T − 1
+        bool allTies = lastTie >= hi - 1;
+        var tm1 = new Vector<int>(T - 1);
         long i = lo;
         for (; i + W <= hi; i += W)
         {
             var kv = Unsafe.ReadUnaligned<Vector<int>>(key + i) & absMask;
-            var idx = new Vector<int>((int)i) + iota;
-            var sel = Vector.GreaterThan(kv, tv) | (Vector.Equals(kv, tv) & Vector.LessThanOrEqual(idx, lastV));
+            var sel = allTies ? Vector.GreaterThan(kv, tm1)
+                              : Vector.GreaterThan(kv, tv) | (Vector.Equals(kv, tv) & Vector.LessThanOrEqual(new Vector<int>((int)i) + iota, lastV));
             var pd = Unsafe.ReadUnaligned<Vector<float>>(p + i) * dc;
-            if (sel == Vector<int>.Zero) { Unsafe.WriteUnaligned(p + i, pd); continue; }
             var mv = Unsafe.ReadUnaligned<Vector<float>>(m + i);
             var vv = Unsafe.ReadUnaligned<Vector<float>>(v + i);
-            var denom = Vector.SquareRoot(vv) / sb + ep;
+            var denom = Vector.SquareRoot(vv) * isb + ep;
             Unsafe.WriteUnaligned(p + i, Vector.ConditionalSelect(sel, pd + (ns * mv) / denom, pd));
-            if (touched != null)
+            if (touched != null && sel != Vector<int>.Zero)
                 for (int j = 0; j < W; j++) if (sel[j] != 0) touched[i + j] = 1;
         }
         for (; i < hi; i++)
@@ -218,7 +504,7 @@ internal static unsafe class AdamKernels
             float pd = p[i] * s.Decay;
             if (kx > T || (kx == T && i <= lastTie))
             {
-                float denom = MathF.Sqrt(v[i]) / s.SqrtBc2 + s.Eps;
+                float denom = MathF.Sqrt(v[i]) * s.InvSqrtBc2 + s.Eps;
                 p[i] = pd + (s.NegStep * m[i]) / denom;
                 if (touched != null) touched[i] = 1;
             }

@@ -29,6 +29,8 @@ public sealed class Block
     internal Tensor[] _moments = Array.Empty<Tensor>();
     /// <summary>A byte per entry, 1 once the entry has received an update (only when touch tracking is on).</summary>
     public Tensor? Touched { get; internal set; }
+    /// <summary>The fast path's guess of the next threshold (speed only; never changes the selection).</summary>
+    internal ThresholdGuess Guess { get; } = new();
 }
 
 /// <summary>Per-step diagnostics of one block.</summary>

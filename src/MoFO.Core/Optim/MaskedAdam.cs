@@ -43,6 +43,13 @@ public abstract class MaskedAdam : BlockOptimizer
     /// <summary>Use the fused C# kernels where they apply (CPU, float32, contiguous). On by default.</summary>
     public bool UseFastPath { get; set; } = true;
 
+    /// <summary>
+    /// How the fast path finds the exact threshold: by default from a sample of the keys taken during the moment pass
+    /// (one pass over the keys counts and collects the entries near it); when the guess misses, or when set to true,
+    /// by two histogram passes over the keys. Both are exact; the switch exists for tests and measurements.
+    /// </summary>
+    public bool HistogramSelection { get; set; }
+
     /// <summary>The member's rule for a filtered block.</summary>
     protected abstract Selection FilteredSelection { get; }
 
@@ -62,7 +69,7 @@ public abstract class MaskedAdam : BlockOptimizer
         {
             if (sel == Selection.All) { AdamKernels.Dense(p, grad, m, v, s); MarkTouched(b, null); }
             else if (k == 0) AdamKernels.MomentsOnly(p, grad, m, v, s);
-            else AdamKernels.Filtered(p, grad, m, v, b.Touched, k, sel == Selection.TopGradient, s);
+            else AdamKernels.Filtered(p, grad, m, v, b.Touched, k, sel == Selection.TopGradient, s, HistogramSelection, b.Guess);
             return;
         }
         Tensor? mask = sel switch

@@ -128,7 +128,7 @@ public sealed class RandomizedBCD : MaskedAdam
 /// ".&lt;number&gt;."), half of the blocks of each kind are frozen for the whole run — attention (names with "attn"/
 /// "attention"), MLP ("mlp"/"ffn"/"feed_forward"), norms (names with "norm"/".ln", checked first), others — rounding an odd half up or down
 /// by a fair coin; embeddings, the head and blocks outside layers stay trainable. Trainable blocks take AdamW.
-/// The choice is drawn from <paramref name="seed"/>.
+/// The choice is drawn from the constructor's seed.
 /// </summary>
 public sealed class HFT : MaskedAdam
 {

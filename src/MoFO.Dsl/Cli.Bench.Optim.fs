@@ -1,0 +1,179 @@
+/// `mofo bench optim`: optimizer step times side by side on one transformer-shaped parameter set.
+module MoFO.Dsl.Cli.Bench.Optim
+
+open System
+open System.Diagnostics
+open System.IO
+open System.Threading.Tasks
+open Argu
+open TorchSharp
+open MoFO.Optim
+
+type BenchOptimArgs =
+    | [<AltCommandLine("-r")>] Repetitions of int
+    | Warmup of int
+    | Alpha of float
+    | Pytorch
+    | Python of path: string
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Repetitions _ -> "timed steps per optimizer (default 9; the median is reported)."
+            | Warmup _ -> "untimed rounds first (default 10), each with fresh random gradients."
+            | Alpha _ -> "MoFO's and gradient-filtered BCD's update fraction (default 0.15)."
+            | Pytorch -> "also time PyTorch's AdamW (bench/adamw_peer.py; needs python3-torch) on the same shapes."
+            | Python _ -> "the python interpreter for --pytorch (default: python3, then /usr/bin/python3)."
+
+/// A Llama-shaped parameter set of about 30M entries: d = 512, 8 layers (q, k, v, o: d×d; gate, up: 1376×d;
+/// down: d×1376; two norms of d), embeddings and head 4096×d, a final norm.
+let shapes () =
+    let d, ff, layers, vocab = 512L, 1376L, 8, 4096L
+    [ yield "model.embed_tokens.weight", [| vocab; d |]
+      for l in 0 .. layers - 1 do
+          for m in [ "q"; "k"; "v"; "o" ] do yield $"model.layers.{l}.self_attn.{m}_proj.weight", [| d; d |]
+          yield $"model.layers.{l}.mlp.gate_proj.weight", [| ff; d |]
+          yield $"model.layers.{l}.mlp.up_proj.weight", [| ff; d |]
+          yield $"model.layers.{l}.mlp.down_proj.weight", [| d; ff |]
+          yield $"model.layers.{l}.input_layernorm.weight", [| d |]
+          yield $"model.layers.{l}.post_attention_layernorm.weight", [| d |]
+      yield "model.norm.weight", [| d |]
+      yield "lm_head.weight", [| vocab; d |] ]
+
+/// Read+write bandwidth of a parallel memory copy (GB/s), measured here.
+let private copyBandwidth () =
+    let n = 64L * 1024L * 1024L // 64M floats = 256 MB each side
+    use src = torch.randn(n)
+    use dst = torch.empty(n)
+    let chunk = 1L <<< 20
+    let copy () =
+        let s = MoFO.Optim.Bench.Address src
+        let d = MoFO.Optim.Bench.Address dst
+        Parallel.For(0L, n / chunk, fun c -> MoFO.Optim.Bench.Copy(s, d, c * chunk, chunk)) |> ignore
+    copy ()
+    let times =
+        [ for _ in 1 .. 5 ->
+            let sw = Stopwatch.StartNew()
+            copy ()
+            sw.Elapsed.TotalSeconds ]
+    float (2L * n * 4L) / (List.min times) / 1e9
+
+let private median (xs: float list) = let s = List.sort xs in s.[s.Length / 2]
+
+let private findPython (explicitPath: string option) =
+    let candidates = match explicitPath with Some p -> [ p ] | None -> [ "python3"; "/usr/bin/python3" ]
+    candidates |> List.tryFind (fun py ->
+        try
+            let psi = ProcessStartInfo(py, [ "-c"; "import torch" ], RedirectStandardError = true, RedirectStandardOutput = true)
+            use p = Process.Start psi
+            p.WaitForExit(60000) && p.ExitCode = 0
+        with _ -> false)
+
+let private runPeer (py: string) (args: string list) =
+    let script = Path.Combine(MoFO.DataRoot.RepositoryRoot() |> Option.ofObj |> Option.defaultValue ".", "bench", "adamw_peer.py")
+    if not (File.Exists script) then Error $"the PyTorch peer {script} is missing"
+    else
+        let psi = ProcessStartInfo(py, script :: args, RedirectStandardError = true, RedirectStandardOutput = true)
+        use p = Process.Start psi
+        let out = p.StandardOutput.ReadToEnd()
+        let err = p.StandardError.ReadToEnd()
+        p.WaitForExit()
+        if p.ExitCode <> 0 then Error $"{py} {script} failed (exit {p.ExitCode}): {err.Trim()}"
+        else
+            use doc = Text.Json.JsonDocument.Parse(out.Trim().Split('\n') |> Array.last)
+            Ok (doc.RootElement.GetProperty("median_ms").GetDouble(), doc.RootElement.GetProperty("torch").GetString())
+
+/// Runs the benchmark; returns the exit code.
+let run (args: ParseResults<BenchOptimArgs>) =
+    MoFO.Runtime.init ()
+    let reps = args.GetResult(Repetitions, defaultValue = 9)
+    let warmup = args.GetResult(Warmup, defaultValue = 10)
+    let alpha = args.GetResult(Alpha, defaultValue = 0.15)
+    if reps < 1 then raise (ArgumentException $"--repetitions {reps}: it must be >= 1")
+    if warmup < 0 then raise (ArgumentException $"--warmup {warmup}: it must be >= 0")
+    Validate.Alpha(alpha, "--alpha") |> ignore
+    let threads = Environment.ProcessorCount
+    torch.set_num_threads threads
+    let shp = shapes ()
+    let total = shp |> List.sumBy (fun (_, s) -> Array.fold (*) 1L s)
+    let filteredEntries = shp |> List.filter (fun (_, s) -> s.Length >= 2) |> List.sumBy (fun (_, s) -> Array.fold (*) 1L s)
+    printfn "mofo bench optim: %d blocks, %.1fM parameters (%.1fM in filtered matrices), float32, CPU, %d threads"
+        shp.Length (float total / 1e6) (float filteredEntries / 1e6) threads
+    use gen = new torch.Generator(0UL)
+    let ps = shp |> List.map (fun (_, s) -> torch.randn(s, generator = gen).mul_((0.02).ToScalar()).requires_grad_(true))
+    for p in ps do p.grad <- torch.randn(p.shape, generator = gen)
+    let named = List.zip (shp |> List.map fst) ps
+    let group () = [ ParamGroup(named |> List.map snd |> Seq.ofList, named |> List.map fst) ]
+    let ours : (string * BlockOptimizer) list =
+        [ "AdamW (ours, fused)", new AdamW(group (), lr = 1e-5) :> BlockOptimizer
+          $"MoFO α={alpha}", new MoFOOptimizer(group (), lr = 1e-5, alpha = alpha) :> BlockOptimizer
+          $"gradient-filtered BCD α={alpha}", new GradientFilteredBCD(group (), lr = 1e-5, alpha = alpha) :> BlockOptimizer ]
+    let tsParams = ps |> List.map (fun p -> new TorchSharp.Modules.Parameter(p.detach().clone()))
+    for p, q in List.zip tsParams ps do p.grad <- q.grad.clone()
+    let libtorch = torch.optim.AdamW(tsParams, lr = 1e-5)
+    let steppers : (string * (unit -> unit)) list =
+        (ours |> List.map (fun (n, o) -> n, (fun () -> o.step())))
+        @ [ "AdamW (TorchSharp → libtorch 2.10)", (fun () -> libtorch.step() |> ignore) ]
+    // fresh random gradients before every round (untimed), as in training: the moments reach their steady state and
+    // MoFO's threshold drifts as it does in practice; every optimizer of a round sees the same gradients
+    let freshGradients () =
+        use _ = torch.no_grad ()
+        for p, q in List.zip ps tsParams do
+            p.grad.normal_(generator = gen) |> ignore
+            q.grad.copy_(p.grad) |> ignore
+    for _ in 1 .. warmup do
+        freshGradients ()
+        for _, f in steppers do f ()
+    // interleaved repetitions, so that a slow moment of the machine hits every optimizer alike
+    let times = Collections.Generic.Dictionary<string, float list>()
+    for n, _ in steppers do times.[n] <- []
+    for _ in 1 .. reps do
+        freshGradients ()
+        for n, f in steppers do
+            let sw = Stopwatch.StartNew()
+            f ()
+            times.[n] <- sw.Elapsed.TotalMilliseconds :: times.[n]
+    let bw = copyBandwidth ()
+    let dense = float (total - filteredEntries)
+    let filt = float filteredEntries
+    // bytes per entry: fused AdamW reads p, g, m, v and writes p, m, v (28); a filtered block takes two passes —
+    // moments (+ counting around last step's threshold): read g, m, v, write m, v (20); update: read key, v, p, write p
+    // (16) — 36 in all (40 when the threshold guess misses and the keys are read once more).
+    let bytesAdam = 28.0 * float total
+    let bytesFiltered = 28.0 * dense + 36.0 * filt
+    // libtorch's unfused AdamW: lerp m (r g,m w m), v (r v,g w v), p*=decay is skipped at wd 0, sqrt(v) (r v w t),
+    // t/=c (r w), t+=eps (r w), p.addcdiv (r p,m,t w p) = 80 bytes per entry at least
+    let bytesOf (name: string) =
+        if name.StartsWith "AdamW (ours" then bytesAdam
+        elif name.StartsWith "AdamW (TorchSharp" then 80.0 * float total
+        else bytesFiltered
+    let adamMs = median times.[fst ours.Head]
+    printfn "copy bandwidth (read+write, measured now): %.1f GB/s" (bw)
+    printfn "%-38s %10s %10s %12s %10s" "optimizer" "median ms" "min ms" "bound ms" "÷ AdamW"
+    for n, _ in steppers do
+        let ms = median times.[n]
+        let bound = bytesOf n / (bw * 1e9) * 1e3
+        printfn "%-38s %10.1f %10.1f %12.1f %10.2f" n ms (List.min times.[n]) bound (ms / adamMs)
+    let mofoMs = median times.[fst ours.[1]]
+    printfn "ratio MoFO / AdamW (ours): %.2f by medians, %.2f by minima (target <= 1.25)" (mofoMs / adamMs) (List.min times.[fst ours.[1]] / List.min times.[fst ours.Head])
+    printfn "bound = bytes moved per step ÷ copy bandwidth: ours AdamW 28 B/entry, filtered blocks 36 B/entry, libtorch AdamW >= 80 B/entry"
+    let mutable code = 0
+    if args.Contains Pytorch then
+        match findPython (args.TryGetResult Python) with
+        | None ->
+            eprintfn "mofo bench optim --pytorch: no python3 with PyTorch found (tried %s). Install Debian's: apt-get install -y python3-torch"
+                (match args.TryGetResult Python with Some p -> p | None -> "python3, /usr/bin/python3")
+            code <- 1
+        | Some py ->
+            let shapeArg = shp |> List.map (fun (_, s) -> s |> Array.map string |> String.concat "x") |> String.concat ";"
+            for foreachFlag in [ false; true ] do
+                let extra = if foreachFlag then [ "--foreach" ] else []
+                match runPeer py ([ "--shapes"; shapeArg; "--reps"; string reps; "--warmup"; string warmup; "--threads"; string threads ] @ extra) with
+                | Ok (ms, version) ->
+                    let label = $"""PyTorch {version} AdamW ({if foreachFlag then "foreach" else "for-loop"})"""
+                    printfn "%-38s %10.1f %10s %12s %10.2f   (ours AdamW ÷ PyTorch = %.2f)" label ms "" "" (ms / adamMs) (adamMs / ms)
+                | Error e ->
+                    eprintfn "mofo bench optim --pytorch: %s" e
+                    code <- 1
+    for _, o in ours do o.Dispose()
+    libtorch.Dispose()
+    code

@@ -1,0 +1,180 @@
+/// The output contract of every paper-repro and ablation script (DESIGN.md): results/<name>.json, .md and .html,
+/// the same table on the console, and the exit code.
+module MoFO.Dsl.Results
+
+open System
+open System.IO
+open System.Text
+open System.Text.Json
+open Plotly.NET
+
+/// One row of a result table: a method and its metrics (in display order).
+type Row = { Method: string; Metrics: (string * float) list }
+
+/// One reproduction check: a claim of the paper and whether it holds here.
+type Check = { Claim: string; Holds: bool; Detail: string }
+
+/// A script's whole result.
+type Report =
+    { Name: string
+      Scale: string
+      Seed: int
+      Rows: Row list
+      /// the paper's reported numbers in the same shape, or None
+      Paper: Row list option
+      Checks: Check list
+      ElapsedSeconds: float }
+
+let row (methodName: string) (metrics: (string * float) list) = { Method = methodName; Metrics = metrics }
+let check (claim: string) (holds: bool) (detail: string) = { Claim = claim; Holds = holds; Detail = detail }
+
+/// Options every script accepts: --seed N, --scale tiny|paper, --strict, --out DIR.
+type Options = { Seed: int; Scale: string; Strict: bool; OutDir: string }
+
+/// The results folder: results/ at the repository root (or under the current directory outside a repository).
+let defaultOutDir () =
+    let root = match MoFO.DataRoot.RepositoryRoot() with null -> Directory.GetCurrentDirectory() | r -> r
+    Path.Combine(root, "results")
+
+/// Parses a script's arguments (fsi.CommandLineArgs: the first element, the script path, is skipped when it ends in
+/// .fsx). Throws ArgumentException naming a bad value.
+let parseArgs (argv: string[]) =
+    let args = if argv.Length > 0 && argv.[0].EndsWith(".fsx", StringComparison.OrdinalIgnoreCase) then argv.[1..] else argv
+    let rec go (o: Options) (xs: string list) =
+        match xs with
+        | [] -> o
+        | "--seed" :: v :: rest ->
+            match Int32.TryParse v with
+            | true, s -> go { o with Seed = s } rest
+            | _ -> raise (ArgumentException $"--seed {v}: expected an integer")
+        | "--scale" :: v :: rest ->
+            if v <> "tiny" && v <> "paper" then raise (ArgumentException $"--scale {v}: expected tiny or paper")
+            go { o with Scale = v } rest
+        | "--strict" :: rest -> go { o with Strict = true } rest
+        | "--out" :: v :: rest -> go { o with OutDir = v } rest
+        | x :: _ -> raise (ArgumentException $"unknown argument '{x}' (expected --seed N, --scale tiny|paper, --strict, --out DIR)")
+    go { Seed = 0; Scale = "tiny"; Strict = false; OutDir = defaultOutDir () } (List.ofArray args)
+
+let private writeNumber (w: Utf8JsonWriter) (x: float) =
+    if Double.IsNaN x || Double.IsInfinity x then w.WriteNullValue() else w.WriteNumberValue x
+
+let private writeRows (w: Utf8JsonWriter) (rows: Row list) =
+    w.WriteStartArray()
+    for r in rows do
+        w.WriteStartObject()
+        w.WriteString("method", r.Method)
+        w.WritePropertyName "metrics"
+        w.WriteStartObject()
+        for k, v in r.Metrics do
+            w.WritePropertyName k
+            writeNumber w v
+        w.WriteEndObject()
+        w.WriteEndObject()
+    w.WriteEndArray()
+
+/// The JSON document of the contract.
+let toJson (r: Report) =
+    use ms = new MemoryStream()
+    (use w = new Utf8JsonWriter(ms, JsonWriterOptions(Indented = true))
+     w.WriteStartObject()
+     w.WriteString("name", r.Name)
+     w.WriteString("scale", r.Scale)
+     w.WriteNumber("seed", r.Seed)
+     w.WritePropertyName "rows"
+     writeRows w r.Rows
+     w.WritePropertyName "paper"
+     (match r.Paper with Some p -> writeRows w p | None -> w.WriteNullValue())
+     w.WritePropertyName "checks"
+     w.WriteStartArray()
+     for c in r.Checks do
+         w.WriteStartObject()
+         w.WriteString("claim", c.Claim)
+         w.WriteBoolean("holds", c.Holds)
+         w.WriteString("detail", c.Detail)
+         w.WriteEndObject()
+     w.WriteEndArray()
+     w.WriteNumber("elapsedSeconds", r.ElapsedSeconds)
+     w.WriteEndObject())
+    Encoding.UTF8.GetString(ms.ToArray())
+
+let private fmt (x: float) =
+    if Double.IsNaN x then "–"
+    elif x <> 0.0 && (abs x < 1e-3 || abs x >= 1e5) then x.ToString("0.###e+0", Globalization.CultureInfo.InvariantCulture)
+    else x.ToString("0.####", Globalization.CultureInfo.InvariantCulture)
+
+let private columns (rows: Row list) = rows |> List.collect (fun r -> r.Metrics |> List.map fst) |> List.distinct
+
+let private table (rows: Row list) =
+    let cols = columns rows
+    let sb = StringBuilder()
+    sb.AppendLine("| method | " + String.Join(" | ", cols) + " |") |> ignore
+    sb.AppendLine("|---|" + String.replicate cols.Length "---|") |> ignore
+    for r in rows do
+        let m = Map.ofList r.Metrics
+        let cells = cols |> List.map (fun c -> match m.TryFind c with Some v -> fmt v | None -> "")
+        sb.AppendLine($"| {r.Method} | " + String.Join(" | ", cells) + " |") |> ignore
+    sb.ToString()
+
+/// The Markdown page: the table, the paper's numbers beside it, the checks.
+let toMarkdown (r: Report) =
+    let sb = StringBuilder()
+    sb.AppendLine($"# {r.Name}").AppendLine() |> ignore
+    sb.AppendLine($"scale `{r.Scale}`, seed {r.Seed}, {r.ElapsedSeconds:F1} s").AppendLine() |> ignore
+    sb.AppendLine("## This run").AppendLine().Append(table r.Rows).AppendLine() |> ignore
+    match r.Paper with
+    | Some p -> sb.AppendLine("## The paper").AppendLine().Append(table p).AppendLine() |> ignore
+    | None -> ()
+    sb.AppendLine("## Checks").AppendLine() |> ignore
+    for c in r.Checks do
+        sb.AppendLine($"""- {if c.Holds then "✅ holds" else "❌ does not hold"}: {c.Claim} — {c.Detail}""") |> ignore
+    sb.ToString()
+
+let private ensureDir (dir: string) = Directory.CreateDirectory dir |> ignore
+
+/// Writes results/<name>.json; returns the path.
+let writeJson (dir: string) (r: Report) =
+    ensureDir dir
+    let path = Path.Combine(dir, r.Name + ".json")
+    File.WriteAllText(path, toJson r)
+    path
+
+/// Writes results/<name>.md; returns the path.
+let writeMarkdown (dir: string) (r: Report) =
+    ensureDir dir
+    let path = Path.Combine(dir, r.Name + ".md")
+    File.WriteAllText(path, toMarkdown r)
+    path
+
+/// Writes a self-contained (plotly.js embedded) HTML figure as results/<name>.html; returns the path.
+let writeHtml (dir: string) (name: string) (chart: GenericChart) =
+    ensureDir dir
+    let path = Path.Combine(dir, name + ".html")
+    chart
+    |> Chart.withDisplayOptions (DisplayOptions.init (PlotlyJSReference = PlotlyJSReference.Full))
+    |> Chart.saveHtml path
+    path
+
+/// Prints the table and the checks to the console.
+let printTable (r: Report) =
+    let cols = columns r.Rows
+    let cell (s: string) w = s.PadLeft w
+    let widths = cols |> List.map (fun c -> max 10 (c.Length + 1))
+    let mw = r.Rows |> List.map (fun x -> x.Method.Length) |> List.fold max 6
+    printfn "%s  (scale %s, seed %d, %.1f s)" r.Name r.Scale r.Seed r.ElapsedSeconds
+    printfn "%s%s" ("method".PadRight mw) (String.Join("", List.map2 (fun c w -> cell c w) cols widths))
+    for x in r.Rows do
+        let m = Map.ofList x.Metrics
+        let cells = List.map2 (fun c w -> cell (match m.TryFind c with Some v -> fmt v | None -> "") w) cols widths
+        printfn "%s%s" (x.Method.PadRight mw) (String.Join("", cells))
+    for c in r.Checks do
+        printfn "%s %s — %s" (if c.Holds then "[holds]" else "[DOES NOT HOLD]") c.Claim c.Detail
+
+/// Writes the JSON, the Markdown and (when given) the HTML figure, prints the table; returns the exit code:
+/// 0, or 1 when run with --strict and a check does not hold.
+let finish (o: Options) (r: Report) (chart: GenericChart option) =
+    printTable r
+    let paths =
+        [ writeJson o.OutDir r; writeMarkdown o.OutDir r ]
+        @ (match chart with Some c -> [ writeHtml o.OutDir r.Name c ] | None -> [])
+    for p in paths do printfn "wrote %s" p
+    if o.Strict && r.Checks |> List.exists (fun c -> not c.Holds) then 1 else 0
