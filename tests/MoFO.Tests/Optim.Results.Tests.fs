@@ -40,10 +40,12 @@ let results =
         }
 
         test "Optim.bench.args: mofo bench optim rejects bad values, naming them; --help lists --pytorch" {
-            let e = throwsWith<ArgumentException> (fun () -> MoFO.Dsl.Cli.Main.run [| "bench"; "optim"; "--repetitions"; "0" |] |> ignore)
-            Expect.stringContains e.Message "--repetitions 0" "names the bad repetition count"
-            let e2 = throwsWith<ArgumentException> (fun () -> MoFO.Dsl.Cli.Main.run [| "bench"; "optim"; "--alpha"; "1.5" |] |> ignore)
-            Expect.stringContains e2.Message "1.5" "names the bad alpha"
+            let code1, _, err1 = captureConsole (fun () -> MoFO.Dsl.Cli.Main.run [| "bench"; "optim"; "--repetitions"; "0" |])
+            Expect.equal code1 2 "a usage error"
+            Expect.stringContains err1 "--repetitions 0" "names the bad repetition count"
+            let code2, _, err2 = captureConsole (fun () -> MoFO.Dsl.Cli.Main.run [| "bench"; "optim"; "--alpha"; "1.5" |])
+            Expect.equal code2 2 "a usage error"
+            Expect.stringContains err2 "1.5" "names the bad alpha"
             let code, out, _ = captureConsole (fun () -> MoFO.Dsl.Cli.Main.run [| "bench"; "optim"; "--help" |])
             Expect.equal code 0 "help exits 0"
             Expect.stringContains out "--pytorch" "the PyTorch peer is documented"
