@@ -198,7 +198,7 @@ let passAtK =
         }
 
         test "matches the binomial formula for many n, c, k" {
-            let choose (n: int) (k: int) = if k > n then 0.0 else Seq.fold (fun acc i -> acc * float (n - k + i) / float i) 1.0 { 1 .. k }
+            let choose (n: int) (k: int) = if k > n then 0.0 else Seq.fold (fun acc i -> acc * float (n - k + i) / float i) 1.0 (seq { 1 .. k })
             for n in 1 .. 20 do
                 for c in 0 .. n do
                     for k in 1 .. n do

@@ -12,9 +12,9 @@ let tinyLlama (tied: bool) =
                 NumKeyValueHeads = 2, MaxPositionEmbeddings = 64, RmsNormEps = 1e-5, TieWordEmbeddings = tied,
                 InitializerRange = 0.1, BosTokenId = Nullable 1, EosTokenIds = [| 2 |])
 
-let tinyNeoX (parallel: bool) =
+let tinyNeoX (parallelResidual: bool) =
     GptNeoXConfig(VocabSize = 64, HiddenSize = 32, IntermediateSize = 128, NumHiddenLayers = 2, NumAttentionHeads = 4,
-                  MaxPositionEmbeddings = 64, RotaryPct = 0.5, UseParallelResidual = parallel,
+                  MaxPositionEmbeddings = 64, RotaryPct = 0.5, UseParallelResidual = parallelResidual,
                   InitializerRange = 0.1, BosTokenId = Nullable 0, EosTokenIds = [| 0 |])
 
 /// A random model of the config, initialized from the seed; biases get random values too so that they are tested.

@@ -36,9 +36,9 @@ public static class ParquetData
                 int n = (int)rg.RowCount;
                 var columns = fields.Select(f =>
                 {
-                    var data = new string[n];
+                    var data = new string?[n];
                     rg.ReadAsync(f, data.AsMemory(), null, CancellationToken.None).AsTask().GetAwaiter().GetResult();
-                    return (f.Name, Data: (string?[])data);
+                    return (f.Name, Data: data);
                 }).ToArray();
                 for (int r = 0; r < n; r++)
                     rows.Add(columns.ToDictionary(c => c.Name, c => c.Data[r]));

@@ -93,7 +93,11 @@ public sealed record TrainingOptions
 /// then constant, linear decay to 0, or cosine decay to 0 over the remaining steps.</summary>
 public static class LrSchedule
 {
+    /// <param name="schedule">the schedule's shape.</param>
+    /// <param name="baseLr">the peak learning rate.</param>
     /// <param name="step">0-based index of the optimizer step about to be taken.</param>
+    /// <param name="totalSteps">the run's optimizer steps.</param>
+    /// <param name="warmupSteps">steps of linear warmup.</param>
     public static double At(Schedule schedule, double baseLr, int step, int totalSteps, int warmupSteps)
     {
         if (step < warmupSteps) return baseLr * step / Math.Max(1, warmupSteps);
