@@ -27,6 +27,7 @@ type ContinualArgs =
     | Metric of name: string
     | Eval_Limit of n: int
     | Tokenizer of path: string
+    | Device of name: string
     interface IArgParserTemplate with
         member this.Usage =
             match this with
@@ -47,6 +48,7 @@ type ContinualArgs =
             | Metric _ -> "accuracy (greedy exact match; default) or likelihood (geometric-mean answer-token probability)."
             | Eval_Limit _ -> "evaluate on at most N test examples per task."
             | Tokenizer _ -> "the tokenizer file, if it is not beside the model."
+            | Device _ -> "cpu (default) or cuda (float32 weights)."
 
 let run (a: ParseResults<ContinualArgs>) =
     let dirs = a.GetResult(Tasks).Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries)
@@ -79,7 +81,7 @@ let run (a: ParseResults<ContinualArgs>) =
         | "accuracy" -> TaskMetric.Accuracy
         | "likelihood" -> TaskMetric.AnswerLikelihood
         | m -> raise (ArgumentException $"--metric {m}: expected accuracy or likelihood")
-    use model = ModelLoader.Load(a.GetResult Model, Option.toObj (a.TryGetResult Tokenizer))
+    use model = ModelLoader.Load(a.GetResult Model, Option.toObj (a.TryGetResult Tokenizer), MoFO.Runtime.device (a.TryGetResult Device), TorchSharp.torch.ScalarType.Float32)
     let runner =
         ContinualRunner(
             Model = model, Tasks = tasks, Options = o, OutputDir = a.GetResult Output, Metric = metric,

@@ -40,6 +40,7 @@ type EvalArgs =
     | Max_New_Tokens of n: int
     | Seed of seed: int64
     | Cache of dir: string
+    | Device of name: string
     | Unsafe_No_Sandbox
     interface IArgParserTemplate with
         member this.Usage =
@@ -59,6 +60,7 @@ type EvalArgs =
             | Max_New_Tokens _ -> "generation length (gsm8k 256, humaneval 512, samples 100)."
             | Seed _ -> "the seed of sampling and few-shot selection (default 1234)."
             | Cache _ -> "folder that caches base-model samples (default results/cache)."
+            | Device _ -> "cpu (default, float32) or cuda (bfloat16)."
             | Unsafe_No_Sandbox -> "humaneval: run generated code without bubblewrap when it is missing (dangerous)."
 
 let private defaultData (task: EvalTask) =
@@ -175,7 +177,7 @@ let evaluate (model: CausalLM) (args: ParseResults<EvalArgs>) =
 let run (args: ParseResults<EvalArgs>) =
     let clock = Diagnostics.Stopwatch.StartNew()
     let modelPath = args.GetResult Model
-    use model = ModelLoader.Load(modelPath, Option.toObj (args.TryGetResult Tokenizer))
+    use model = ModelLoader.Load(modelPath, Option.toObj (args.TryGetResult Tokenizer), MoFO.Runtime.device (args.TryGetResult Device))
     let task = args.GetResult Task
     let outcome = evaluate model args
     let taskName = (string task).ToLowerInvariant().Replace('_', '-')

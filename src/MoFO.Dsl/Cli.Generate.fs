@@ -35,14 +35,9 @@ let guarded (f: unit -> int) =
     | :? MoFO.Checkpoints.CheckpointException as e -> eprintfn "mofo: %s" e.Message; 1
     | :? IO.FileNotFoundException as e -> eprintfn "mofo: %s" e.Message; 1
 
-let device (d: string option) =
-    match d with
-    | None | Some "cpu" -> TorchSharp.torch.CPU
-    | Some s -> TorchSharp.torch.Device(s)
-
 let run (args: ParseResults<GenerateArgs>) =
     guarded (fun () ->
-        let dev = device (args.TryGetResult Device)
+        let dev = MoFO.Runtime.device (args.TryGetResult Device)
         use lm = ModelLoader.Load(args.GetResult Model, args.TryGetResult Tokenizer |> Option.toObj, dev)
         let prompt = args.GetResult(Prompt, "")
         let options =

@@ -36,6 +36,7 @@ type TrainArgs =
     | Save_Every of n: int
     | Eval_Every of n: int
     | Tokenizer of path: string
+    | Device of name: string
     | Skip_Empty
     | Resume
     interface IArgParserTemplate with
@@ -67,6 +68,7 @@ type TrainArgs =
             | Save_Every _ -> "write a checkpoint every N steps (default: at the end and on Ctrl-C)."
             | Eval_Every _ -> "log the held-out loss every N steps."
             | Tokenizer _ -> "the tokenizer file, if it is not beside the model."
+            | Device _ -> "cpu (default) or cuda: weights and optimizer state in float32 on that device (no bfloat16 autocast yet)."
             | Skip_Empty -> "drop records whose answer is empty (Code-Alpaca has two) instead of stopping at them."
             | Resume -> "continue the run in --output from its checkpoint (same settings required)."
 
@@ -119,7 +121,7 @@ let run (a: ParseResults<TrainArgs>) =
     let o: TrainingOptions = options a
     o.Validate()
     let train, eval = data a o
-    use model = ModelLoader.Load(a.GetResult Model, Option.toObj (a.TryGetResult Tokenizer))
+    use model = ModelLoader.Load(a.GetResult Model, Option.toObj (a.TryGetResult Tokenizer), MoFO.Runtime.device (a.TryGetResult Device), TorchSharp.torch.ScalarType.Float32)
     let trainer = Trainer(model, train, Option.toObj (eval |> Option.map (fun e -> e :> Collections.Generic.IReadOnlyList<_>)), o, a.GetResult Output)
     eprintfn "mofo train: %s, %d examples%s, %d steps of %d (micro-batch %d), lr %g (%A), output %s"
         (string o.Method) trainer.Examples (if o.Pack then " (packed rows)" else "") trainer.TotalSteps o.BatchSize o.MicroBatch

@@ -27,3 +27,14 @@ let smoke () =
         { Input = x.data<float32>().ToArray(); Output = y.item<float32>(); Gradient = grad; SavedAndReloaded = same }
     finally
         if System.IO.File.Exists file then System.IO.File.Delete file
+
+/// The device a command line names: "cpu" (the default) or "cuda" / "cuda:N" (CUDA builds, -p:TorchBackend=cuda).
+let device (name: string option) =
+    match name with
+    | None | Some "cpu" -> torch.CPU
+    | Some s when s.StartsWith "cuda" ->
+        init ()
+        if not (torch.cuda.is_available ()) then
+            raise (System.ArgumentException $"--device {s}: CUDA is not available (build with -p:TorchBackend=cuda on a machine with an NVIDIA GPU; see README)")
+        torch.Device(s)
+    | Some s -> raise (System.ArgumentException $"--device {s}: expected cpu, cuda or cuda:N")

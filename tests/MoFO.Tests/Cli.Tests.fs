@@ -39,4 +39,14 @@ let tests =
             Expect.equal code 0 "exit 0"
             Expect.stringContains out "info" "lists the info subcommand"
         }
+    
+        test "Cli.device: an unknown device and CUDA on a CPU-only build are clear usage errors" {
+            let code, _, err = mofo [| "generate"; "--model"; "x.bin"; "--device"; "tpu" |]
+            Expect.notEqual code 0 "fails"
+            Expect.stringContains err "--device tpu" "names the value"
+            if not (TorchSharp.torch.cuda.is_available ()) then
+                let code2, _, err2 = mofo [| "eval"; "--model"; "x.bin"; "--task"; "arc-easy"; "--device"; "cuda" |]
+                Expect.equal code2 2 "usage error"
+                Expect.stringContains err2 "CUDA is not available" "says why"
+        }
     ]
