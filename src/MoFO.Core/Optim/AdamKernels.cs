@@ -273,17 +273,23 @@ internal static unsafe class AdamKernels
                 float* cu = (float*)candU + c * candStride;
                 float* pp = (float*)p;
                 byte* tt = (byte*)touched;
-                // branch-free, so that the scattered accesses overlap: a candidate not selected adds −0 (x + −0 = x exactly)
-                int cnt = candCount[c];
+                // the selected ones first, branch-free (sequential), then their scattered updates with prefetching
+                int cnt = candCount[c], nsel = 0;
+                uint* si = stackalloc uint[cnt + 1];
+                float* su = stackalloc float[cnt + 1];
                 for (int j = 0; j < cnt; j++)
                 {
                     uint i = ci[j];
-                    if (Sse.IsSupported && j + 16 < cnt) Sse.Prefetch0(pp + ci[j + 16]);
                     ulong x = ((ulong)ck[j] << 32) | (0xFFFFFFFFu - i);
-                    uint selM = 0u - (uint)((x >= cStar ? 1 : 0) & (i < e ? 1 : 0));
-                    uint add = (BitConverter.SingleToUInt32Bits(cu[j]) & selM) | (0x80000000u & ~selM);
-                    pp[i] = pp[i] + BitConverter.UInt32BitsToSingle(add);
-                    if (tt != null) tt[i] |= (byte)(selM & 1);
+                    si[nsel] = i; su[nsel] = cu[j];
+                    nsel += (x >= cStar ? 1 : 0) & (i < e ? 1 : 0);
+                }
+                for (int j = 0; j < nsel; j++)
+                {
+                    uint i = si[j];
+                    if (Sse.IsSupported && j + 8 < nsel) Sse.Prefetch0(pp + si[j + 8]);
+                    pp[i] = pp[i] + su[j];
+                    if (tt != null) tt[i] = 1;
                 }
             }
             else
@@ -360,7 +366,9 @@ internal static unsafe class AdamKernels
     }
 
     /// <summary>For each 8-bit mask, the lane indices of its set bits first (AVX2 left-packing by a permutation).</summary>
-    static readonly int* PackTable = MakePackTable();
+    static readonly int* PackTable;
+
+    static AdamKernels() { PackTable = MakePackTable(); }
 
     static int* MakePackTable()
     {
@@ -387,11 +395,11 @@ internal static unsafe class AdamKernels
 
     /// <summary>Stores the lanes of x selected by bits contiguously at dst (may write up to a full vector past them).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Pack(Vector<int> x, uint bits, int* dst)
+    static void Pack(Vector<int> x, uint bits, int* dst, int* table)
     {
         if (Vector<int>.Count == 8 && System.Runtime.Intrinsics.X86.Avx2.IsSupported)
         {
-            var perm = Vector256.Load(PackTable + bits * 8);
+            var perm = Vector256.Load(table + bits * 8);
             System.Runtime.Intrinsics.X86.Avx2.PermuteVar8x32(x.AsVector256(), perm).Store(dst);
             return;
         }
@@ -410,6 +418,7 @@ internal static unsafe class AdamKernels
                                       float* specOld, ushort* specMask, byte* specTouched, int specCap, out int specCount, out long specEnd)
     {
         int W = Vector<float>.Count;
+        int* table = PackTable; // a local: no static access in the loop
         var b1 = new Vector<float>(s.Beta1); var ob1 = new Vector<float>(s.OneMinusBeta1);
         var b2 = new Vector<float>(s.Beta2); var ob2 = new Vector<float>(s.OneMinusBeta2);
         var nsV = new Vector<float>(s.NegStep); var isb = new Vector<float>(s.InvSqrtBc2);
@@ -459,7 +468,7 @@ internal static unsafe class AdamKernels
                         for (int j = 0; j < W; j++)
                             if ((bits & (1u << j)) != 0) { specTouched[o++] = touched[i + j]; touched[i + j] = 1; }
                     }
-                    Pack(Vector.AsVectorInt32(pdv), bits, (int*)specOld + sc);
+                    Pack(Vector.AsVectorInt32(pdv), bits, (int*)specOld + sc, table);
                     sc += cnt;
                     Unsafe.WriteUnaligned(p + i, Vector.ConditionalSelect(up, pdv + upd, pdv));
                 }
@@ -468,9 +477,9 @@ internal static unsafe class AdamKernels
             var inside = ~Vector.GreaterThan((kv - loV) ^ flip, spanV);
             if (inside == Vector<int>.Zero) continue;
             uint ib = MaskBits(inside);
-            Pack(new Vector<int>((int)i) + iota, ib, cand + cc);
-            Pack(kv, ib, (int*)candKey + cc);
-            Pack(Vector.AsVectorInt32(upd), ib, (int*)candUpd + cc);
+            Pack(new Vector<int>((int)i) + iota, ib, cand + cc, table);
+            Pack(kv, ib, (int*)candKey + cc, table);
+            Pack(Vector.AsVectorInt32(upd), ib, (int*)candUpd + cc, table);
             cc = Math.Min(cc + BitOperations.PopCount(ib), CandLimit);
         }
         specEnd = specOn ? i : end;
