@@ -139,6 +139,43 @@ let engine =
                     Expect.isLessThanOrEqual d 1e-6 $"{name}: max |fast − torch| = {d}"
         }
 
+        test "Optim.guess route: window hits and misses (threshold jumps, ties; wd on/off; touched) give the histogram route's bits" {
+            // the guess route updates the entries above last step's window speculatively in the moment pass and undoes
+            // them when the window misses; the histogram route is the plain exact one: both must agree bit for bit
+            let byteArray (t: Tensor) : byte[] = t.cpu().contiguous().data<byte>().ToArray()
+            for wd in [ 0.0; 0.1 ] do
+                for byGrad in both do
+                    let name = $"""{(if byGrad then "gradient BCD" else "MoFO")}, wd {wd}"""
+                    // 3 chunks, and 2 chunks with a scalar tail (132 999 = 8·16 624 + 7)
+                    let shapes = [ [| 300L; 500L |]; [| 129L; 1031L |] ]
+                    let make ps hist =
+                        let o =
+                            if byGrad then new GradientFilteredBCD(asSeq ps, lr = 1e-3, alpha = 0.15, weight_decay = wd, trackTouched = true) :> MaskedAdam
+                            else new MoFOOptimizer(asSeq ps, lr = 1e-3, alpha = 0.15, weight_decay = wd, trackTouched = true) :> MaskedAdam
+                        o.HistogramSelection <- hist
+                        o
+                    let ps1 = makeParams 7L shapes
+                    let ps2 = cloneParams ps1
+                    use o1 = make ps1 false
+                    use o2 = make ps2 true
+                    use g = gen 8L
+                    // scale 0: integer-valued gradients (massive ties); jumps up and down make the window miss
+                    let scales = [ 1.0; 1.0; 1.0; 1.0; 100.0; 100.0; 1.0; 0.01; 0.001; 1.0; 1.0; 0.0; 0.0; 0.0; 1.0; 1.0; 1.02; 1.0 ]
+                    for t, sc in List.indexed scales do
+                        let grads =
+                            [ for s in shapes ->
+                                let r = torch.randn(s, generator = g)
+                                if sc = 0.0 then (use k = (1.5).ToScalar() in r.mul(k).round())
+                                else (use k = sc.ToScalar() in r.mul(k)) ]
+                        stepWithGrads o1 ps1 grads
+                        stepWithGrads o2 ps2 grads
+                        for i in 0 .. ps1.Length - 1 do
+                            Expect.isTrue (bitEqual ps1.[i] ps2.[i]) $"{name}: p of block {i} bit-identical after step {t + 1}"
+                            Expect.sequenceEqual (byteArray o1.Blocks.[i].Touched) (byteArray o2.Blocks.[i].Touched) $"{name}: touched of block {i} after step {t + 1}"
+                            for m1, m2 in Seq.zip o1.Blocks.[i].Moments o2.Blocks.[i].Moments do
+                                Expect.isTrue (bitEqual m1 m2) $"{name}: moments of block {i} after step {t + 1}"
+        }
+
         test "Optim.state.resume: save → load → continue is bit-identical (file and dictionary; MoFO, random BCD, Lion)" {
             let makers : (string * (Tensor list -> BlockOptimizer)) list =
                 [ "MoFO", (fun ps -> new MoFOOptimizer(asSeq ps, lr = 1e-3, alpha = 0.15, trackTouched = true) :> BlockOptimizer)
