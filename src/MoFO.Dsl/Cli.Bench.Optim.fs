@@ -135,11 +135,12 @@ let run (args: ParseResults<BenchOptimArgs>) =
     let bw = copyBandwidth ()
     let dense = float (total - filteredEntries)
     let filt = float filteredEntries
-    // bytes per entry: fused AdamW reads p, g, m, v and writes p, m, v (28); a filtered block takes two passes —
-    // moments (+ counting around last step's threshold): read g, m, v, write m, v (20); update: read key, v, p, write p
-    // (16) — 36 in all (40 when the threshold guess misses and the keys are read once more).
+    // bytes per entry: fused AdamW reads p, g, m, v and writes p, m, v (28). A filtered block (weight decay 0, as here)
+    // takes one pass when last step's threshold window holds: read g, m, v, write m, v (20) for every entry, and for
+    // the ≈ α selected ones also read and write p and keep the old p for an exact undo (12 more) — 20 + 12α per entry
+    // (a window miss adds the two-pass route's 16 B/entry update pass).
     let bytesAdam = 28.0 * float total
-    let bytesFiltered = 28.0 * dense + 36.0 * filt
+    let bytesFiltered = 28.0 * dense + (20.0 + 12.0 * alpha) * filt
     // libtorch's unfused AdamW: lerp m (r g,m w m), v (r v,g w v), p*=decay is skipped at wd 0, sqrt(v) (r v w t),
     // t/=c (r w), t+=eps (r w), p.addcdiv (r p,m,t w p) = 80 bytes per entry at least
     let bytesOf (name: string) =
@@ -155,7 +156,7 @@ let run (args: ParseResults<BenchOptimArgs>) =
         printfn "%-38s %10.1f %10.1f %12.1f %10.2f" n ms (List.min times.[n]) bound (ms / adamMs)
     let mofoMs = median times.[fst ours.[1]]
     printfn "ratio MoFO / AdamW (ours): %.2f by medians, %.2f by minima (target <= 1.25)" (mofoMs / adamMs) (List.min times.[fst ours.[1]] / List.min times.[fst ours.Head])
-    printfn "bound = bytes moved per step ÷ copy bandwidth: ours AdamW 28 B/entry, filtered blocks 36 B/entry, libtorch AdamW >= 80 B/entry"
+    printfn "bound = bytes moved per step ÷ copy bandwidth: ours AdamW 28 B/entry, filtered blocks %.1f B/entry, libtorch AdamW >= 80 B/entry" (20.0 + 12.0 * alpha)
     let mutable code = 0
     if args.Contains Pytorch then
         match findPython (args.TryGetResult Python) with
