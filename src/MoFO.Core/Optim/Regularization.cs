@@ -57,11 +57,10 @@ public interface ILossTerm
     Tensor Loss();
 }
 
-/// <summary>L1 toward the pretrained weights: λ·Σ|θ − θ0| (the paper uses λ1 = 1e-6). Composable with any optimizer:
-/// <c>loss = task + reg.Loss()</c>.</summary>
-public sealed class L1ToPretrained : ILossTerm, IDisposable
+/// <summary>λ·Σ penalty(θ − θ0) over the parameters, toward a snapshot of their initial (pretrained) values.</summary>
+public abstract class PenaltyToPretrained : ILossTerm, IDisposable
 {
-    public L1ToPretrained(IEnumerable<Tensor> parameters, double lambda = 1e-6)
+    protected PenaltyToPretrained(IEnumerable<Tensor> parameters, double lambda)
     {
         Lambda = Validate.Lambda(lambda);
         Snapshot = new ParameterSnapshot(parameters);
@@ -70,12 +69,15 @@ public sealed class L1ToPretrained : ILossTerm, IDisposable
     public double Lambda { get; }
     public ParameterSnapshot Snapshot { get; }
 
+    /// <summary>The penalty of one tensor's difference, summed to a scalar.</summary>
+    protected abstract Tensor Penalty(Tensor difference);
+
     public Tensor Loss()
     {
         Tensor? total = null;
         for (int i = 0; i < Snapshot.Parameters.Count; i++)
         {
-            var t = (Snapshot.Parameters[i] - Snapshot.Initial[i]).abs().sum();
+            var t = Penalty(Snapshot.Parameters[i] - Snapshot.Initial[i]);
             total = total is null ? t : total + t;
         }
         using Scalar lambda = Lambda.ToScalar();
@@ -85,29 +87,15 @@ public sealed class L1ToPretrained : ILossTerm, IDisposable
     public void Dispose() => Snapshot.Dispose();
 }
 
-/// <summary>L2 toward the pretrained weights: λ·Σ(θ − θ0)² (the paper uses λ2 = 1e-3).</summary>
-public sealed class L2ToPretrained : ILossTerm, IDisposable
+/// <summary>L1 toward the pretrained weights: λ·Σ|θ − θ0| (the paper uses λ1 = 1e-6). Composable with any optimizer:
+/// <c>loss = task + reg.Loss()</c>.</summary>
+public sealed class L1ToPretrained(IEnumerable<Tensor> parameters, double lambda = 1e-6) : PenaltyToPretrained(parameters, lambda)
 {
-    public L2ToPretrained(IEnumerable<Tensor> parameters, double lambda = 1e-3)
-    {
-        Lambda = Validate.Lambda(lambda);
-        Snapshot = new ParameterSnapshot(parameters);
-    }
+    protected override Tensor Penalty(Tensor difference) => difference.abs().sum();
+}
 
-    public double Lambda { get; }
-    public ParameterSnapshot Snapshot { get; }
-
-    public Tensor Loss()
-    {
-        Tensor? total = null;
-        for (int i = 0; i < Snapshot.Parameters.Count; i++)
-        {
-            var t = SumSq(Snapshot.Parameters[i] - Snapshot.Initial[i]);
-            total = total is null ? t : total + t;
-        }
-        using Scalar lambda = Lambda.ToScalar();
-        return total!.mul(lambda);
-    }
-
-    public void Dispose() => Snapshot.Dispose();
+/// <summary>L2 toward the pretrained weights: λ·Σ(θ − θ0)² (the paper uses λ2 = 1e-3).</summary>
+public sealed class L2ToPretrained(IEnumerable<Tensor> parameters, double lambda = 1e-3) : PenaltyToPretrained(parameters, lambda)
+{
+    protected override Tensor Penalty(Tensor difference) => SumSq(difference);
 }
