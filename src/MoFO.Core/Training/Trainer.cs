@@ -136,7 +136,10 @@ public sealed class Trainer
         var module = _lm.Module;
         module.train();
         var (opt, terms) = CreateOptimizer(module, _o);
-        using var snapshot = new ParameterSnapshot(module.parameters().Select(p => (Tensor)p));
+        // The L1/L2 terms already hold a copy of the initial weights: measure the distance with it rather than a second copy.
+        var shared = terms.OfType<PenaltyToPretrained>().FirstOrDefault()?.Snapshot;
+        using var own = shared is null ? new ParameterSnapshot(module.parameters().Select(p => (Tensor)p)) : null;
+        var snapshot = shared ?? own!;
         int start = 0;
         var stateFile = Path.Combine(CheckpointDir, "trainer_state.json");
         if (resume)
