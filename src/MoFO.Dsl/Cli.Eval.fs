@@ -9,6 +9,7 @@ open Argu
 open MoFO
 open MoFO.Evaluation
 open MoFO.Models
+open MoFO.Dsl
 
 [<RequireQualifiedAccess>]
 type EvalTask =
@@ -83,96 +84,50 @@ let private readTexts (path: string) =
     else
         File.ReadAllText(path).Split([| "\n\n" |], StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries) |> Array.toList
 
-/// The metrics of one evaluation, and the per-item records that go to the JSON file.
-type EvalOutcome = { Metrics: (string * float) list; Count: int; Items: obj }
-
-let private mcOutcome (s: McSummary) =
-    { Metrics = [ "acc", s.Acc; "acc_stderr", s.AccStderr; "acc_norm", s.AccNorm; "chance", s.Chance ]
-      Count = s.Count
-      Items = s.Items |> Seq.map (fun i -> {| id = i.Id; gold = i.Gold; pred = i.Predicted; pred_norm = i.PredictedNorm; ll = i.LogLikelihoods |}) |> Seq.toArray :> obj }
-
-let private runMc (model: ILanguageModel) name (items: McItem list) shots seed =
-    use progress = new ConsoleProgress(name, int64 (MultipleChoiceEvaluator.RequestCount items), "requests")
-    MultipleChoiceEvaluator(Shots = shots, Seed = seed).Evaluate(model, name, items, null, progress) |> mcOutcome
-
 /// Base-model samples for the data-free measures (cached).
 let baseSamples (basePath: string option) (model: CausalLM) (tokenizer: string option) (n: int) (tokens: int) (seed: int64) (cache: string) =
-    let spec = Forgetting.SampleSpec(n, tokens, 1.0, seed)
     match basePath with
-    | None -> Forgetting.BaseSamples(model, spec, cache)
+    | None -> Evals.baseSamples model n tokens seed cache
     | Some p ->
         use b = ModelLoader.Load(p, Option.toObj tokenizer)
-        Forgetting.BaseSamples(b, spec, cache)
+        Evals.baseSamples b n tokens seed cache
 
-/// Runs one task on a loaded model.
-let evaluate (model: CausalLM) (args: ParseResults<EvalArgs>) =
+/// Runs one task on a loaded model (through the same functions as the DSL and `mofo train --report`).
+let evaluate (model: CausalLM) (args: ParseResults<EvalArgs>) : Evals.Outcome =
     let task = args.GetResult Task
     let data = args.TryGetResult Data |> Option.orElseWith (fun () -> defaultData task)
     let needData what = data |> Option.defaultWith (fun () -> raise (ArgumentException $"--task {task}: pass --data with {what}"))
     let limit = args.TryGetResult Limit
     let seed = args.GetResult(Seed, 1234L)
-    let cache = args.GetResult(Cache, Path.Combine(defaultArg (Option.ofObj (DataRoot.RepositoryRoot())) ".", "results", "cache"))
+    let cache = args.GetResult(Cache, Evals.Settings.DefaultCache)
     let samplesFor () =
         baseSamples (args.TryGetResult Base) model (args.TryGetResult Tokenizer) (args.GetResult(Samples, 64)) (args.GetResult(Max_New_Tokens, 100)) seed cache
     match task with
-    | EvalTask.Mmlu ->
-        let shots = args.GetResult(Shots, 0)
-        let root = needData "the MMLU folder (holding test/ and dev/)"
-        let test = Mmlu.ReadSplit(Path.Combine(root, "test"))
-        let test = match limit with Some n -> Mmlu.LimitPerGroup(test, n) | None -> test
-        use progress = new ConsoleProgress("mmlu", int64 (MultipleChoiceEvaluator.RequestCount test), "requests")
-        let dev = if shots > 0 then Mmlu.ReadSplit(Path.Combine(root, "dev")) |> Seq.groupBy (fun i -> i.Group) |> Seq.map (fun (g, xs) -> g, Seq.toArray xs) |> dict else dict []
-        let ev = MultipleChoiceEvaluator(Shots = shots, Sampler = FewShotSampler.FirstN)
-        let s = ev.Evaluate(model, "mmlu", test, (fun item -> dev[item.Group] :> IReadOnlyList<_>), progress)
-        mcOutcome s
+    | EvalTask.Mmlu -> Evals.mmlu model (needData "the MMLU folder (holding test/ and dev/)") (args.GetResult(Shots, 0)) limit
     | EvalTask.Arc_Easy | EvalTask.Arc_Challenge ->
         let name = if task = EvalTask.Arc_Easy then "arc-easy" else "arc-challenge"
-        runMc model name (Arc.Read(needData "an ARC jsonl") |> take limit) (args.GetResult(Shots, 0)) (int seed)
+        Evals.multipleChoice model name (Arc.Read(needData "an ARC jsonl") |> take limit) (args.GetResult(Shots, 0)) (int seed)
     | EvalTask.Hellaswag ->
-        runMc model "hellaswag" (HellaSwag.Read(needData "HellaSwag's public jsonl (e.g. hellaswag_val.jsonl); it is not available offline") |> take limit) (args.GetResult(Shots, 0)) (int seed)
+        Evals.multipleChoice model "hellaswag" (HellaSwag.Read(needData "HellaSwag's public jsonl (e.g. hellaswag_val.jsonl); it is not available offline") |> take limit) (args.GetResult(Shots, 0)) (int seed)
     | EvalTask.Mc ->
-        runMc model "mc" (McJsonl.Read(needData "a multiple-choice jsonl") |> take limit) (args.GetResult(Shots, 0)) (int seed)
-    | EvalTask.Story_Cloze ->
-        let items = Forgetting.StoryCloze(samplesFor (), 3, int seed) |> take limit
-        runMc model "story-cloze" items 0 (int seed)
+        Evals.multipleChoice model "mc" (McJsonl.Read(needData "a multiple-choice jsonl") |> take limit) (args.GetResult(Shots, 0)) (int seed)
+    | EvalTask.Story_Cloze -> Evals.storyCloze model (samplesFor ()) (int seed) limit
     | EvalTask.Gsm8k ->
-        let test = Gsm8k.Read(needData "the GSM8K test jsonl") |> take limit
-        let train = Gsm8k.Read(DataRoot.Require DataRoot.Assets.Gsm8kTrain)
-        use progress = new ConsoleProgress("gsm8k", int64 test.Length, "problems")
-        let s = Gsm8k.Evaluate(model, test, train, args.GetResult(Shots, 5), args.GetResult(Max_New_Tokens, 256), 8, progress)
-        { Metrics = [ "exact_match_strict", s.StrictMatch; "exact_match_flexible", s.FlexibleMatch ]
-          Count = s.Items.Count
-          Items = s.Items :> obj }
+        Evals.gsm8k model (needData "the GSM8K test jsonl") (args.GetResult(Shots, 5)) (args.GetResult(Max_New_Tokens, 256)) limit
     | EvalTask.Humaneval ->
-        let problems = HumanEval.ReadProblems(needData "HumanEval.jsonl.gz") |> take limit
         let ks = args.TryGetResult K |> Option.map EvalSamples.parseKs |> Option.defaultValue [ 1; 10 ]
-        let sandbox = PythonSandbox.Create(SandboxLimits(), args.Contains Unsafe_No_Sandbox)
-        let n = args.GetResult(Samples, 10)
-        let samples =
-            use progress = new ConsoleProgress("humaneval generation", int64 problems.Length, "problems")
-            HumanEval.Generate(model, problems, n, args.GetResult(Temperature, 0.8), args.GetResult(Top_P, 0.95), args.GetResult(Max_New_Tokens, 512), seed, progress)
-        use progress = new ConsoleProgress("humaneval execution", int64 samples.Count, "samples")
-        let s = HumanEval.Score(samples, Dictionary(problems |> Seq.map (fun p -> KeyValuePair(p.TaskId, p))), sandbox, ks, 0, progress)
-        { Metrics = [ for KeyValue (k, v) in s.PassAtK -> $"pass@{k}", v ]
-          Count = s.Problems
-          Items = s.Results :> obj }
+        Evals.humanEval model (needData "HumanEval.jsonl.gz") (args.GetResult(Samples, 10)) (args.GetResult(Temperature, 0.8)) (args.GetResult(Top_P, 0.95))
+            (args.GetResult(Max_New_Tokens, 512)) ks seed limit (args.Contains Unsafe_No_Sandbox)
     | EvalTask.Perplexity ->
         let texts = readTexts (needData "a text corpus (.txt, paragraphs separated by blank lines, or jsonl with \"text\")") |> take limit
         use progress = new ConsoleProgress("perplexity", int64 texts.Length, "texts")
         let l = Forgetting.Loss(model, texts, 16, progress)
-        { Metrics = [ "mean_token_nll", l.MeanTokenNll; "perplexity", l.Perplexity; "tokens", float l.Tokens ]; Count = l.Texts; Items = null }
+        { Value = l.MeanTokenNll; Metrics = [ "mean_token_nll", l.MeanTokenNll; "perplexity", l.Perplexity; "tokens", float l.Tokens ]; Count = l.Texts; Items = null }
     | EvalTask.Distance ->
         let basePath = args.TryGetResult Base |> Option.defaultWith (fun () -> raise (ArgumentException "--task distance: pass --base with the model to measure from"))
         use b = ModelLoader.Load(basePath, Option.toObj (args.TryGetResult Tokenizer))
-        let d = ParameterDistance.Compute(b.Module.StateDict(), model.Module.StateDict(), basePath, model.Name)
-        { Metrics = [ "l2", d.L2; "relative", d.Relative; "base_norm", d.BaseNorm ]
-          Count = d.PerTensorL2.Count
-          Items = d.PerTensorL2 :> obj }
-    | EvalTask.Pretrain_Proxy ->
-        let texts = samplesFor () |> take limit
-        use progress = new ConsoleProgress("pretrain-proxy", int64 texts.Length, "samples")
-        let l = Forgetting.Loss(model, texts, 16, progress)
-        { Metrics = [ "pretrain_proxy_nll", l.MeanTokenNll; "perplexity", l.Perplexity; "tokens", float l.Tokens ]; Count = l.Texts; Items = null }
+        Evals.distance model b
+    | EvalTask.Pretrain_Proxy -> Evals.pretrainProxy model (samplesFor () |> take limit |> ResizeArray)
 
 let run (args: ParseResults<EvalArgs>) =
     let clock = Diagnostics.Stopwatch.StartNew()
