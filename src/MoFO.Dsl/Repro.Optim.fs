@@ -37,7 +37,8 @@ let toyExample (o: Options) =
                   $"fine-tune loss Adam {adam.FinetuneLoss:E2}, MoFO {mofo.FinetuneLoss:E2}"
               check "MoFO forgets less (lower pretraining loss)" (mofo.PretrainLoss < adam.PretrainLoss)
                   $"{mofo.PretrainLoss:F4} < {adam.PretrainLoss:F4}" ]
-          ElapsedSeconds = sw.Elapsed.TotalSeconds }
+          ElapsedSeconds = sw.Elapsed.TotalSeconds
+          Layout = None }
     let grid = [ for i in 0 .. 120 -> -0.25 + 1.75 * float i / 120.0 ]
     let z = [ for y in grid -> [ for x in grid -> log10 (ToyExample.Finetune(x, y) + 1e-4) ] ]
     let chart =
@@ -76,7 +77,8 @@ let convergence (o: Options) =
                   $"f = Σ(x²/2 + {s}·cos x) + {c}/2·Σ(x_(i+1) − x_i)², d = {dims} in {blocks} blocks, α = {alpha}, L = {l}, f* ≥ −{s}·d; checked at {pts.Length} values of T up to {steps}"
               check "‖g‖∞ ≤ ‖g‖_top-α (so ‖g‖∞ = O(T^-1/2))" infUnder "the largest entry of each block is always among its top α"
               check "GD-MoFO reaches a stationary point" (last.MinGradInf < 1e-6) $"min ‖g‖∞ after {steps} steps: {last.MinGradInf:E2}" ]
-          ElapsedSeconds = sw.Elapsed.TotalSeconds }
+          ElapsedSeconds = sw.Elapsed.TotalSeconds
+          Layout = None }
     let ts = pts |> List.map (fun p -> float p.T)
     let floor = 1e-16
     let chart =

@@ -23,13 +23,16 @@ type Report =
       /// the paper's reported numbers in the same shape, or None
       Paper: Row list option
       Checks: Check list
-      ElapsedSeconds: float }
+      ElapsedSeconds: float
+      /// the tables in the paper's layout (Markdown) and notes; None: a generic table of the rows
+      Layout: string option }
 
 let row (methodName: string) (metrics: (string * float) list) = { Method = methodName; Metrics = metrics }
 let check (claim: string) (holds: bool) (detail: string) = { Claim = claim; Holds = holds; Detail = detail }
 
-/// Options every script accepts: --seed N, --scale tiny|paper, --strict, --out DIR.
-type Options = { Seed: int; Scale: string; Strict: bool; OutDir: string }
+/// Options every script accepts: --seed N, --scale tiny|paper, --strict, --out DIR, --config FILE (paper scale), --smoke
+/// (a few steps of everything: the CI configuration).
+type Options = { Seed: int; Scale: string; Strict: bool; OutDir: string; Config: string option; Smoke: bool }
 
 /// The results folder: results/ at the repository root (or under the current directory outside a repository).
 let defaultOutDir () =
@@ -52,8 +55,10 @@ let parseArgs (argv: string[]) =
             go { o with Scale = v } rest
         | "--strict" :: rest -> go { o with Strict = true } rest
         | "--out" :: v :: rest -> go { o with OutDir = v } rest
-        | x :: _ -> raise (ArgumentException $"unknown argument '{x}' (expected --seed N, --scale tiny|paper, --strict, --out DIR)")
-    go { Seed = 0; Scale = "tiny"; Strict = false; OutDir = defaultOutDir () } (List.ofArray args)
+        | "--config" :: v :: rest -> go { o with Config = Some v } rest
+        | "--smoke" :: rest -> go { o with Smoke = true } rest
+        | x :: _ -> raise (ArgumentException $"unknown argument '{x}' (expected --seed N, --scale tiny|paper, --strict, --out DIR, --config FILE, --smoke)")
+    go { Seed = 0; Scale = "tiny"; Strict = false; OutDir = defaultOutDir (); Config = None; Smoke = false } (List.ofArray args)
 
 let private writeNumber (w: Utf8JsonWriter) (x: float) =
     if Double.IsNaN x || Double.IsInfinity x then w.WriteNullValue() else w.WriteNumberValue x
@@ -120,10 +125,13 @@ let toMarkdown (r: Report) =
     let sb = StringBuilder()
     sb.AppendLine($"# {r.Name}").AppendLine() |> ignore
     sb.AppendLine($"scale `{r.Scale}`, seed {r.Seed}, {r.ElapsedSeconds:F1} s").AppendLine() |> ignore
-    sb.AppendLine("## This run").AppendLine().Append(table r.Rows).AppendLine() |> ignore
-    match r.Paper with
-    | Some p -> sb.AppendLine("## The paper").AppendLine().Append(table p).AppendLine() |> ignore
-    | None -> ()
+    match r.Layout with
+    | Some layout -> sb.AppendLine(layout).AppendLine() |> ignore
+    | None ->
+        sb.AppendLine("## This run").AppendLine().Append(table r.Rows).AppendLine() |> ignore
+        match r.Paper with
+        | Some p -> sb.AppendLine("## The paper").AppendLine().Append(table p).AppendLine() |> ignore
+        | None -> ()
     sb.AppendLine("## Checks").AppendLine() |> ignore
     for c in r.Checks do
         sb.AppendLine($"""- {if c.Holds then "✅ holds" else "❌ does not hold"}: {c.Claim} — {c.Detail}""") |> ignore
@@ -135,14 +143,14 @@ let private ensureDir (dir: string) = Directory.CreateDirectory dir |> ignore
 let writeJson (dir: string) (r: Report) =
     ensureDir dir
     let path = Path.Combine(dir, r.Name + ".json")
-    File.WriteAllText(path, toJson r)
+    MoFO.AtomicFile.WriteAllText(path, toJson r)
     path
 
 /// Writes results/<name>.md; returns the path.
 let writeMarkdown (dir: string) (r: Report) =
     ensureDir dir
     let path = Path.Combine(dir, r.Name + ".md")
-    File.WriteAllText(path, toMarkdown r)
+    MoFO.AtomicFile.WriteAllText(path, toMarkdown r)
     path
 
 /// Writes a self-contained (plotly.js embedded) HTML figure as results/<name>.html; returns the path.
@@ -156,7 +164,14 @@ let writeHtml (dir: string) (name: string) (chart: GenericChart) =
 
 /// Prints the table and the checks to the console.
 let printTable (r: Report) =
-    let cols = columns r.Rows
+  match r.Layout with
+  | Some layout ->
+    printfn "%s  (scale %s, seed %d, %.1f s)" r.Name r.Scale r.Seed r.ElapsedSeconds
+    printfn "%s" layout
+    for c in r.Checks do
+        printfn "%s %s — %s" (if c.Holds then "[holds]" else "[DOES NOT HOLD]") c.Claim c.Detail
+  | None ->
+    let cols = r.Rows |> List.collect (fun r -> r.Metrics |> List.map fst) |> List.distinct
     let cell (s: string) w = s.PadLeft w
     let widths = cols |> List.map (fun c -> max 10 (c.Length + 1))
     let mw = r.Rows |> List.map (fun x -> x.Method.Length) |> List.fold max 6
