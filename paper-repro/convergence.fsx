@@ -1,10 +1,7 @@
 // Theorem 1 of the MoFO paper: GD-MoFO with η = 1/L, min_{t<T} ‖g_t‖ against T beside the O(T^-1/2) bound.
-// Writes results/convergence.json, .md and .html (the output contract in DESIGN.md).
-// Build first (./mofo info builds Release), then:  dotnet fsi paper-repro/convergence.fsx [--seed N] [--scale tiny] [--strict]
-#r "../src/MoFO.Dsl/bin/Release/net10.0/TorchSharp.dll"
-#r "../src/MoFO.Dsl/bin/Release/net10.0/MoFO.Core.dll"
-#r "../src/MoFO.Dsl/bin/Release/net10.0/Plotly.NET.dll"
-#r "../src/MoFO.Dsl/bin/Release/net10.0/MoFO.Dsl.dll"
+// Writes results/convergence.{json,md,html}. Build once (./mofo info), then:
+//   dotnet fsi paper-repro/convergence.fsx [--seed N] [--strict]
+// The pipeline itself: src/MoFO.Dsl/Repro.Optim.fs (the same one `./mofo repro convergence` runs).
+#load "../scripts/MoFO.fsx"
 
-MoFO.Runtime.init ()
-exit (MoFO.Dsl.Repro.Optim.runScript "convergence" fsi.CommandLineArgs)
+exit (MoFO.Dsl.Repro.All.run "convergence" fsi.CommandLineArgs)

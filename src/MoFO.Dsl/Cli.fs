@@ -29,12 +29,14 @@ type MofoArgs =
     | [<CliPrefix(CliPrefix.None)>] Generate of ParseResults<Generate.GenerateArgs>
     | [<CliPrefix(CliPrefix.None)>] Convert of ParseResults<Convert.ConvertArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
+    | [<CliPrefix(CliPrefix.None)>] Repro of name: string
     | [<AltCommandLine("-d"); Inherit>] Data_Root of path: string
     interface IArgParserTemplate with
         member this.Usage =
             match this with
             | Generate _ -> "generate text from an HF model folder or a llama2.c .bin."
             | Convert _ -> "save a model (llama2.c .bin or HF folder) as an HF folder (config.json, safetensors, tokenizer)."
+            | Repro _ -> "run a reproduction of the paper (table1..table6, figure-landscape, figure-fraction, frontier, toy-example, convergence, all): mofo repro <name> [--scale tiny|paper] [--seed N] [--config paper.json] [--strict] [--smoke] [--out DIR]."
             | Bench _ -> "benchmarks: model (forward tokens/s), optim (optimizer step time)."
             | Info _ -> "print TorchSharp and libtorch versions, devices, threads, the data root and which real assets are present."
             | Train _ -> "fine-tune a model on instruction data with MoFO or a baseline (checkpoints, resume, metrics log)."
@@ -47,7 +49,31 @@ let parser = ArgumentParser.Create<MofoArgs>(programName = "mofo")
 
 /// Parses and runs one command line; returns the exit code. `--help` prints usage (exit 0); a wrong flag or a missing
 /// subcommand prints the error and the usage to stderr (exit 2).
+let reproUsage () =
+    let lines = MoFO.Dsl.Repro.All.studies |> List.map (fun (n, w, _) -> $"  {n,-18} {w}")
+    "USAGE: mofo repro <name> [--scale tiny|paper] [--seed N] [--config FILE] [--strict] [--smoke] [--out DIR]\n\n"
+    + "Runs a reproduction of the MoFO paper (the same pipelines as paper-repro/<name>.fsx) and writes results/<name>.{json,md,html}.\n\n"
+    + String.concat "\n" lines + "\n  all                every reproduction above, then results/index.html\n"
+
+/// `mofo repro <name> …`: handled before Argu so that the reproduction's own flags pass through.
+let private repro (rest: string[]) =
+    match List.ofArray rest with
+    | [] -> eprintfn "%s" (reproUsage ()); 2
+    | ("--help" | "-h") :: _ -> printfn "%s" (reproUsage ()); 0
+    | "all" :: args -> MoFO.Dsl.Repro.All.all (Array.ofList args)
+    | name :: args when List.contains name MoFO.Dsl.Repro.All.names -> MoFO.Dsl.Repro.All.run name (Array.ofList args)
+    | name :: _ -> eprintfn "mofo repro: unknown reproduction '%s'\n\n%s" name (reproUsage ()); 2
+
 let run (argv: string[]) =
+  let dataRoot, argv' =
+      // a leading --data-root/-d applies to repro too
+      match List.ofArray argv with
+      | ("--data-root" | "-d") :: p :: rest -> Some p, Array.ofList rest
+      | _ -> None, argv
+  if argv'.Length > 0 && argv'[0] = "repro" then
+    dataRoot |> Option.iter (fun p -> MoFO.DataRoot.Override <- p)
+    repro argv'[1..]
+  else
     match (try Ok (parser.ParseCommandLine(argv)) with :? ArguParseException as e -> Error e) with
     | Error e when e.ErrorCode = ErrorCode.HelpText ->
         printfn "%s" e.Message

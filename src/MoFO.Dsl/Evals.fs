@@ -90,6 +90,8 @@ type Settings =
       IntactPrompts: int
       IntactTokens: int
       Seed: int64
+      /// task measures on at most this many held-out examples (None: all)
+      TaskLimit: int option
       /// folder of cached base-model samples
       Cache: string
       UnsafeNoSandbox: bool }
@@ -99,7 +101,7 @@ type Settings =
     static member Paper =
         { ArcLimit = None; MmluPerSubject = None; HellaSwagData = None; HellaSwagLimit = None; Gsm8kLimit = None; Gsm8kShots = 5
           Gsm8kMaxNewTokens = 256; HumanEvalLimit = None; HumanEvalSamples = 10; HumanEvalTemperature = 0.8; HumanEvalK = 10
-          HumanEvalMaxNewTokens = 512; Samples = 64; SampleTokens = 100; IntactPrompts = 16; IntactTokens = 48; Seed = 1234L
+          HumanEvalMaxNewTokens = 512; Samples = 64; SampleTokens = 100; IntactPrompts = 16; IntactTokens = 48; Seed = 1234L; TaskLimit = None
           Cache = Settings.DefaultCache; UnsafeNoSandbox = false }
     /// The tiny scale: the real harnesses on fixed subsets (the first N items), greedy HumanEval pass@1. A 260K-parameter
     /// model is near chance on all of them; the forgetting measures and the task's own held-out numbers carry the signal.
@@ -223,7 +225,11 @@ let private samplesOf (ctx: Context) =
 /// Runs one measure on a model.
 let measure (ctx: Context) (model: CausalLM) (m: Measure) : Outcome =
     let s = ctx.Settings
-    let task () = ctx.Task |> Option.defaultWith (fun () -> raise (ArgumentException $"the measure {m.Name} needs the fine-tuning task's held-out data"))
+    let task () =
+        let t = ctx.Task |> Option.defaultWith (fun () -> raise (ArgumentException $"the measure {m.Name} needs the fine-tuning task's held-out data"))
+        match s.TaskLimit with
+        | Some n -> { t with HeldOut = List.truncate n t.HeldOut; Choices = t.Choices |> Option.map (List.truncate n) }
+        | None -> t
     match m with
     | Measure.Mmlu -> mmlu model (Path.GetDirectoryName(DataRoot.Require DataRoot.Assets.MmluTest)) 0 s.MmluPerSubject
     | Measure.ArcEasy -> multipleChoice model "arc-easy" (Arc.Read(DataRoot.Require DataRoot.Assets.ArcEasy) |> take s.ArcLimit) 0 (int s.Seed)

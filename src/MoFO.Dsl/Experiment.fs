@@ -205,7 +205,7 @@ module Experiment =
         hash (String.Join("|", [ string s.ArcLimit; string s.MmluPerSubject; string s.HellaSwagData; string s.HellaSwagLimit; string s.Gsm8kLimit
                                  string s.Gsm8kShots; string s.Gsm8kMaxNewTokens; string s.HumanEvalLimit; string s.HumanEvalSamples
                                  inv s.HumanEvalTemperature; string s.HumanEvalK; string s.HumanEvalMaxNewTokens; string s.Samples
-                                 string s.SampleTokens; string s.IntactPrompts; string s.IntactTokens; string s.Seed; "v1" ]))
+                                 string s.SampleTokens; string s.IntactPrompts; string s.IntactTokens; string s.Seed; string s.TaskLimit; "v1" ]))
 
     // ---- data ------------------------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ let results =
                   Rows = [ row "Adam" [ "loss", 0.5; "nan", nan ]; row "MoFO" [ "loss", 0.25 ] ]
                   Paper = None
                   Checks = [ check "MoFO lower" true "0.25 < 0.5" ]
-                  ElapsedSeconds = 1.5 }
+                  ElapsedSeconds = 1.5; Layout = None }
             use doc = JsonDocument.Parse(toJson r)
             let root = doc.RootElement
             let keys = [ for p in root.EnumerateObject() -> p.Name ]

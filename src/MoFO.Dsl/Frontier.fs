@@ -1,0 +1,76 @@
+/// Learning–forgetting frontiers: each method over a learning-rate grid and several seeds, forgetting (y) against
+/// fine-tuning performance (x). A single learning rate can flatter any method; along the frontier, methods are compared
+/// at matched fine-tuning loss.
+module MoFO.Dsl.Frontier
+
+open System
+open MoFO.Dsl.Evals
+
+/// One fine-tune of the sweep: x = held-out task loss (lower = learned more), y = forgetting (the rise of the
+/// pretraining-loss proxy over the base model; lower = forgot less).
+type Point = { Method: Method; Lr: float; Seed: int; Learn: float; Forget: float; Run: Run }
+
+/// The sweep as experiments: every method × learning rate × seed (Lion at the recipe's LionLrScale of each rate).
+let experiments (methods: Method list) (lrs: float list) (seeds: int list) (e: Experiment) =
+    e |> Experiment.compare methods |> List.collect (Experiment.sweep lrs Experiment.withLr) |> Experiment.seeds seeds
+
+/// Runs the sweep (in parallel, resumable: finished points come from the cache) and returns its points.
+let run (methods: Method list) (lrs: float list) (seeds: int list) (e: Experiment) =
+    let e = { e with Measures = (e.Measures @ [ Measure.TaskLoss; Measure.PretrainProxy ]) |> List.distinct }
+    let baseRun = Experiment.baseline e
+    let es = experiments methods lrs seeds e
+    let runs = Experiment.runAll es
+    let points =
+        List.map2 (fun (x: Experiment) (r: Run) ->
+            { Method = x.Method; Lr = x.Recipe.Lr; Seed = x.Seed; Learn = r[Measure.TaskLoss]; Forget = r[Measure.PretrainProxy] - baseRun[Measure.PretrainProxy]; Run = r }) es runs
+    baseRun, points
+
+/// y(x) of a curve by linear interpolation over its points sorted by x; None outside [min x, max x].
+let interpolate (curve: (float * float) list) (x: float) =
+    let pts = curve |> List.filter (fun (a, b) -> Double.IsFinite a && Double.IsFinite b) |> List.sortBy fst
+    match pts with
+    | [] -> None
+    | _ when x < fst pts.Head || x > fst (List.last pts) -> None
+    | [ (_, y) ] -> Some y
+    | _ ->
+        pts |> List.pairwise |> List.tryPick (fun ((x0, y0), (x1, y1)) ->
+            if x >= x0 && x <= x1 then Some (if x1 = x0 then (y0 + y1) / 2.0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)) else None)
+
+/// How much less `curve` forgets than `reference` at matched learning: the mean of reference(x) − curve(x) over
+/// `n` evenly spaced x in the overlap of their x ranges (positive = forgets less); None when the ranges do not overlap.
+let advantage (reference: (float * float) list) (curve: (float * float) list) (n: int) =
+    let range (c: (float * float) list) = (c |> List.map fst |> List.min), (c |> List.map fst |> List.max)
+    let lo1, hi1 = range reference
+    let lo2, hi2 = range curve
+    let lo, hi = max lo1 lo2, min hi1 hi2
+    if lo > hi then None
+    else
+        let xs = if n <= 1 || lo = hi then [ lo ] else [ for i in 0 .. n - 1 -> lo + (hi - lo) * float i / float (n - 1) ]
+        let ds = xs |> List.choose (fun x -> match interpolate reference x, interpolate curve x with Some a, Some b -> Some (a - b, a) | _ -> None)
+        if ds.IsEmpty then None
+        else Some (ds |> List.averageBy fst, ds |> List.averageBy snd, (lo, hi))
+
+/// The matched-loss comparison of one method with the reference, per seed and over seeds.
+type Matched =
+    { Method: Method
+      /// per seed: (mean advantage, the reference's mean forgetting there, the overlap range)
+      PerSeed: (int * (float * float * (float * float)) option) list
+      Mean: float
+      /// mean ± 1.96 standard errors over seeds (NaN with fewer than two seeds)
+      BandLow: float
+      BandHigh: float
+      /// the advantage relative to the reference's forgetting at the same loss
+      Relative: float }
+
+let matched (reference: Method) (points: Point list) (m: Method) =
+    let seeds = points |> List.map (fun p -> p.Seed) |> List.distinct |> List.sort
+    let curve meth seed = points |> List.filter (fun p -> p.Method = meth && p.Seed = seed) |> List.map (fun p -> p.Learn, p.Forget)
+    let per = [ for s in seeds -> s, advantage (curve reference s) (curve m s) 9 ]
+    let vals = per |> List.choose (fun (_, a) -> a |> Option.map (fun (d, _, _) -> d))
+    let refs = per |> List.choose (fun (_, a) -> a |> Option.map (fun (_, r, _) -> r))
+    let mean = if vals.IsEmpty then nan else List.average vals
+    let se =
+        if vals.Length < 2 then nan
+        else sqrt ((vals |> List.sumBy (fun v -> (v - mean) ** 2.0)) / float (vals.Length - 1) / float vals.Length)
+    { Method = m; PerSeed = per; Mean = mean; BandLow = mean - 1.96 * se; BandHigh = mean + 1.96 * se
+      Relative = (if refs.IsEmpty then nan else mean / List.average refs) }

@@ -1,0 +1,229 @@
+module MoFO.Tests.Dsl
+
+open System
+open System.IO
+open System.Text.Json
+open Expecto
+open MoFO.Dsl
+open MoFO.Dsl.Evals
+open MoFO.Tests.Fixtures
+
+let private run (label: string) (m: Method option) (values: (Measure * float) list) : Run =
+    { Label = label; Method = m; ModelPath = ""; BasePath = ""; Dir = ""; Values = Map.ofList values; Train = None; Seed = 0 }
+
+let private tempDir () =
+    let d = Path.Combine(Path.GetTempPath(), $"mofo-dsl-{Guid.NewGuid():N}")
+    Directory.CreateDirectory d |> ignore
+    d
+
+/// Runs f with MOFO_CACHE pointing at a fresh folder (serialized: the variable is process-wide).
+let private cacheGate = obj ()
+let private withCache (f: string -> 'a) =
+    lock cacheGate (fun () ->
+        let dir = tempDir ()
+        let old = Environment.GetEnvironmentVariable "MOFO_CACHE"
+        Environment.SetEnvironmentVariable("MOFO_CACHE", dir)
+        try f dir
+        finally
+            Environment.SetEnvironmentVariable("MOFO_CACHE", old)
+            try Directory.Delete(dir, true) with _ -> ())
+
+let private smokeExperiment (steps: int) (measures: Measure list) =
+    let recipe = { Recipe.Default with Lr = 1e-3; Steps = Some steps; BatchSize = 4; MicroBatchSize = 4; MaxLength = 96; Schedule = MoFO.Training.Schedule.Constant }
+    let settings = { Settings.Tiny with Samples = 12; SampleTokens = 100; TaskLimit = Some 8; Cache = tempDir () }
+    { Experiment.create ModelSource.Stories260K Dataset.Dpr (Method.MoFO 0.15) recipe measures Scale.Tiny 0 with Settings = settings }
+
+[<Tests>]
+let tests =
+    testList "Dsl" [
+        test "Dsl.Frontier.interpolate: linear between the neighbours in x, None outside the range" {
+            let curve = [ 3.0, 30.0; 1.0, 10.0; 2.0, 40.0 ]
+            Expect.equal (Frontier.interpolate curve 1.5) (Some 25.0) "halfway between (1, 10) and (2, 40)"
+            Expect.equal (Frontier.interpolate curve 2.5) (Some 35.0) "halfway between (2, 40) and (3, 30)"
+            Expect.equal (Frontier.interpolate curve 0.5) None "left of the range"
+            Expect.equal (Frontier.interpolate curve 3.5) None "right of the range"
+        }
+
+        test "Dsl.Frontier.advantage: the mean gap over the overlap of the ranges; None without overlap" {
+            let reference = [ 1.0, 2.0; 3.0, 4.0 ]      // y = x + 1
+            let curve = [ 2.0, 1.0; 4.0, 1.0 ]          // y = 1
+            match Frontier.advantage reference curve 3 with
+            | Some (d, r, (lo, hi)) ->
+                Expect.equal (lo, hi) (2.0, 3.0) "overlap [2, 3]"
+                // reference at 2, 2.5, 3: 3, 3.5, 4 → gaps 2, 2.5, 3 → mean 2.5; the reference's mean forgetting 3.5
+                Expect.floatClose Accuracy.high d 2.5 "mean gap"
+                Expect.floatClose Accuracy.high r 3.5 "reference's mean"
+            | None -> failtest "the ranges overlap"
+            Expect.isNone (Frontier.advantage reference [ 5.0, 1.0; 6.0, 1.0 ] 3) "disjoint ranges"
+        }
+
+        test "Dsl.Frontier.matched: per seed, the mean over seeds and a band" {
+            let p m seed lr x y : Frontier.Point = { Method = m; Lr = lr; Seed = seed; Learn = x; Forget = y; Run = run "" None [] }
+            let pts =
+                [ for s, off in [ 0, 0.0; 1, 0.2 ] do
+                    yield p Method.FullFT s 1.0 1.0 (3.0 + off)
+                    yield p Method.FullFT s 2.0 2.0 (1.0 + off)
+                    yield p (Method.MoFO 0.15) s 1.0 1.0 (2.0 + off)
+                    yield p (Method.MoFO 0.15) s 2.0 2.0 (0.5 + off) ]
+            let m = Frontier.matched Method.FullFT pts (Method.MoFO 0.15)
+            // per seed: gaps 1 at x = 1 and 0.5 at x = 2, linear in between → mean 0.75 for both seeds
+            Expect.floatClose Accuracy.high m.Mean 0.75 "mean advantage"
+            Expect.floatClose Accuracy.high m.BandLow 0.75 "no spread over seeds"
+            Expect.equal (m.PerSeed |> List.length) 2 "two seeds"
+        }
+
+        test "Dsl.Claims.trend: Spearman's ρ over the sweep decides" {
+            let runs = [ for a, v in [ 0.05, 1.0; 0.1, 1.2; 0.2, 1.1; 0.4, 1.5; 0.8, 2.0 ] -> a, run "" (Some (Method.MoFO a)) [ Measure.PretrainProxy, v ] ]
+            let c = Claims.trend "rises" Measure.PretrainProxy true runs
+            Expect.isTrue c.Holds c.Detail      // ρ = 0.9
+            Expect.stringContains c.Detail "ρ = 0.90" "the statistic is reported"
+            Expect.isFalse (Claims.trend "falls" Measure.PretrainProxy false runs).Holds "the opposite claim fails"
+        }
+
+        test "Dsl.Claims: forgetsLess reads the direction of the measure; distanceFraction compares distances" {
+            let b = run "base" None [ Measure.PretrainProxy, 1.0; Measure.StoryCloze, 0.6; Measure.Distance, 0.0 ]
+            let a = run "MoFO" (Some (Method.MoFO 0.15)) [ Measure.PretrainProxy, 1.5; Measure.StoryCloze, 0.5; Measure.Distance, 2.0 ]
+            let f = run "Full FT" (Some Method.FullFT) [ Measure.PretrainProxy, 2.0; Measure.StoryCloze, 0.55; Measure.Distance, 10.0 ]
+            Expect.isTrue (Claims.forgetsLess Measure.PretrainProxy b a f).Holds "lower NLL rise is less forgetting"
+            Expect.isFalse (Claims.forgetsLess Measure.StoryCloze b a f).Holds "a larger accuracy drop is more forgetting"
+            Expect.isTrue (Claims.distanceFraction a f 0.25).Holds "20 % ≤ 25 %"
+            Expect.isFalse (Claims.distanceFraction a f 0.1).Holds "20 % > 10 %"
+        }
+
+        test "Dsl.Table: the paper's layout with deltas to the base; a mean column skips unavailable measures" {
+            let b = run "base" None [ Measure.ArcEasy, 0.25; Measure.ArcChallenge, 0.20; Measure.HellaSwag, nan ]
+            let r = run "MoFO" (Some (Method.MoFO 0.15)) [ Measure.ArcEasy, 0.30; Measure.ArcChallenge, 0.20; Measure.HellaSwag, nan ]
+            let t = { Title = "t"; Columns = [ Column.Of Measure.ArcEasy; Columns.commonsense ]; Base = Some b; Rows = [ r ] }
+            let md = Table.markdown t
+            Expect.stringContains md "| base | 25.0 | 22.5 |" "base row in % (commonsense = mean of the two ARC columns)"
+            Expect.stringContains md "| MoFO | 30.0 (+5.00) | 25.0 (+2.50) |" "deltas to the base"
+            let rows = Table.rows t
+            let mofo = rows |> List.find (fun x -> x.Method = "MoFO") |> fun x -> Map.ofList x.Metrics
+            Expect.floatClose Accuracy.high mofo["Δ Commonsense"] 2.5 "the JSON rows carry the deltas"
+        }
+
+        test "Dsl.Study.config: a missing config, an unknown field, a missing key and a missing path each name what is wrong" {
+            let dir = tempDir ()
+            let o = { Results.parseArgs [| "--scale"; "tiny" |] with Scale = "paper"; Config = Some (Path.Combine(dir, "nope.json")) }
+            let e = throwsWith<MoFO.MissingAssetException> (fun () -> Study.context o |> ignore)
+            Expect.stringContains e.Message "nope.json" "names the config file"
+            Expect.stringContains e.Message "llama2_7b" "lists the keys"
+            let cfg = Path.Combine(dir, "paper.json")
+            File.WriteAllText(cfg, """{ "llama2": "x" }""")
+            let e2 = throwsWith<MoFO.Data.DataFormatException> (fun () -> Study.context { o with Config = Some cfg } |> ignore)
+            Expect.stringContains e2.Message "llama2" "names the unknown field"
+            File.WriteAllText(cfg, """{ "pythia160m": "missing-folder" }""")
+            let c = Study.context { o with Config = Some cfg }
+            let e3 = throwsWith<MoFO.MissingAssetException> (fun () -> Study.model c Study.Llama2_7b |> ignore)
+            Expect.stringContains e3.Message "'llama2_7b'" "names the key the config lacks"
+            Expect.stringContains e3.Message cfg "and the config file"
+            let e4 = throwsWith<MoFO.MissingAssetException> (fun () -> Study.model c Study.Pythia160m |> ignore)
+            Expect.stringContains e4.Message (Path.Combine(dir, "missing-folder")) "names the missing path (relative to the config)"
+        }
+
+        test "Dsl.Repro: paper scale without a config exits 3 naming the file; an unknown script argument exits 2" {
+            let dir = tempDir ()
+            let code, _, err = captureConsole (fun () -> MoFO.Dsl.Cli.Main.run [| "repro"; "table3"; "--scale"; "paper"; "--config"; Path.Combine(dir, "paper.json"); "--out"; dir |])
+            Expect.equal code 3 "missing asset"
+            Expect.stringContains err "paper.json" "names the config file"
+            let code2, _, err2 = captureConsole (fun () -> MoFO.Dsl.Cli.Main.run [| "repro"; "table2"; "--steps"; "3" |])
+            Expect.equal code2 2 "bad argument"
+            Expect.stringContains err2 "--steps" "names the argument"
+            let code3, _, err3 = captureConsole (fun () -> MoFO.Dsl.Cli.Main.run [| "repro"; "table9" |])
+            Expect.equal code3 2 "unknown reproduction"
+            Expect.stringContains err3 "table9" "names it"
+        }
+
+        test "Dsl.Repro: every paper-repro script names a reproduction the CLI knows, and every reproduction has a script" {
+            let scripts = Directory.GetFiles(Path.Combine(repoRoot, "paper-repro"), "*.fsx") |> Array.map Path.GetFileNameWithoutExtension |> Set.ofArray
+            for n in MoFO.Dsl.Repro.All.names do
+                Expect.isTrue (scripts.Contains n) $"paper-repro/{n}.fsx exists"
+                let text = File.ReadAllText(Path.Combine(repoRoot, "paper-repro", n + ".fsx"))
+                Expect.isTrue (text.Contains $"\"{n}\"" && text.Contains "#load \"../scripts/MoFO.fsx\"") $"{n}.fsx runs reproduction {n}"
+            Expect.isTrue (scripts.Contains "all") "all.fsx"
+        }
+
+        testSequenced <| test "Dsl.Experiment: a run is cached; an interrupted run resumes to the same weights as an uninterrupted one" {
+            requireAsset MoFO.DataRoot.Assets.Stories260K |> ignore
+            let e = smokeExperiment 6 [ Measure.TaskLoss; Measure.Distance ]
+            let weights (dir: string) = File.ReadAllBytes(Path.Combine(dir, "model", "model.safetensors"))
+            let straight =
+                withCache (fun _ ->
+                    let r = Experiment.run e
+                    let stamp = File.GetLastWriteTimeUtc(Path.Combine(r.Dir, "train_summary.json"))
+                    let again = Experiment.run e
+                    Expect.equal (File.GetLastWriteTimeUtc(Path.Combine(again.Dir, "train_summary.json"))) stamp "the second run comes from the cache"
+                    Expect.equal again.Values r.Values "same values"
+                    Expect.isTrue (r[Measure.Distance] > 0.0) "the model moved"
+                    weights r.Dir)
+            let resumed =
+                withCache (fun _ ->
+                    // interrupt the same experiment after 3 steps, as a Ctrl-C would
+                    let dir = Experiment.runDir e
+                    let trainSet, task = Experiment.load e.Data e.Recipe.MaxLength
+                    use cts = new Threading.CancellationTokenSource()
+                    (use model = MoFO.Models.ModelLoader.Load(e.Model.Path)
+                     let trainer = MoFO.Training.Trainer(model, ResizeArray trainSet, ResizeArray task.HeldOut, Experiment.options e false, dir)
+                     trainer.OnStep <- Action<_>(fun m -> if m.Step = 3 then cts.Cancel())
+                     let r = trainer.Run(false, cts.Token)
+                     Expect.isTrue r.Interrupted "interrupted after step 3")
+                    let r = Experiment.run e
+                    Expect.equal r.Train.Value.Steps 6 "finished all steps"
+                    weights r.Dir)
+            Expect.isTrue (straight = resumed) "bit-identical weights after resume"
+        }
+
+        testSequenced <| test "Dsl.Experiment.runAll: parallel points equal sequential ones" {
+            requireAsset MoFO.DataRoot.Assets.Stories260K |> ignore
+            let e = smokeExperiment 3 [ Measure.TaskLoss ]
+            let es = e |> Experiment.compare [ Method.FullFT; Method.MoFO 0.15 ]
+            let par =
+                withCache (fun _ ->
+                    Environment.SetEnvironmentVariable("MOFO_PARALLEL", "2")
+                    try Experiment.runAll es |> List.map (fun r -> r.Label, r[Measure.TaskLoss])
+                    finally Environment.SetEnvironmentVariable("MOFO_PARALLEL", null))
+            let seq' =
+                withCache (fun _ ->
+                    Environment.SetEnvironmentVariable("MOFO_PARALLEL", "1")
+                    try Experiment.runAll es |> List.map (fun r -> r.Label, r[Measure.TaskLoss])
+                    finally Environment.SetEnvironmentVariable("MOFO_PARALLEL", null))
+            Expect.equal (par |> List.map fst) [ "Full FT"; "MoFO (α=15%)" ] "in order"
+            for (_, a), (_, b) in List.zip par seq' do
+                Expect.floatClose { absolute = 1e-5; relative = 1e-5 } a b "same held-out loss with one intra-op thread"
+        }
+    ]
+
+/// The CI configuration of every reproduction: a few steps and tiny evaluation subsets (--smoke), so that a broken
+/// pipeline fails the tests. Each writes the three result files of the output contract.
+[<Tests>]
+let smoke =
+    testSequenced <| testList "Repro.Smoke" [
+        for name in MoFO.Dsl.Repro.All.names ->
+            test $"Repro.Smoke.{name}: runs with --smoke and writes results/{name}.json, .md and .html" {
+                requireAsset MoFO.DataRoot.Assets.Stories260K |> ignore
+                withCache (fun cache ->
+                    let out = Path.Combine(cache, "results")
+                    let code, stdout, err = captureConsole (fun () -> MoFO.Dsl.Repro.All.run name [| "--smoke"; "--out"; out |])
+                    Expect.equal code 0 $"exit code; stderr: {err}"
+                    for ext in [ ".json"; ".md"; ".html" ] do
+                        Expect.isTrue (File.Exists(Path.Combine(out, name + ext))) $"{name}{ext} written"
+                    use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, name + ".json")))
+                    let root = doc.RootElement
+                    Expect.equal (root.GetProperty("name").GetString()) name "name"
+                    Expect.equal (root.GetProperty("scale").GetString()) "tiny" "scale"
+                    Expect.isGreaterThan (root.GetProperty("rows").GetArrayLength()) 0 "rows"
+                    Expect.isGreaterThan (root.GetProperty("checks").GetArrayLength()) 0 "checks"
+                    Expect.stringContains stdout "wrote" "prints where it wrote")
+            }
+        test "Repro.Smoke.fsi: dotnet fsi paper-repro/table2.fsx --smoke runs the same pipeline from a script" {
+            let dll = Path.Combine(repoRoot, "src", "MoFO.Dsl", "bin", "Release", "net10.0", "MoFO.Dsl.dll")
+            if not (File.Exists dll) then skiptestf "%s is not built (build in Release first: ./mofo info)" dll
+            requireAsset MoFO.DataRoot.Assets.Stories260K |> ignore
+            withCache (fun cache ->
+                let out = Path.Combine(cache, "results")
+                let code, stdout, err = runProcess "dotnet" [ "fsi"; "--quiet"; "paper-repro/table2.fsx"; "--smoke"; "--out"; out ] repoRoot (TimeSpan.FromMinutes 10.0)
+                Expect.equal code 0 $"exit code; stderr: {err}"
+                Expect.stringContains stdout "table2" "prints the table"
+                Expect.isTrue (File.Exists(Path.Combine(out, "table2.json"))) "writes the JSON")
+        }
+    ]
