@@ -8,6 +8,10 @@ open MoFO
 open MoFO.Data
 open MoFO.Models
 open MoFO.Training
+open MoFO.Dsl
+
+/// (the union case `Report` of TrainArgs hides the module's name)
+module ForgettingReport = MoFO.Dsl.Report
 
 type TrainArgs =
     | [<Mandatory>] Model of path: string
@@ -39,6 +43,11 @@ type TrainArgs =
     | Device of name: string
     | Skip_Empty
     | Resume
+    | Report
+    | Report_Suite of name: string
+    | Hellaswag of path: string
+    | Cache of dir: string
+    | Unsafe_No_Sandbox
     interface IArgParserTemplate with
         member this.Usage =
             match this with
@@ -71,6 +80,11 @@ type TrainArgs =
             | Device _ -> "cpu (default) or cuda: weights and optimizer state in float32 on that device (no bfloat16 autocast yet)."
             | Skip_Empty -> "drop records whose answer is empty (Code-Alpaca has two) instead of stopping at them."
             | Resume -> "continue the run in --output from its checkpoint (same settings required)."
+            | Report -> "after training, evaluate the base and the fine-tuned model and write report.json and report.html into --output."
+            | Report_Suite _ -> "the report's measures: tiny (pretrain proxy, story cloze, greedy intactness), paper (MMLU, ARC, HellaSwag, GSM8K, HumanEval) or auto (default: tiny below 100M parameters)."
+            | Hellaswag _ -> "the report's HellaSwag jsonl (hellaswag_val.jsonl; not available offline): adds HellaSwag to the paper suite."
+            | Cache _ -> "the report's folder of cached base-model samples (default results/cache)."
+            | Unsafe_No_Sandbox -> "the report's HumanEval: run generated code without bubblewrap when it is missing (dangerous)."
 
 /// The options of a run from the command line.
 let options (a: ParseResults<TrainArgs>) =
@@ -98,6 +112,18 @@ let options (a: ParseResults<TrainArgs>) =
         SaveEvery = a.GetResult(Save_Every, 0),
         EvalEvery = a.GetResult(Eval_Every, 0))
 
+/// The held-out file the command line names (--eval-data; for dpr test.c.txt beside the train file; for a TRACE
+/// folder with eval.json the folder itself).
+let evalPath (a: ParseResults<TrainArgs>) (format: DataFormat) =
+    let path = a.GetResult Data
+    match a.TryGetResult Eval_Data, format with
+    | Some p, _ -> Some p
+    | None, DataFormat.Dpr ->
+        let p = Path.Combine(Path.GetDirectoryName(Path.GetFullPath path), "test.c.txt")
+        if File.Exists p && Path.GetFullPath p <> Path.GetFullPath path then Some p else None
+    | None, DataFormat.Trace when Directory.Exists path && File.Exists(Path.Combine(path, "eval.json")) -> Some path
+    | _ -> None
+
 /// Reads the training (and held-out) examples the command line names.
 let data (a: ParseResults<TrainArgs>) (o: TrainingOptions) =
     let format = InstructionData.ParseFormat(a.GetResult Format)
@@ -105,43 +131,82 @@ let data (a: ParseResults<TrainArgs>) (o: TrainingOptions) =
     let train = InstructionData.Read(path, format, skipEmpty = a.Contains Skip_Empty)
     let train = match a.TryGetResult Sample_Fraction with Some f -> DataOrder.Subsample(train, f, o.Seed) | None -> train
     let train = match a.TryGetResult Limit with Some n -> train |> Seq.truncate n |> Seq.toList |> Collections.Generic.List | None -> train
-    let evalPath =
-        match a.TryGetResult Eval_Data, format with
-        | Some p, _ -> Some p
-        | None, DataFormat.Dpr ->
-            let p = Path.Combine(Path.GetDirectoryName(Path.GetFullPath path), "test.c.txt")
-            if File.Exists p && Path.GetFullPath p <> Path.GetFullPath path then Some p else None
-        | None, DataFormat.Trace when Directory.Exists path && File.Exists(Path.Combine(path, "eval.json")) -> Some path
-        | _ -> None
     let eval =
-        evalPath |> Option.map (fun p -> InstructionData.Read(p, format, "eval", (if format = DataFormat.Dpr then 0 else -1)))
+        evalPath a format |> Option.map (fun p -> InstructionData.Read(p, format, "eval", (if format = DataFormat.Dpr then 0 else -1)))
     train, eval
+
+/// The report's suite (None without --report). The report's flags are checked before training, so that a bad value
+/// costs no training run.
+let reportSuite (a: ParseResults<TrainArgs>) =
+    let suite = a.TryGetResult Report_Suite |> Option.map (fun v -> ForgettingReport.Suite.Parse("--report-suite", v))
+    if not (a.Contains Report) then
+        for flag, given in [ "--report-suite", a.Contains Report_Suite; "--hellaswag", a.Contains Hellaswag; "--cache", a.Contains Cache
+                             "--unsafe-no-sandbox", a.Contains Unsafe_No_Sandbox ] do
+            if given then raise (ArgumentException $"{flag} configures the report: add --report")
+        None
+    else
+        a.TryGetResult Hellaswag |> Option.iter (fun p ->
+            if not (File.Exists p) then raise (ArgumentException $"--hellaswag {p}: file not found (expected HellaSwag's public jsonl, e.g. hellaswag_val.jsonl)"))
+        Some (defaultArg suite ForgettingReport.Suite.Auto)
+
+/// The report's held-out task: the trainer's eval set (read the same way); DPR adds its two-choice form.
+let reportTask (a: ParseResults<TrainArgs>) (o: TrainingOptions) : Evals.TaskData option =
+    let format = InstructionData.ParseFormat(a.GetResult Format)
+    evalPath a format |> Option.map (fun p -> ForgettingReport.heldOutTask format p o.MaxLength)
+
+/// The report's settings at a suite's scale, with the command line's pass-throughs.
+let reportSettings (a: ParseResults<TrainArgs>) (suite: ForgettingReport.Suite) =
+    let s = if suite = ForgettingReport.Suite.Paper then Evals.Settings.Paper else Evals.Settings.Tiny
+    { s with
+        HellaSwagData = a.TryGetResult Hellaswag
+        Cache = a.GetResult(Cache, s.Cache)
+        UnsafeNoSandbox = a.Contains Unsafe_No_Sandbox }
 
 let run (a: ParseResults<TrainArgs>) =
     let o: TrainingOptions = options a
     o.Validate()
+    let suite = reportSuite a
     let train, eval = data a o
-    use model = ModelLoader.Load(a.GetResult Model, Option.toObj (a.TryGetResult Tokenizer), MoFO.Runtime.device (a.TryGetResult Device), TorchSharp.torch.ScalarType.Float32)
-    let trainer = Trainer(model, train, Option.toObj (eval |> Option.map (fun e -> e :> Collections.Generic.IReadOnlyList<_>)), o, a.GetResult Output)
-    eprintfn "mofo train: %s, %d examples%s, %d steps of %d (micro-batch %d), lr %g (%A), output %s"
-        (string o.Method) trainer.Examples (if o.Pack then " (packed rows)" else "") trainer.TotalSteps o.BatchSize o.MicroBatch
-        o.LearningRate o.Schedule (Path.GetFullPath(a.GetResult Output))
-    use cts = new Threading.CancellationTokenSource()
-    let handler = ConsoleCancelEventHandler(fun _ e ->
-        if not cts.IsCancellationRequested then
-            e.Cancel <- true
-            eprintfn "\nmofo train: interrupted; saving a checkpoint after this step (Ctrl-C again to abort)."
-            cts.Cancel())
-    Console.CancelKeyPress.AddHandler handler
-    try
-        let r = trainer.Run(a.Contains Resume, cts.Token)
-        printfn "steps: %d of %d%s" r.Steps r.TotalSteps (if r.Interrupted then " (interrupted; continue with --resume)" else "")
-        r.FinalLoss |> Option.ofNullable |> Option.iter (printfn "final train loss: %.4f")
-        r.EvalLoss |> Option.ofNullable |> Option.iter (printfn "held-out loss: %.4f")
-        printfn "distance from the base weights (L2): %.4f" r.Distance
-        if r.DroppedExamples > 0 then printfn "dropped examples (no trained token within --max-len): %d" r.DroppedExamples
-        if not (isNull r.ModelDir) then printfn "model: %s" r.ModelDir
-        printfn "metrics: %s" trainer.MetricsFile
-        if r.Interrupted then 130 else 0
-    finally
-        Console.CancelKeyPress.RemoveHandler handler
+    let task = suite |> Option.bind (fun _ -> reportTask a o)
+    let r, metricsFile, report =
+        use model = ModelLoader.Load(a.GetResult Model, Option.toObj (a.TryGetResult Tokenizer), MoFO.Runtime.device (a.TryGetResult Device), TorchSharp.torch.ScalarType.Float32)
+        // The report's suite and data are settled before training: a missing benchmark fails now, not after the run.
+        let report =
+            suite |> Option.map (fun s ->
+                let s = ForgettingReport.resolve s (ForgettingReport.parameterCount model)
+                let settings = reportSettings a s
+                if s = ForgettingReport.Suite.Tiny && a.Contains Hellaswag then
+                    eprintfn "mofo train: --hellaswag is used by the paper suite only; this report runs the tiny suite (--report-suite paper to change it)"
+                ForgettingReport.preflight (ForgettingReport.measures s task settings) settings
+                s, settings)
+        let trainer = Trainer(model, train, Option.toObj (eval |> Option.map (fun e -> e :> Collections.Generic.IReadOnlyList<_>)), o, a.GetResult Output)
+        eprintfn "mofo train: %s, %d examples%s, %d steps of %d (micro-batch %d), lr %g (%A), output %s"
+            (string o.Method) trainer.Examples (if o.Pack then " (packed rows)" else "") trainer.TotalSteps o.BatchSize o.MicroBatch
+            o.LearningRate o.Schedule (Path.GetFullPath(a.GetResult Output))
+        use cts = new Threading.CancellationTokenSource()
+        let handler = ConsoleCancelEventHandler(fun _ e ->
+            if not cts.IsCancellationRequested then
+                e.Cancel <- true
+                eprintfn "\nmofo train: interrupted; saving a checkpoint after this step (Ctrl-C again to abort)."
+                cts.Cancel())
+        Console.CancelKeyPress.AddHandler handler
+        try
+            let r = trainer.Run(a.Contains Resume, cts.Token)
+            printfn "steps: %d of %d%s" r.Steps r.TotalSteps (if r.Interrupted then " (interrupted; continue with --resume)" else "")
+            r.FinalLoss |> Option.ofNullable |> Option.iter (printfn "final train loss: %.4f")
+            r.EvalLoss |> Option.ofNullable |> Option.iter (printfn "held-out loss: %.4f")
+            printfn "distance from the base weights (L2): %.4f" r.Distance
+            if r.DroppedExamples > 0 then printfn "dropped examples (no trained token within --max-len): %d" r.DroppedExamples
+            if not (isNull r.ModelDir) then printfn "model: %s" r.ModelDir
+            printfn "metrics: %s" trainer.MetricsFile
+            r, trainer.MetricsFile, report
+        finally
+            Console.CancelKeyPress.RemoveHandler handler
+    match report with
+    | Some (suite, settings) when not r.Interrupted && not (isNull r.ModelDir) ->
+        if task.IsNone then eprintfn "mofo train: no held-out data (--eval-data): the report has no task measures"
+        let opts: ForgettingReport.Options = { Tokenizer = a.TryGetResult Tokenizer; Device = a.TryGetResult Device; MetricsFile = Some metricsFile }
+        ForgettingReport.forgettingWith opts (a.GetResult Model) r.ModelDir task settings suite (a.GetResult Output) |> ignore
+    | Some _ -> eprintfn "mofo train: the run was interrupted, so there is no fine-tuned model to report on (continue with --resume --report)"
+    | None -> ()
+    if r.Interrupted then 130 else 0

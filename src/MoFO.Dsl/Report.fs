@@ -1,0 +1,393 @@
+/// The forgetting report of a fine-tune (`mofo train --report`, `Report.forgetting` in scripts): the general measures
+/// at the model's scale, the distance from the base weights and the fine-tuning task itself, on the base and on the
+/// fine-tuned model. Every number comes from `Evals.measure`, the function `mofo eval` calls, so each row equals the
+/// `mofo eval` command it names. Writes report.json and report.html (table, training curves, per-layer and per-tensor
+/// distance) and prints the table.
+module MoFO.Dsl.Report
+
+open System
+open System.Collections.Generic
+open System.Globalization
+open System.IO
+open System.Net
+open System.Text
+open System.Text.Json
+open System.Text.RegularExpressions
+open Plotly.NET
+open MoFO
+open MoFO.Evaluation
+open MoFO.Models
+open MoFO.Dsl.Evals
+
+/// Which general measures a report runs (the task's measures and the distance come with every suite).
+[<RequireQualifiedAccess>]
+type Suite =
+    /// what a tiny model can show: pretrain-proxy NLL, story cloze, greedy intactness
+    | Tiny
+    /// the paper's benchmarks: MMLU, ARC-easy, ARC-challenge, HellaSwag (when its jsonl is given), GSM8K, HumanEval
+    | Paper
+    /// Tiny below 100M parameters, else Paper
+    | Auto
+
+    member s.Name = match s with Tiny -> "tiny" | Paper -> "paper" | Auto -> "auto"
+    /// Parses tiny, paper or auto; `flag` names the option in the error.
+    static member Parse(flag: string, value: string) =
+        match value.ToLowerInvariant() with
+        | "tiny" -> Tiny
+        | "paper" -> Paper
+        | "auto" -> Auto
+        | _ -> raise (ArgumentException $"{flag} {value}: expected tiny, paper or auto")
+
+/// Models below this many parameters get the tiny suite under `Suite.Auto`.
+let autoThreshold = 100_000_000L
+
+/// Parameters of a model (tied weights counted once).
+let parameterCount (m: CausalLM) = m.Module.parameters() |> Seq.sumBy (fun p -> p.numel())
+
+/// The suite for a model of `parameters` parameters.
+let resolve (suite: Suite) (parameters: int64) =
+    match suite with
+    | Suite.Auto -> if parameters < autoThreshold then Suite.Tiny else Suite.Paper
+    | s -> s
+
+/// The measures of a (resolved) suite in report order: the general ones, the distance, the task's.
+let measures (suite: Suite) (task: TaskData option) (settings: Settings) =
+    let general =
+        match suite with
+        | Suite.Tiny -> [ Measure.PretrainProxy; Measure.StoryCloze; Measure.GreedyIntact ]
+        | Suite.Paper ->
+            [ Measure.Mmlu; Measure.ArcEasy; Measure.ArcChallenge
+              if settings.HellaSwagData.IsSome then Measure.HellaSwag
+              Measure.Gsm8k; Measure.HumanEval ]
+        | Suite.Auto -> raise (ArgumentException "Report.measures: resolve Suite.Auto first (Report.resolve)")
+    let taskMeasures =
+        match task with
+        | Some t -> [ Measure.TaskLoss; Measure.TaskTokenAccuracy; if t.Choices.IsSome then Measure.TaskAccuracy ]
+        | None -> []
+    general @ [ Measure.Distance ] @ taskMeasures
+
+/// The task rows' data from a held-out file in a training format, read as the trainer reads its eval set (DPR: template
+/// 0, plus its two-choice form for the task accuracy).
+let heldOutTask (format: MoFO.Data.DataFormat) (path: string) (maxLength: int) : TaskData =
+    let isDpr = format = MoFO.Data.DataFormat.Dpr
+    let examples = MoFO.Data.InstructionData.Read(path, format, "eval", (if isDpr then 0 else -1))
+    { Name = $"{(string format).ToLowerInvariant()} ({Path.GetFileName(Path.TrimEndingDirectorySeparator path)})"
+      HeldOut = List.ofSeq examples
+      Choices = (if isDpr then Some (MoFO.Data.Dpr.AsMultipleChoice(MoFO.Data.Dpr.Read path, 0) |> List.ofSeq) else None)
+      MaxLength = maxLength }
+
+/// Fails before any work when a measure's data or the code sandbox is missing (a report must not fail after training).
+let preflight (ms: Measure list) (s: Settings) =
+    for m in ms do
+        match m with
+        | Measure.Mmlu -> DataRoot.Require DataRoot.Assets.MmluTest |> ignore
+        | Measure.ArcEasy -> DataRoot.Require DataRoot.Assets.ArcEasy |> ignore
+        | Measure.ArcChallenge -> DataRoot.Require DataRoot.Assets.ArcChallenge |> ignore
+        | Measure.HellaSwag ->
+            s.HellaSwagData |> Option.iter (fun p ->
+                if not (File.Exists p) then raise (FileNotFoundException($"{p}: HellaSwag jsonl not found (--hellaswag)", p)))
+        | Measure.Gsm8k ->
+            DataRoot.Require DataRoot.Assets.Gsm8kTest |> ignore
+            DataRoot.Require DataRoot.Assets.Gsm8kTrain |> ignore
+        | Measure.HumanEval ->
+            DataRoot.Require DataRoot.Assets.HumanEval |> ignore
+            PythonSandbox.Create(SandboxLimits(), s.UnsafeNoSandbox) |> ignore
+        | _ -> ()
+
+/// One row: a measure on the base and on the fine-tuned model.
+type MeasureRow =
+    { Measure: Measure
+      /// None where the measure is not taken on the base model (the distance)
+      Base: float option
+      FineTuned: float
+      /// fine-tuned − base
+      Delta: float option
+      HigherIsBetter: bool
+      /// the `mofo eval` command that gives `FineTuned` (and `Base`), where one exists
+      Command: string option
+      BaseCommand: string option
+      Metrics: (string * float) list
+      BaseMetrics: (string * float) list
+      Count: int }
+
+    /// 1 better, -1 worse, 0 unchanged, None when there is no base value.
+    member r.Verdict =
+        r.Delta |> Option.filter (fun d -> not (Double.IsNaN d))
+        |> Option.map (fun d -> if d = 0.0 then 0 elif (d > 0.0) = r.HigherIsBetter then 1 else -1)
+
+/// One line of the run's metrics.jsonl.
+type StepPoint = { Step: int; Loss: float; Distance: float; UpdatedFraction: float; EvalLoss: float option }
+
+type ForgettingReport =
+    { BaseModel: string
+      FineTunedModel: string
+      Suite: Suite
+      Parameters: int64
+      Task: string option
+      Rows: MeasureRow list
+      /// L2 distance from the base per tensor (HF names) and per layer ("embeddings", "layer N", "final norm", "head")
+      PerTensorL2: (string * float) list
+      PerLayerL2: (string * float) list
+      /// the training curves, when a metrics.jsonl was found
+      Steps: StepPoint list
+      MetricsFile: string option
+      ElapsedSeconds: float
+      JsonPath: string
+      HtmlPath: string }
+
+/// The group of a tensor for the per-layer distance.
+let layerOf (name: string) =
+    let m = Regex.Match(name, @"^(?:model|gpt_neox)\.layers\.(\d+)\.")
+    if m.Success then "layer " + m.Groups[1].Value
+    elif name.Contains "embed_tokens" || name.Contains "embed_in" then "embeddings"
+    elif name.StartsWith "lm_head" || name.StartsWith "embed_out" then "head"
+    elif name.StartsWith "model.norm." || name.StartsWith "gpt_neox.final_layer_norm." then "final norm"
+    else name
+
+/// Per-layer L2 (the root of the summed squares of its tensors), in model order.
+let perLayer (perTensor: (string * float) list) =
+    let order (g: string) =
+        match g with
+        | "embeddings" -> -1, g
+        | "final norm" -> Int32.MaxValue - 1, g
+        | "head" -> Int32.MaxValue, g
+        | _ when g.StartsWith "layer " -> int (g.Substring 6), g
+        | _ -> Int32.MaxValue - 2, g
+    perTensor
+    |> List.groupBy (fst >> layerOf)
+    |> List.map (fun (g, xs) -> g, sqrt (xs |> List.sumBy (fun (_, d) -> d * d)))
+    |> List.sortBy (fst >> order)
+
+let private number (path: string) (line: int) (field: string) (e: JsonElement) =
+    match e.ValueKind with
+    | JsonValueKind.Number -> e.GetDouble()
+    | JsonValueKind.Null -> nan
+    | JsonValueKind.String ->
+        match Double.TryParse(e.GetString(), NumberStyles.Float, CultureInfo.InvariantCulture) with
+        | true, x -> x
+        | _ -> raise (MoFO.Data.DataFormatException(path, line, $"field \"{field}\": \"{e.GetString()}\" is not a number"))
+    | k -> raise (MoFO.Data.DataFormatException(path, line, $"field \"{field}\": expected a number, got {k}"))
+
+/// Reads a trainer's metrics.jsonl (camelCase fields step, loss, distance, updatedFraction, evalLoss).
+let readMetrics (path: string) =
+    File.ReadAllLines path
+    |> Array.mapi (fun i l -> i + 1, l)
+    |> Array.filter (fun (_, l) -> l.Trim() <> "")
+    |> Array.map (fun (line, l) ->
+        let root =
+            try using (JsonDocument.Parse l) (fun d -> d.RootElement.Clone())
+            with :? JsonException as e -> raise (MoFO.Data.DataFormatException(path, line, $"not a JSON object ({e.Message})"))
+        let field f =
+            match root.TryGetProperty(f: string) with
+            | true, v -> number path line f v
+            | _ -> raise (MoFO.Data.DataFormatException(path, line, $"missing field \"{f}\" (expected step, loss, distance, updatedFraction)"))
+        let evalLoss =
+            match root.TryGetProperty "evalLoss" with
+            | true, v when v.ValueKind <> JsonValueKind.Null -> Some (number path line "evalLoss" v)
+            | _ -> None
+        { Step = int (field "step"); Loss = field "loss"; Distance = field "distance"; UpdatedFraction = field "updatedFraction"; EvalLoss = evalLoss })
+    |> Array.toList
+
+// ---- output ---------------------------------------------------------------------------------------------------------
+
+let private fmt (m: Measure) (x: float) =
+    if Double.IsNaN x then "–"
+    elif m.IsAccuracy then (100.0 * x).ToString("0.00", CultureInfo.InvariantCulture) + " %"
+    else x.ToString("0.0000", CultureInfo.InvariantCulture)
+
+let private fmtDelta (m: Measure) (x: float) =
+    if Double.IsNaN x then "–"
+    elif m.IsAccuracy then (100.0 * x).ToString("+0.00;-0.00;0.00", CultureInfo.InvariantCulture) + " pt"
+    else x.ToString("+0.0000;-0.0000;0.0000", CultureInfo.InvariantCulture)
+
+let private verdictText (r: MeasureRow) =
+    match r.Verdict with Some 1 -> "better" | Some -1 -> "worse" | Some _ -> "same" | None -> ""
+
+/// The table as console text.
+let table (r: ForgettingReport) =
+    let sb = StringBuilder()
+    let line (a: string) (b: string) (c: string) (d: string) (e: string) =
+        sb.AppendLine($"{a.PadRight 22}{b.PadLeft 12}{c.PadLeft 12}{d.PadLeft 13}  {e}".TrimEnd()) |> ignore
+    let task = r.Task |> Option.map (fun t -> $", task {t}") |> Option.defaultValue ""
+    sb.AppendLine($"forgetting report ({r.Suite.Name} suite, {r.Parameters:N0} parameters{task}, {r.ElapsedSeconds:F1} s)") |> ignore
+    line "measure" "base" "fine-tuned" "delta" ""
+    for x in r.Rows do
+        let arrow = if x.HigherIsBetter then "↑" else "↓"
+        line $"{x.Measure.Name} {arrow}" (x.Base |> Option.map (fmt x.Measure) |> Option.defaultValue "")
+            (fmt x.Measure x.FineTuned) (x.Delta |> Option.map (fmtDelta x.Measure) |> Option.defaultValue "") (verdictText x)
+    sb.ToString()
+
+let private writeNumber (w: Utf8JsonWriter) (x: float) =
+    if Double.IsNaN x || Double.IsInfinity x then w.WriteNullValue() else w.WriteNumberValue x
+
+let private writeMap (w: Utf8JsonWriter) (name: string) (xs: (string * float) list) =
+    w.WritePropertyName name
+    w.WriteStartObject()
+    for k, v in xs do
+        w.WritePropertyName k
+        writeNumber w v
+    w.WriteEndObject()
+
+let private writeOption (w: Utf8JsonWriter) (name: string) (x: string option) =
+    match x with Some s -> w.WriteString(name, s) | None -> w.WriteNull name
+
+/// The JSON document: the models, the suite, one object per measure, the distances.
+let toJson (r: ForgettingReport) =
+    use ms = new MemoryStream()
+    (use w = new Utf8JsonWriter(ms, JsonWriterOptions(Indented = true))
+     w.WriteStartObject()
+     w.WriteString("base", r.BaseModel)
+     w.WriteString("fineTuned", r.FineTunedModel)
+     w.WriteString("suite", r.Suite.Name)
+     w.WriteNumber("parameters", r.Parameters)
+     writeOption w "task" r.Task
+     w.WritePropertyName "measures"
+     w.WriteStartArray()
+     for x in r.Rows do
+         w.WriteStartObject()
+         w.WriteString("key", x.Measure.Key)
+         w.WriteString("name", x.Measure.Name)
+         w.WritePropertyName "base"
+         (match x.Base with Some b -> writeNumber w b | None -> w.WriteNullValue())
+         w.WritePropertyName "fineTuned"
+         writeNumber w x.FineTuned
+         w.WritePropertyName "delta"
+         (match x.Delta with Some d -> writeNumber w d | None -> w.WriteNullValue())
+         w.WriteBoolean("higherIsBetter", x.HigherIsBetter)
+         w.WriteString("verdict", verdictText x)
+         writeOption w "command" x.Command
+         writeOption w "baseCommand" x.BaseCommand
+         w.WriteNumber("count", x.Count)
+         writeMap w "metrics" x.Metrics
+         writeMap w "baseMetrics" x.BaseMetrics
+         w.WriteEndObject()
+     w.WriteEndArray()
+     writeMap w "perLayerL2" r.PerLayerL2
+     writeMap w "perTensorL2" r.PerTensorL2
+     writeOption w "metricsFile" r.MetricsFile
+     w.WriteNumber("elapsedSeconds", r.ElapsedSeconds)
+     w.WriteEndObject())
+    Encoding.UTF8.GetString(ms.ToArray())
+
+let private enc (s: string) = WebUtility.HtmlEncode s
+
+let private htmlTable (r: ForgettingReport) =
+    let sb = StringBuilder()
+    let task = r.Task |> Option.map (fun t -> $" · task <b>{enc t}</b>") |> Option.defaultValue ""
+    sb.Append($"<h1>Forgetting report</h1>\n<p>base <code>{enc r.BaseModel}</code> → fine-tuned <code>{enc r.FineTunedModel}</code><br>")
+      .Append($"{r.Suite.Name} suite · {r.Parameters:N0} parameters{task} · {r.ElapsedSeconds:F1} s</p>\n")
+      .Append("<table id=\"forgetting-table\">\n<tr><th>measure</th><th>base</th><th>fine-tuned</th><th>Δ</th><th>mofo eval</th></tr>\n") |> ignore
+    for x in r.Rows do
+        let cls = match x.Verdict with Some 1 -> "better" | Some -1 -> "worse" | _ -> "same"
+        let arrow = if x.HigherIsBetter then "↑" else "↓"
+        let cmd = x.Command |> Option.map (fun c -> $"<code>{enc c}</code>") |> Option.defaultValue ""
+        let b = x.Base |> Option.map (fmt x.Measure) |> Option.defaultValue ""
+        let d = x.Delta |> Option.map (fmtDelta x.Measure) |> Option.defaultValue ""
+        sb.Append($"<tr><td>{enc x.Measure.Name} {arrow}</td><td>{b}</td><td>{fmt x.Measure x.FineTuned}</td>")
+          .Append($"<td class=\"{cls}\">{d}</td><td>{cmd}</td></tr>\n") |> ignore
+    sb.Append("</table>\n").ToString()
+
+let private style =
+    "<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;margin-bottom:2em} "
+    + "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right} td:first-child,th:first-child,td:last-child{text-align:left} "
+    + "td.better{background:#d4f4d4;color:#165c16} td.worse{background:#f8d4d4;color:#8a1616} code{font-size:85%}</style>"
+
+let private charts (r: ForgettingReport) =
+    let steps = r.Steps |> List.map (fun p -> p.Step)
+    let evalPts = r.Steps |> List.choose (fun p -> p.EvalLoss |> Option.map (fun e -> p.Step, e))
+    let sized (title: string) (x: string) (y: string) (c: GenericChart) =
+        c |> Chart.withTitle title |> Chart.withXAxisStyle x |> Chart.withYAxisStyle y |> Chart.withSize (900, 420)
+    let curves =
+        if r.Steps.IsEmpty then []
+        else
+            [ [ Chart.Line(x = steps, y = (r.Steps |> List.map (fun p -> p.Loss)), Name = "train loss")
+                if not evalPts.IsEmpty then Chart.Line(x = List.map fst evalPts, y = List.map snd evalPts, Name = "held-out loss", ShowMarkers = true) ]
+              |> Chart.combine |> sized "Training loss" "step" "loss"
+              Chart.Line(x = steps, y = (r.Steps |> List.map (fun p -> p.Distance)), Name = "L2 from base")
+              |> sized "Distance from the base weights" "step" "L2"
+              Chart.Line(x = steps, y = (r.Steps |> List.map (fun p -> p.UpdatedFraction)), Name = "updated fraction")
+              |> sized "Fraction of entries updated per step" "step" "fraction" ]
+    let bars (title: string) (xs: (string * float) list) =
+        Chart.Column(values = List.map snd xs, Keys = List.map fst xs, Name = "L2")
+        |> Chart.withTitle title |> Chart.withYAxisStyle "L2 from base" |> Chart.withSize (max 900 (24 * xs.Length), 480)
+    curves @ [ bars "L2 distance from the base per layer" r.PerLayerL2; bars "L2 distance from the base per tensor" r.PerTensorL2 ]
+
+/// The self-contained page: plotly.js embedded once (PlotlyJSReference.Full), the table, then one chart per figure.
+let toHtml (r: ForgettingReport) =
+    match charts r with
+    | [] -> failwith "unreachable: a report always has the distance charts"
+    | first :: rest ->
+        let page = first |> Chart.withDisplayOptions (DisplayOptions.init (PlotlyJSReference = PlotlyJSReference.Full)) |> GenericChart.toEmbeddedHTML
+        let body = page.IndexOf "<body>"
+        let bodyEnd = page.LastIndexOf "</body>"
+        let head = page.IndexOf "</head>"
+        if body < 0 || bodyEnd < 0 || head < 0 then
+            failwith "Plotly.NET's HTML has no <head>/<body>: the report page cannot be assembled (Plotly.NET version changed?)"
+        let others = rest |> List.map GenericChart.toChartHTML |> String.concat "\n"
+        page.Substring(0, head) + style + page.Substring(head, body + 6 - head) + "\n" + htmlTable r
+        + page.Substring(body + 6, bodyEnd - body - 6) + "\n" + others + "\n" + page.Substring bodyEnd
+
+// ---- the report -----------------------------------------------------------------------------------------------------
+
+/// How the models are loaded and where the training curves are.
+type Options =
+    { /// the base model's tokenizer file, if it is not beside the model (the fine-tuned HF folder holds its own)
+      Tokenizer: string option
+      /// cpu (default) or cuda
+      Device: string option
+      /// the run's metrics.jsonl (default: in outDir, else beside the fine-tuned model's folder)
+      MetricsFile: string option }
+    static member Default = { Tokenizer = None; Device = None; MetricsFile = None }
+
+/// `forgetting` with loading options.
+let forgettingWith (o: Options) (basePath: string) (fineTunedPath: string) (task: TaskData option) (settings: Settings)
+                   (suite: Suite) (outDir: string) =
+    let clock = Diagnostics.Stopwatch.StartNew()
+    let device = MoFO.Runtime.device o.Device
+    use baseModel = ModelLoader.Load(basePath, Option.toObj o.Tokenizer, device)
+    let parameters = parameterCount baseModel
+    let suite = resolve suite parameters
+    let ms = measures suite task settings
+    preflight ms settings
+    let ctx: Context = { Base = lazy baseModel; Task = task; Settings = settings }
+    let run (who: string) (model: CausalLM) (m: Measure) =
+        eprintfn "report: %s on the %s model ..." m.Name who
+        Evals.measure ctx model m
+    let onBase = ms |> List.filter (fun m -> m <> Measure.Distance) |> List.map (fun m -> m, run "base" baseModel m) |> dict
+    use tuned = ModelLoader.Load(fineTunedPath, null, device)
+    let onTuned = ms |> List.map (fun m -> m, run "fine-tuned" tuned m)
+    let rows =
+        [ for m, t in onTuned ->
+            let b = match onBase.TryGetValue m with | true, x -> Some x | _ -> None
+            { Measure = m; Base = b |> Option.map (fun x -> x.Value); FineTuned = t.Value
+              Delta = b |> Option.map (fun x -> t.Value - x.Value); HigherIsBetter = m.HigherIsBetter
+              Command = Evals.command fineTunedPath basePath settings m
+              BaseCommand = (if m = Measure.Distance then None else Evals.command basePath basePath settings m)
+              Metrics = t.Metrics; BaseMetrics = b |> Option.map (fun x -> x.Metrics) |> Option.defaultValue []; Count = t.Count } ]
+    let perTensor =
+        let d = onTuned |> List.find (fun (m, _) -> m = Measure.Distance) |> snd
+        match d.Items with
+        | :? IReadOnlyDictionary<string, float> as d -> [ for KeyValue (k, v) in d -> k, v ]
+        | other -> failwith $"Evals.distance: expected the per-tensor distances as its items, got {other}"
+    let metricsFile =
+        o.MetricsFile
+        |> Option.orElse ([ Path.Combine(outDir, "metrics.jsonl")
+                            Path.Combine(Path.GetDirectoryName(Path.GetFullPath(fineTunedPath).TrimEnd('/')), "metrics.jsonl") ]
+                          |> List.tryFind File.Exists)
+    let steps = metricsFile |> Option.map readMetrics |> Option.defaultValue []
+    let report =
+        { BaseModel = Path.GetFullPath basePath; FineTunedModel = Path.GetFullPath fineTunedPath; Suite = suite
+          Parameters = parameters; Task = task |> Option.map (fun t -> t.Name); Rows = rows
+          PerTensorL2 = perTensor; PerLayerL2 = perLayer perTensor; Steps = steps; MetricsFile = metricsFile
+          ElapsedSeconds = clock.Elapsed.TotalSeconds
+          JsonPath = Path.GetFullPath(Path.Combine(outDir, "report.json")); HtmlPath = Path.GetFullPath(Path.Combine(outDir, "report.html")) }
+    AtomicFile.WriteAllText(report.JsonPath, toJson report)
+    AtomicFile.WriteAllText(report.HtmlPath, toHtml report)
+    printf "%s" (table report)
+    printfn "report: %s, %s" report.JsonPath report.HtmlPath
+    report
+
+/// The forgetting report of `fineTunedPath` against `basePath`: evaluates both with the suite's measures (the distance
+/// on the fine-tuned model only), writes report.json and report.html into `outDir`, prints the table, returns the record.
+let forgetting (basePath: string) (fineTunedPath: string) (task: TaskData option) (settings: Settings) (suite: Suite) (outDir: string) =
+    forgettingWith Options.Default basePath fineTunedPath task settings suite outDir
