@@ -8,7 +8,7 @@ open MoFO
 open MoFO.Data
 open MoFO.Models
 open MoFO.Training
-open MoFO.Dsl
+module Evals = MoFO.Dsl.Evals
 
 /// (the union case `Report` of TrainArgs hides the module's name)
 module ForgettingReport = MoFO.Dsl.Report

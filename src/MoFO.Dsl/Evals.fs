@@ -182,22 +182,33 @@ let pretrainProxy (model: ILanguageModel) (samples: IReadOnlyList<string>) =
 let storyCloze (model: ILanguageModel) (samples: IReadOnlyList<string>) (seed: int) (limit: int option) =
     multipleChoice model "story-cloze" (Forgetting.StoryCloze(samples, 3, seed) |> take limit) 0 seed
 
-/// Greedy intactness: the openings (first 8 tokens) of base-model samples are continued greedily by both models for
-/// `tokens` tokens; the value is the fraction of positions where the two continuations agree (1 for the base model
-/// itself; a model whose stories have broken scores low).
+/// Greedy intactness: the openings (first 8 tokens) of base-model samples are continued greedily by the model for up
+/// to `tokens` tokens (an early stop counts as an end-of-sequence token); the value is the fraction of those tokens that
+/// the base model, given the same prefix, would also have chosen greedily. 1 for the base model itself; a model whose
+/// stories have broken ("upon upon upon …", or an immediate stop) scores near 0, while a model that tells a different
+/// but fluent story keeps a high score.
 let greedyIntact (model: CausalLM) (baseModel: CausalLM) (samples: IReadOnlyList<string>) (prompts: int) (tokens: int) =
     let openings =
         samples |> Seq.truncate prompts
         |> Seq.map (fun s -> model.Tokenizer.Encode(s, true) |> Seq.truncate 9 |> Seq.toArray)
         |> Seq.toList
-    let opts = GenerationOptions(tokens, 0.0)
-    let cont (m: CausalLM) = m.GenerateTokens(ResizeArray openings, opts)
-    let a, b = cont model, cont baseModel
+    let conts = model.GenerateTokens(ResizeArray openings, GenerationOptions(tokens, 0.0))
+    let eos = model.Tokenizer.EosId
+    use _ng = TorchSharp.torch.no_grad()
     let agree =
         [ for i in 0 .. openings.Length - 1 ->
-            let x, y = a[i], b[i]
-            let same = Seq.zip (Seq.truncate tokens x) (Seq.truncate tokens y) |> Seq.filter (fun (p, q) -> p = q) |> Seq.length
-            float same / float tokens ]
+            let cont = conts[i] |> Seq.toArray
+            let cont = if cont.Length < tokens && eos.HasValue then Array.append cont [| eos.Value |] else cont
+            if cont.Length = 0 then 0.0
+            else
+                let ids = Array.append openings[i] cont |> Array.map int64
+                use scope = TorchSharp.torch.NewDisposeScope()
+                let logits = baseModel.Logits(TorchSharp.torch.tensor(ids).unsqueeze(0L))
+                let pred = logits.select(0, 0L).argmax(-1L).data<int64>().ToArray()
+                // position j predicts token j + 1: the continuation starts after the opening's last position
+                let start = openings[i].Length - 1
+                let same = cont |> Array.mapi (fun k t -> if pred[start + k] = int64 t then 1 else 0) |> Array.sum
+                float same / float cont.Length ]
     { Value = List.average agree; Metrics = [ "greedy_intact", List.average agree ]; Count = openings.Length; Items = agree |> List.toArray :> obj }
 
 /// L2 distance of the weights from the base model's, in total and per tensor.
