@@ -312,7 +312,12 @@ module Experiment =
                  (settings: Settings) (measures: Measure list) : Map<Measure, float> =
         let key = settingsKey settings
         let cached = readEvals dir key
-        let todo = measures |> List.filter (fun m -> not (cached.ContainsKey m.Key)) |> List.filter (fun m -> m <> Measure.Distance || modelPath <> basePath)
+        // the task's measures depend on the task: their cache key names it (the base model serves several tasks)
+        let keyOf (m: Measure) =
+            match m, task with
+            | (Measure.TaskLoss | Measure.TaskTokenAccuracy | Measure.TaskAccuracy), Some t -> $"{m.Key}@{t.Name}"
+            | _ -> m.Key
+        let todo = measures |> List.filter (fun m -> not (cached.ContainsKey(keyOf m))) |> List.filter (fun m -> m <> Measure.Distance || modelPath <> basePath)
         let fresh =
             if todo.IsEmpty then []
             else
@@ -322,14 +327,14 @@ module Experiment =
                     let ctx = { Base = baseModel; Task = task; Settings = settings }
                     [ for m in todo ->
                         let v = (measure ctx model m).Value
-                        writeEval dir key m.Key v
-                        m.Key, v ]
+                        writeEval dir key (keyOf m) v
+                        keyOf m, v ]
                 finally
                     if baseModel.IsValueCreated && not (obj.ReferenceEquals(baseModel.Value, model)) then baseModel.Value.Dispose()
         let all = Seq.append (Map.toSeq cached) fresh |> Map.ofSeq
         measures
         |> List.map (fun m ->
-            m, (if m = Measure.Distance && modelPath = basePath then 0.0 else all |> Map.tryFind m.Key |> Option.defaultValue nan))
+            m, (if m = Measure.Distance && modelPath = basePath then 0.0 else all |> Map.tryFind (keyOf m) |> Option.defaultValue nan))
         |> Map.ofList
 
     // ---- training --------------------------------------------------------------------------------------------------
@@ -383,8 +388,22 @@ module Experiment =
         { Label = e.Model.Label; Method = None; ModelPath = path; BasePath = path; Dir = dir; Values = values; Train = None; Seed = e.Seed }
 
     /// Trains and evaluates one experiment.
+    /// A run that diverged (the trainer stopped on non-finite losses): every value is NaN, and the marker file keeps a
+    /// re-run from training it again.
+    let private divergedRun (e: Experiment) (dir: string) =
+        { Label = e.Method.Label; Method = Some e.Method; ModelPath = Path.Combine(dir, "model"); BasePath = e.Model.Path; Dir = dir
+          Values = e.Measures |> List.map (fun m -> m, nan) |> Map.ofList; Train = None; Seed = e.Seed }
+
     let runWith (showProgress: bool) (e: Experiment) : Run =
-        let dir, info = train e showProgress
+      let marker = Path.Combine(runDir e, "diverged.txt")
+      if File.Exists marker then divergedRun e (runDir e)
+      else
+       match (try Ok (train e showProgress) with :? TrainingDivergedException as ex -> Error ex.Message) with
+       | Error message ->
+        eprintfn "%s: diverged (%s); its values are NaN" (runDir e) message
+        AtomicFile.WriteAllText(marker, message)
+        divergedRun e (runDir e)
+       | Ok (dir, info) ->
         let _, task = load e.Data e.Recipe.MaxLength
         let modelPath = Path.Combine(dir, "model")
         let values = evaluate dir modelPath e.Model.Path (device e.Scale) (Some task) e.Settings e.Measures

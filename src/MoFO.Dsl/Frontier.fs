@@ -36,9 +36,22 @@ let interpolate (curve: (float * float) list) (x: float) =
         pts |> List.pairwise |> List.tryPick (fun ((x0, y0), (x1, y1)) ->
             if x >= x0 && x <= x1 then Some (if x1 = x0 then (y0 + y1) / 2.0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)) else None)
 
+/// The learning–forgetting frontier of a set of (x = task loss, y = forgetting) points: the Pareto-optimal ones (no
+/// other point has both a lower loss and less forgetting), sorted by x — along it, forgetting falls as loss rises.
+/// A point that learned less *and* forgot more (an over- or under-trained learning rate) is not on the frontier.
+let pareto (points: (float * float) list) =
+    points
+    |> List.filter (fun (a, b) -> Double.IsFinite a && Double.IsFinite b)
+    |> List.sortBy (fun (a, b) -> a, b)
+    |> List.fold (fun (front, best) (a, b) -> if b < best then (a, b) :: front, b else front, best) ([], infinity)
+    |> fst
+    |> List.rev
+
 /// How much less `curve` forgets than `reference` at matched learning: the mean of reference(x) − curve(x) over
-/// `n` evenly spaced x in the overlap of their x ranges (positive = forgets less); None when the ranges do not overlap.
+/// `n` evenly spaced x in the overlap of the x ranges of their frontiers (`pareto`, linearly interpolated; positive =
+/// forgets less); None when the ranges do not overlap.
 let advantage (reference: (float * float) list) (curve: (float * float) list) (n: int) =
+    let reference, curve = pareto reference, pareto curve
     let range (c: (float * float) list) = (c |> List.map fst |> List.min), (c |> List.map fst |> List.max)
     let lo1, hi1 = range reference
     let lo2, hi2 = range curve
@@ -64,8 +77,11 @@ type Matched =
 
 let matched (reference: Method) (points: Point list) (m: Method) =
     let seeds = points |> List.map (fun p -> p.Seed) |> List.distinct |> List.sort
-    let curve meth seed = points |> List.filter (fun p -> p.Method = meth && p.Seed = seed) |> List.map (fun p -> p.Learn, p.Forget)
-    let per = [ for s in seeds -> s, advantage (curve reference s) (curve m s) 9 ]
+    // a diverged point (NaN) is not on the frontier
+    let curve meth seed =
+        points |> List.filter (fun p -> p.Method = meth && p.Seed = seed && Double.IsFinite p.Learn && Double.IsFinite p.Forget)
+        |> List.map (fun p -> p.Learn, p.Forget)
+    let per = [ for s in seeds -> s, (match curve reference s, curve m s with [], _ | _, [] -> None | r, c -> advantage r c 9) ]
     let vals = per |> List.choose (fun (_, a) -> a |> Option.map (fun (d, _, _) -> d))
     let refs = per |> List.choose (fun (_, a) -> a |> Option.map (fun (_, r, _) -> r))
     let mean = if vals.IsEmpty then nan else List.average vals

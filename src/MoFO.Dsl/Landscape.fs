@@ -20,7 +20,11 @@ type Surface =
       A: float * float
       B: float * float
       DistanceA: float
-      DistanceB: float }
+      DistanceB: float
+      /// (fine-tune loss, pretrain loss) at the exact points θ0, θA and θB of the plane
+      AtOrigin: float * float
+      AtA: float * float
+      AtB: float * float }
 
 /// Measures the plane on an n × n grid with a margin of `margin` times the larger distance around the three points.
 let compute (basePath: string) (aPath: string) (bPath: string) (task: TaskData) (samples: Collections.Generic.IReadOnlyList<string>) (n: int) (margin: float) =
@@ -52,22 +56,27 @@ let compute (basePath: string) (aPath: string) (bPath: string) (task: TaskData) 
         ps |> Array.iteri (fun i struct (_, p) ->
             use v = (origin[i].to_type(torch.ScalarType.Float64) + e1[i] * x + e2[i] * y).to_type(p.dtype)
             p.copy_(v) |> ignore)
-    let total = n * n
+    let total = n * n + 3
     use progress = new MoFO.ConsoleProgress("landscape", int64 total, "points")
-    let grid =
-        [ for y in ys ->
-            [ for x in xs ->
-                set x y
-                let f = TaskMetrics.Fit(model, ResizeArray task.HeldOut, task.MaxLength)
-                let p = Forgetting.Loss(model, samples)
-                progress.Advance()
-                f.MeanTokenNll, p.MeanTokenNll ] ]
+    let at x y =
+        set x y
+        let f = TaskMetrics.Fit(model, ResizeArray task.HeldOut, task.MaxLength)
+        let p = Forgetting.Loss(model, samples)
+        progress.Advance()
+        f.MeanTokenNll, p.MeanTokenNll
+    let grid = [ for y in ys -> [ for x in xs -> at x y ] ]
+    let atOrigin, atA, atB = at 0.0 0.0, at normA 0.0, at bx by
     set 0.0 0.0
     for t in Array.concat [ origin; da; db; e1; e2; rest ] do t.Dispose()
     { Xs = xs; Ys = ys
       Finetune = grid |> List.map (List.map fst)
       Pretrain = grid |> List.map (List.map snd)
-      A = (normA, 0.0); B = (bx, by); DistanceA = normA; DistanceB = normB }
+      A = (normA, 0.0); B = (bx, by); DistanceA = normA; DistanceB = normB; AtOrigin = atOrigin; AtA = atA; AtB = atB }
+
+/// (fine-tune loss, pretrain loss) of a model itself on the landscape's data (to check the plane against).
+let direct (path: string) (task: TaskData) (samples: Collections.Generic.IReadOnlyList<string>) =
+    use m = ModelLoader.Load(path)
+    (TaskMetrics.Fit(m, ResizeArray task.HeldOut, task.MaxLength)).MeanTokenNll, (Forgetting.Loss(m, samples)).MeanTokenNll
 
 /// The value of a surface's grid nearest to a point (for checks).
 let nearest (s: Surface) (values: float list list) (x: float, y: float) =

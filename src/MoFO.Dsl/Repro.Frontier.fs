@@ -13,7 +13,8 @@ let frontier (c: Ctx) =
     let methods =
         [ Method.FullFT; Method.MoFO 0.15; Method.MoFO 0.05; Method.HFT; Method.L2 1e-3; Method.GradBCD 0.15; Method.RandomBCD 0.15; Method.Lion ]
     let methods = if c.Smoke then [ Method.FullFT; Method.MoFO 0.15 ] else methods
-    let lrs = if c.IsTiny then [ 3e-4; 1e-3; 3e-3 ] else [ 1e-5; 2e-5; 5e-5 ]
+    // tiny: 1e-4 under-trains, 3e-4 is near the best held-out loss, 1e-3 over-trains DPR (300 steps ≈ 3.6 epochs)
+    let lrs = if c.IsTiny then [ 1e-4; 3e-4; 1e-3 ] else [ 1e-5; 2e-5; 5e-5 ]
     let seeds = if c.Smoke then [ c.Seed ] else [ c.Seed; c.Seed + 1 ]
     let lrs = if c.Smoke then [ 1e-3; 3e-3 ] else lrs
     let e = experiment c Pythia160m Dataset.Dpr DprKind [ Measure.TaskLoss; Measure.TaskAccuracy; Measure.PretrainProxy; Measure.StoryCloze; Measure.Distance ]
@@ -40,15 +41,17 @@ let frontier (c: Ctx) =
     let checks =
         [ for mt in matched do
             let per = String.Join("; ", mt.PerSeed |> List.map (fun (s, a) -> match a with Some (d, r, (lo, hi)) -> $"seed {s}: {f4 d} (Full FT forgets {f4 r}) over task loss {lo:F3}–{hi:F3}" | None -> $"seed {s}: no overlap of task-loss ranges"))
-            let holds = Double.IsFinite mt.Mean && mt.Mean > 0.0 && (Double.IsNaN mt.BandLow || mt.BandLow > 0.0)
-            yield Results.check $"{mt.Method.Label} forgets less than Full FT at matched fine-tuning loss (mean and 95 %% band above 0)" holds
+            let perSeed = mt.PerSeed |> List.map snd
+            let holds = perSeed |> List.forall (fun a -> match a with Some (d, _, _) -> d > 0.0 | None -> false)
+            yield Results.check $"{mt.Method.Label} forgets less than Full FT at matched fine-tuning loss (for every seed, whose frontier must overlap Full FT's)" holds
                       $"mean {f4 mt.Mean} nats/token less ({100.0 * mt.Relative:F0} %% of Full FT's forgetting), band [{f4 mt.BandLow}, {f4 mt.BandHigh}]; {per}" ]
     let colors = [ "black"; "green"; "limegreen"; "royalblue"; "purple"; "orange"; "goldenrod"; "red" ]
     let traces =
         [ for i, m in List.indexed methods do
             let color = Color.fromString colors[i % colors.Length]
             let mine = points |> List.filter (fun p -> p.Method = m)
-            let meanCurve = mine |> List.groupBy (fun p -> p.Lr) |> List.sortBy fst |> List.map (fun (_, ps) -> mean (fun p -> p.Learn) ps, mean (fun p -> p.Forget) ps)
+            // the frontier of the seed means per learning rate (Pareto-optimal points, by task loss)
+            let meanCurve = mine |> List.groupBy (fun p -> p.Lr) |> List.map (fun (_, ps) -> mean (fun p -> p.Learn) ps, mean (fun p -> p.Forget) ps) |> Frontier.pareto
             yield Chart.Line(x = (meanCurve |> List.map fst), y = (meanCurve |> List.map snd), Name = m.Label, ShowMarkers = true, LineColor = color, MarkerColor = color)
             yield Chart.Point(x = (mine |> List.map (fun p -> p.Learn)), y = (mine |> List.map (fun p -> p.Forget)), Name = $"{m.Label} (each seed)",
                               MarkerColor = color, Opacity = 0.35, ShowLegend = false,
@@ -57,7 +60,7 @@ let frontier (c: Ctx) =
         Chart.combine traces
         |> Chart.withXAxisStyle "held-out fine-tuning loss (lower = learned more)"
         |> Chart.withYAxisStyle "forgetting: rise of the pretraining-loss proxy (nats/token)"
-        |> Chart.withTitle "Learning–forgetting frontiers (lines: mean over seeds per learning rate; dots: each seed)"
+        |> Chart.withTitle "Learning–forgetting frontiers (lines: the Pareto frontier of the seed means per learning rate; dots: each seed and rate)"
         |> Chart.withSize (1100, 700)
     let md =
         let sb = Text.StringBuilder()
@@ -69,7 +72,7 @@ let frontier (c: Ctx) =
         for r in pointRows do
             let m = Map.ofList r.Metrics
             sb.AppendLine($"""| {r.Method} | {m["lr"]:G3} | {f4 m["task loss"]} ± {f4 (m["task loss spread"] / 2.0)} | {f4 m["forgetting (Δ proxy NLL)"]} ± {f4 (m["forgetting spread"] / 2.0)} | {f4 m["Δ story cloze"]} | {f4 m["task acc"]} | {f4 m["L2 from base"]} |""") |> ignore
-        sb.AppendLine().AppendLine("### At matched fine-tuning loss (interpolated along each seed's frontier, over the overlap of the task-loss ranges)").AppendLine() |> ignore
+        sb.AppendLine().AppendLine("### At matched fine-tuning loss (interpolated along each seed's Pareto frontier of (task loss, forgetting), over the overlap of the frontiers' task-loss ranges)").AppendLine() |> ignore
         sb.AppendLine("| method | less forgetting than Full FT (nats/token) | 95 % band over seeds | relative to Full FT's forgetting |").AppendLine("|---|---|---|---|") |> ignore
         for mt in matched do
             sb.AppendLine($"| {mt.Method.Label} | {f4 mt.Mean} | [{f4 mt.BandLow}, {f4 mt.BandHigh}] | {100.0 * mt.Relative:F0} %% |") |> ignore

@@ -96,13 +96,15 @@ let figureLandscape (c: Ctx) =
     let fig1 = Landscape.compute e.Model.Path adam.ModelPath lion.ModelPath task samples n 0.25
     eprintfn "landscape: Figure 3 (Adam, MoFO), %d × %d points" n n
     let fig3 = Landscape.compute e.Model.Path adam.ModelPath mofo.ModelPath task samples n 0.25
-    let at (s: Landscape.Surface) z p = Landscape.nearest s z p
+    let row name dist (ft: float, pt: float) = Results.row name [ "distance", dist; "finetune loss", ft; "pretrain loss (proxy)", pt ]
     let rows =
-        [ Results.row "Figure 1: Adam" [ "distance", fig1.DistanceA; "finetune loss", at fig1 fig1.Finetune fig1.A; "pretrain loss (proxy)", at fig1 fig1.Pretrain fig1.A ]
-          Results.row "Figure 1: Lion" [ "distance", fig1.DistanceB; "finetune loss", at fig1 fig1.Finetune fig1.B; "pretrain loss (proxy)", at fig1 fig1.Pretrain fig1.B ]
-          Results.row "Figure 3: Adam" [ "distance", fig3.DistanceA; "finetune loss", at fig3 fig3.Finetune fig3.A; "pretrain loss (proxy)", at fig3 fig3.Pretrain fig3.A ]
-          Results.row "Figure 3: MoFO" [ "distance", fig3.DistanceB; "finetune loss", at fig3 fig3.Finetune fig3.B; "pretrain loss (proxy)", at fig3 fig3.Pretrain fig3.B ]
-          Results.row "pretrained" [ "distance", 0.0; "finetune loss", at fig3 fig3.Finetune (0.0, 0.0); "pretrain loss (proxy)", at fig3 fig3.Pretrain (0.0, 0.0) ] ]
+        [ row "pretrained" 0.0 fig3.AtOrigin
+          row "Figure 1: Adam" fig1.DistanceA fig1.AtA
+          row "Figure 1: Lion" fig1.DistanceB fig1.AtB
+          row "Figure 3: Adam" fig3.DistanceA fig3.AtA
+          row "Figure 3: MoFO" fig3.DistanceB fig3.AtB ]
+    // the plane's exact points must be the models themselves: the same losses as the models loaded directly
+    let directAdam, directMofo = Landscape.direct adam.ModelPath task samples, Landscape.direct mofo.ModelPath task samples
     let rel a b = abs (a - b) / max 1e-9 (abs b)
     let checks =
         [ Results.check "Figure 1(a): Adam and Lion reach similar fine-tuning loss (within 15 %)" (rel lion[Measure.TaskLoss] adam[Measure.TaskLoss] <= 0.15)
@@ -117,9 +119,9 @@ let figureLandscape (c: Ctx) =
               $"MoFO {fig3.DistanceB:F3}, Adam {fig3.DistanceA:F3}: {100.0 * fig3.DistanceB / fig3.DistanceA:F1} %%"
           Results.check "Figure 3(b): MoFO's minimum has the lower pretraining loss" (mofo[Measure.PretrainProxy] < adam[Measure.PretrainProxy])
               $"pretrain proxy: Adam {adam[Measure.PretrainProxy]:F4}, MoFO {mofo[Measure.PretrainProxy]:F4}"
-          Results.check "the plane reproduces the trained models (grid value at each model within 2 % of its measured task loss, or a 3 × 3 smoke grid)"
-              (c.Smoke || (rel (at fig3 fig3.Finetune fig3.A) adam[Measure.TaskLoss] <= 0.02 && rel (at fig3 fig3.Finetune fig3.B) mofo[Measure.TaskLoss] <= 0.02))
-              $"Adam: grid {at fig3 fig3.Finetune fig3.A:F4} vs measured {adam[Measure.TaskLoss]:F4}; MoFO: grid {at fig3 fig3.Finetune fig3.B:F4} vs {mofo[Measure.TaskLoss]:F4} (held-out subset of {heldOut})" ]
+          Results.check "the plane passes through the trained models (losses at their coordinates equal the models' own, within 1e-4 relative)"
+              (rel (fst fig3.AtA) (fst directAdam) <= 1e-4 && rel (fst fig3.AtB) (fst directMofo) <= 1e-4 && rel (snd fig3.AtB) (snd directMofo) <= 1e-4)
+              $"fine-tune loss on the {heldOut}-example subset: Adam {fst fig3.AtA:F5} in the plane vs {fst directAdam:F5} loaded; MoFO {fst fig3.AtB:F5} vs {fst directMofo:F5}; MoFO's pretrain proxy {snd fig3.AtB:F5} vs {snd directMofo:F5}" ]
     let chart =
         Chart.Grid(2, 2, SubPlotTitles = [ "Figure 1(a): fine-tuning loss"; "Figure 1(b): pretraining loss (proxy)"; "Figure 3(a): fine-tuning loss"; "Figure 3(b): pretraining loss (proxy)" ])
             [ contour fig1 fig1.Finetune "fine-tune" "Adam" "Lion"

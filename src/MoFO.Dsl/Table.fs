@@ -128,10 +128,11 @@ module Claims =
     let private pct (x: float) = (100.0 * x).ToString("0.#", Globalization.CultureInfo.InvariantCulture) + " %"
     let private f4 (x: float) = x.ToString("0.####", Globalization.CultureInfo.InvariantCulture)
 
-    /// `a` moved a small fraction of `b`'s distance from the base (the paper: MoFO ≈ 20 % of Adam's).
+    /// `a` moved at most `atMost` of `b`'s distance from the base (the paper: MoFO ≈ 20 % of Adam's).
     let distanceFraction (a: Run) (b: Run) (atMost: float) =
         let da, db = a[Measure.Distance], b[Measure.Distance]
-        Results.check $"{a.Label} ends closer to the pretrained model than {b.Label} (at most {pct atMost} of its distance; the paper: ≈ 20 %%)"
+        let paper = match a.Method with Some (Method.MoFO _) -> "; the paper: MoFO ≈ 20 % of Adam's" | _ -> ""
+        Results.check $"{a.Label} ends closer to the pretrained model than {b.Label} (at most {pct atMost} of its distance{paper})"
             (da / db <= atMost)
             $"L2 from base: {a.Label} {f4 da}, {b.Label} {f4 db} ({pct (da / db)})"
 

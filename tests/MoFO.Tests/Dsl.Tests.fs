@@ -44,15 +44,21 @@ let tests =
             Expect.equal (Frontier.interpolate curve 3.5) None "right of the range"
         }
 
+        test "Dsl.Frontier.pareto: keeps the points no other point beats on both loss and forgetting, sorted by loss" {
+            let pts = [ 1.8, 2.0; 1.7, 0.6; 1.77, 4.9; 1.9, 0.3; 2.0, 0.5 ]
+            Expect.equal (Frontier.pareto pts) [ 1.7, 0.6; 1.9, 0.3 ] "(1.77, 4.9), (1.8, 2.0) and (2.0, 0.5) are dominated"
+            Expect.equal (Frontier.pareto [ 1.0, nan; 2.0, 1.0 ]) [ 2.0, 1.0 ] "a diverged point is not on the frontier"
+        }
+
         test "Dsl.Frontier.advantage: the mean gap over the overlap of the ranges; None without overlap" {
-            let reference = [ 1.0, 2.0; 3.0, 4.0 ]      // y = x + 1
-            let curve = [ 2.0, 1.0; 4.0, 1.0 ]          // y = 1
+            let reference = [ 1.0, 4.0; 3.0, 2.0 ]      // y = 5 − x
+            let curve = [ 2.0, 1.0; 4.0, 0.5 ]          // y = 1.5 − x/4
             match Frontier.advantage reference curve 3 with
             | Some (d, r, (lo, hi)) ->
                 Expect.equal (lo, hi) (2.0, 3.0) "overlap [2, 3]"
-                // reference at 2, 2.5, 3: 3, 3.5, 4 → gaps 2, 2.5, 3 → mean 2.5; the reference's mean forgetting 3.5
-                Expect.floatClose Accuracy.high d 2.5 "mean gap"
-                Expect.floatClose Accuracy.high r 3.5 "reference's mean"
+                // reference at 2, 2.5, 3: 3, 2.5, 2; curve: 1, 0.875, 0.75 → gaps 2, 1.625, 1.25 → mean 1.625; reference mean 2.5
+                Expect.floatClose Accuracy.high d 1.625 "mean gap"
+                Expect.floatClose Accuracy.high r 2.5 "reference's mean"
             | None -> failtest "the ranges overlap"
             Expect.isNone (Frontier.advantage reference [ 5.0, 1.0; 6.0, 1.0 ] 3) "disjoint ranges"
         }
@@ -63,6 +69,7 @@ let tests =
                 [ for s, off in [ 0, 0.0; 1, 0.2 ] do
                     yield p Method.FullFT s 1.0 1.0 (3.0 + off)
                     yield p Method.FullFT s 2.0 2.0 (1.0 + off)
+                    yield p Method.FullFT s 3.0 1.5 (5.0 + off)      // dominated: off the frontier
                     yield p (Method.MoFO 0.15) s 1.0 1.0 (2.0 + off)
                     yield p (Method.MoFO 0.15) s 2.0 2.0 (0.5 + off) ]
             let m = Frontier.matched Method.FullFT pts (Method.MoFO 0.15)
@@ -171,6 +178,17 @@ let tests =
                     Expect.equal r.Train.Value.Steps 6 "finished all steps"
                     weights r.Dir)
             Expect.isTrue (straight = resumed) "bit-identical weights after resume"
+        }
+
+        testSequenced <| test "Dsl.Experiment.baseline: the base model's task measures are cached per task, not shared between tasks" {
+            requireAsset MoFO.DataRoot.Assets.Stories260K |> ignore
+            let e = smokeExperiment 3 [ Measure.TaskLoss ]
+            withCache (fun _ ->
+                let dpr = Experiment.baseline e
+                let math = Experiment.baseline { e with Data = Dataset.MetaMathQA None }
+                let dprAgain = Experiment.baseline e
+                Expect.notEqual math[Measure.TaskLoss] dpr[Measure.TaskLoss] "two tasks, two held-out losses"
+                Expect.equal dprAgain[Measure.TaskLoss] dpr[Measure.TaskLoss] "the cache returns each task's own")
         }
 
         testSequenced <| test "Dsl.Experiment.runAll: parallel points equal sequential ones" {
