@@ -26,6 +26,11 @@ type Surface =
       AtA: float * float
       AtB: float * float }
 
+/// t · x with an explicit Scalar held for the call (TorchSharp may finalize an implicit one mid-call).
+let private scaled (t: torch.Tensor) (x: float) =
+    use s = x.ToScalar()
+    t.mul(s)
+
 /// Measures the plane on an n × n grid with a margin of `margin` times the larger distance around the three points.
 let compute (basePath: string) (aPath: string) (bPath: string) (task: TaskData) (samples: Collections.Generic.IReadOnlyList<string>) (n: int) (margin: float) =
     use model = ModelLoader.Load(basePath)
@@ -42,11 +47,11 @@ let compute (basePath: string) (aPath: string) (bPath: string) (task: TaskData) 
     let normA = sqrt (dot da da)
     let normB = sqrt (dot db db)
     if normA = 0.0 then raise (ArgumentException $"{aPath}: the model equals the base model; the plane is undefined")
-    let e1 = da |> Array.map (fun t -> t / normA)
+    let e1 = da |> Array.map (fun t -> scaled t (1.0 / normA))
     let bx = dot db e1
-    let rest = Array.map2 (fun (t: torch.Tensor) (u: torch.Tensor) -> t - u * bx) db e1
+    let rest = Array.map2 (fun (t: torch.Tensor) (u: torch.Tensor) -> t - scaled u bx) db e1
     let by = sqrt (max 0.0 (dot rest rest))
-    let e2 = if by > 1e-12 then rest |> Array.map (fun t -> t / by) else rest |> Array.map (fun t -> torch.zeros_like t)
+    let e2 = if by > 1e-12 then rest |> Array.map (fun t -> scaled t (1.0 / by)) else rest |> Array.map (fun t -> torch.zeros_like t)
     let r = max normA normB
     let x0, x1 = (min 0.0 bx) - margin * r, (max normA bx) + margin * r
     let y0, y1 = (min 0.0 by) - margin * r, (max 0.0 by) + margin * r
@@ -54,7 +59,8 @@ let compute (basePath: string) (aPath: string) (bPath: string) (task: TaskData) 
     let xs, ys = axis x0 x1, axis y0 y1
     let set (x: float) (y: float) =
         ps |> Array.iteri (fun i struct (_, p) ->
-            use v = (origin[i].to_type(torch.ScalarType.Float64) + e1[i] * x + e2[i] * y).to_type(p.dtype)
+            use scope = torch.NewDisposeScope()
+            let v = (origin[i].to_type(torch.ScalarType.Float64) + scaled e1[i] x + scaled e2[i] y).to_type(p.dtype)
             p.copy_(v) |> ignore)
     let total = n * n + 3
     use progress = new MoFO.ConsoleProgress("landscape", int64 total, "points")

@@ -177,7 +177,7 @@ public sealed class Trainer
                 using var scope = NewDisposeScope();
                 using var b = Tokenized.Pad(batch.Skip(m).Take(_o.MicroBatch).ToList(), pad);
                 var (sum, _) = LossSum(_lm, b);
-                (sum / tokens).backward();
+                using (Scalar denominator = ((double)tokens).ToScalar()) (sum / denominator).backward();
                 lossSum += sum.item<float>();
             }
             foreach (var term in terms)
@@ -272,10 +272,13 @@ public sealed class Trainer
     static void ScaleGrads(CausalLMModule module, double factor)
     {
         using var _ = no_grad();
+        // An explicit Scalar held for the whole call: TorchSharp may finalize an implicit one (double → Scalar) while
+        // the native call still reads it (seen as "toDouble" check failures when trainings run on several threads).
+        using Scalar s = factor.ToScalar();
         foreach (var p in module.parameters())
         {
             using var g = p.grad;
-            g?.mul_(factor);
+            g?.mul_(s);
         }
     }
 
