@@ -120,10 +120,11 @@ public sealed record ParameterDistance(double L2, double BaseNorm, IReadOnlyDict
                 throw new ArgumentException($"tensor {name}: shape [{string.Join(",", a.shape)}] in {baseName} but [{string.Join(",", b.shape)}] in {otherName}");
             using var scope = torch.NewDisposeScope();
             var a64 = a.to(torch.float64);
-            var d = (b.to(torch.float64).to(a.device) - a64).pow(2).sum().item<double>();
+            var diff = b.to(torch.float64).to(a.device) - a64;
+            var d = (diff * diff).sum().item<double>();
             per[name] = Math.Sqrt(d);
             total += d;
-            norm += a64.pow(2).sum().item<double>();
+            norm += (a64 * a64).sum().item<double>();
         }
         return new ParameterDistance(Math.Sqrt(total), Math.Sqrt(norm), per);
     }

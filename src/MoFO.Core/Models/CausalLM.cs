@@ -233,8 +233,8 @@ public sealed class CausalLM : ILanguageModel, IDisposable
         for (var i = 0; i < b; i++) for (var j = len; j < len + maxNew; j++) maskData[i * (len + maxNew) + j] = 1;
         var fullMask = torch.tensor(maskData, [b, len + maxNew], device: Module.Device);
         var input = torch.tensor(ids, [b, len], device: Module.Device);
-        var positions = (fullMask.narrow(1, 0, len).cumsum(1) - 1).clamp_min(0);
-        var nextPos = positions.narrow(1, len - 1, 1) + 1;
+        var positions = fullMask.narrow(1, 0, len).cumsum(1).sub(Scalars.OneL).clamp_min(Scalars.ZeroL);
+        var nextPos = positions.narrow(1, len - 1, 1).add(Scalars.OneL);
 
         for (var step = 0; step < maxNew; step++)
         {
@@ -258,7 +258,7 @@ public sealed class CausalLM : ILanguageModel, IDisposable
             input.Dispose();
             input = torch.tensor(feed, [b, 1], device: Module.Device);
             positions = nextPos.clone();
-            nextPos.add_(1);
+            nextPos.add_(Scalars.OneL);
         }
         return outputs;
     }
@@ -266,12 +266,13 @@ public sealed class CausalLM : ILanguageModel, IDisposable
     static Tensor Choose(Tensor logits, GenerationOptions o, Generator g)
     {
         if (o.Temperature == 0) return logits.argmax(-1);
-        var probs = (logits / o.Temperature).softmax(-1);
+        using Scalar temperature = o.Temperature, topP = o.TopP;
+        var probs = logits.div(temperature).softmax(-1);
         if (o.TopP < 1.0)
         {
             var (sorted, index) = probs.sort(-1, descending: true);
             var before = sorted.cumsum(-1) - sorted;              // mass of the tokens ranked above each token
-            sorted = sorted.masked_fill(before.ge(o.TopP), 0.0);  // keep tokens while the mass above them is below top_p (the first always)
+            sorted = sorted.masked_fill(before.ge(topP), Scalars.Zero);  // keep tokens while the mass above them is below top_p (the first always)
             probs = torch.zeros_like(probs).scatter(-1, index, sorted);
         }
         return probs.multinomial(1, false, g).squeeze(-1);

@@ -82,10 +82,11 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
         var t = inputIds.shape[1];
         if (attentionMask is not null)
         {
-            var pos = attentionMask.to(ScalarType.Int64).cumsum(1) - 1;
-            return pos.clamp_min(0).narrow(1, attentionMask.shape[1] - t, t);
+            var pos = attentionMask.to(ScalarType.Int64).cumsum(1).sub(Scalars.OneL);
+            return pos.clamp_min(Scalars.ZeroL).narrow(1, attentionMask.shape[1] - t, t);
         }
-        return torch.arange(past, past + t, dtype: ScalarType.Int64, device: inputIds.device).unsqueeze(0).expand(inputIds.shape[0], t);
+        using Scalar from = past, to = past + t;
+        return torch.arange(from, to, dtype: ScalarType.Int64, device: inputIds.device).unsqueeze(0).expand(inputIds.shape[0], t);
     }
 
     /// <summary>The boolean attention mask [B or 1, 1, T, past + T]: causal, restricted to real keys; a padded query
@@ -95,8 +96,9 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
     {
         var total = past + t;
         if (attentionMask is null && (t == 1 || past == 0)) return null;
-        var q = torch.arange(past, total, dtype: ScalarType.Int64, device: device).unsqueeze(1);
-        var k = torch.arange(0, total, dtype: ScalarType.Int64, device: device).unsqueeze(0);
+        using Scalar from = past, to = total;
+        var q = torch.arange(from, to, dtype: ScalarType.Int64, device: device).unsqueeze(1);
+        var k = torch.arange(Scalars.ZeroL, to, dtype: ScalarType.Int64, device: device).unsqueeze(0);
         var causal = k.le(q);
         if (attentionMask is null) return causal.unsqueeze(0).unsqueeze(0);
         if (attentionMask.shape[1] != total)

@@ -48,7 +48,8 @@ public sealed class GPTNeoXMLP : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    static Tensor GeluTanh(Tensor x) => 0.5 * x * (1.0 + (Math.Sqrt(2.0 / Math.PI) * (x + 0.044715 * x.pow(3))).tanh());
+    static readonly Scalar Half = 0.5.ToScalar(), Cubic = 0.044715.ToScalar(), Root2OverPi = Math.Sqrt(2.0 / Math.PI).ToScalar();
+    static Tensor GeluTanh(Tensor x) => x.mul(Half) * (x + (x * x * x).mul(Cubic)).mul(Root2OverPi).tanh().add(Scalars.One);
 
     public override Tensor forward(Tensor x)
     {

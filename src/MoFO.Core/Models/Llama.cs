@@ -10,18 +10,20 @@ public sealed class LlamaRMSNorm : nn.Module<Tensor, Tensor>
 {
     readonly Parameter weight;
     readonly double eps;
+    readonly Scalar epsScalar;
 
     public LlamaRMSNorm(long dim, double eps) : base(nameof(LlamaRMSNorm))
     {
         weight = new Parameter(torch.ones(dim));
         this.eps = eps;
+        epsScalar = eps.ToScalar();   // held by the module: never a temporary (see Scalars)
         RegisterComponents();
     }
 
     public override Tensor forward(Tensor x)
     {
         var x32 = x.to(ScalarType.Float32);
-        var normed = x32 * (x32.pow(2).mean([-1L], keepdim: true) + eps).rsqrt();
+        var normed = x32 * (x32 * x32).mean([-1L], keepdim: true).add(epsScalar).rsqrt();
         return weight * normed.to(x.dtype);
     }
 }

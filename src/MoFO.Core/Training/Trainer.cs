@@ -264,7 +264,8 @@ public sealed class Trainer
             using var g = p.grad;
             if (g is null) continue;
             using var scope = NewDisposeScope();
-            sq += g.to(ScalarType.Float64).pow(2).sum().item<double>();
+            var g64 = g.to(ScalarType.Float64);
+            sq += (g64 * g64).sum().item<double>();
         }
         return Math.Sqrt(sq);
     }
