@@ -421,6 +421,18 @@ module Experiment =
 
     let private printLock = obj ()
 
+    /// Runs one point, retrying (up to three times) after a native libtorch error. TorchSharp 0.107 can hand libtorch
+    /// a Scalar whose memory was already released when several threads allocate (a "Scalar.h" check fails); the point's
+    /// run is checkpointed and resumes bit-identically, so a retry gives the same result as an uninterrupted run.
+    let private withRetry (label: string) (f: unit -> 'b) =
+        let rec attempt n =
+            try f ()
+            with :? Runtime.InteropServices.ExternalException as ex when n < 3 ->
+                let first = ex.Message.Split('\n')[0]
+                lock printLock (fun () -> eprintfn "native error in %s (%s); retrying from its checkpoint (attempt %d of 3)" label first (n + 1))
+                attempt (n + 1)
+        attempt 1
+
     /// Maps `f` over `xs` on `par` threads (each torch call with one intra-op thread; progress bars off), printing a
     /// line per finished item; the first failure stops the others after their current item and is re-raised.
     let parallelMap (par: int) (label: 'a -> string) (f: bool -> 'a -> 'b) (xs: 'a list) : 'b list =
@@ -428,7 +440,7 @@ module Experiment =
         if par <= 1 || items.Length <= 1 then
             items |> Array.mapi (fun i x ->
                 eprintfn "[%d/%d] %s" (i + 1) items.Length (label x)
-                f true x) |> Array.toList
+                withRetry (label x) (fun () -> f true x)) |> Array.toList
         else
             let results = Array.zeroCreate items.Length
             let errors = Collections.Concurrent.ConcurrentQueue<exn>()
@@ -446,7 +458,7 @@ module Experiment =
                     if i >= items.Length || not errors.IsEmpty then go <- false
                     else
                         try
-                            results[i] <- f false items[i]
+                            results[i] <- withRetry (label items[i]) (fun () -> f false items[i])
                             let d = Interlocked.Increment finished
                             lock printLock (fun () -> eprintfn "[%d/%d, %.0f s] done: %s" d items.Length clock.Elapsed.TotalSeconds (label items[i]))
                         with ex -> errors.Enqueue ex
