@@ -32,7 +32,7 @@ let table =
 
 let full = List.last runs
 let checks =
-    [ Claims.trend "larger α moves farther from the pretrained model" Measure.Distance true (List.zip [ 0.05; 0.15; 0.5; 1.0 ] runs)
-      for r in runs |> List.take 3 -> Claims.forgetsLess Measure.PretrainProxy baseline r full ]
+    Claims.trend "larger α moves farther from the pretrained model" Measure.Distance true (List.zip [ 0.05; 0.15; 0.5; 1.0 ] runs)
+    :: [ for r in runs |> List.take 3 -> Claims.forgetsLess Measure.PretrainProxy baseline r full ]
 
 exit (Study.finish c "ablation-alpha" [ table ] None checks [ Study.trainingNote runs ] (Table.deltaChart table))
