@@ -16,4 +16,5 @@ public static class Scalars
     public static readonly Scalar Zero = 0.0.ToScalar();
     public static readonly Scalar One = 1.0.ToScalar();
     public static readonly Scalar Two = 2.0.ToScalar();
+    public static readonly Scalar True = true.ToScalar();
 }

@@ -326,7 +326,7 @@ public abstract class BlockOptimizer : IDisposable
     protected static void MarkTouched(Block b, Tensor? mask)
     {
         if (b.Touched is null) return;
-        if (mask is null) b.Touched.fill_(1);
+        if (mask is null) b.Touched.fill_(Scalars.OneL);
         else b.Touched.bitwise_or_(mask.to(ScalarType.Byte).view(b.Touched.shape));
     }
 

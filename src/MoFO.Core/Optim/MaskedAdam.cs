@@ -97,7 +97,7 @@ public static class AdamOps
         if (k > 0)
         {
             var (_, idx) = flat.sort(dim: 0, descending: true, stable: true);
-            mask.index_fill_(0, idx.narrow(0, 0, k), true);
+            mask.index_fill_(0, idx.narrow(0, 0, k), Scalars.True);
         }
         return mask.view(x.shape).MoveToOuterDisposeScope();
     }
@@ -136,7 +136,7 @@ public static class AdamOps
         p.addcdiv_(num, denom, value: ns);
         if (touched is not null)
         {
-            if (mask is null) touched.fill_(1);
+            if (mask is null) touched.fill_(Scalars.OneL);
             else touched.bitwise_or_(mask.to(ScalarType.Byte));
         }
         return mask is null ? p.numel() : k;

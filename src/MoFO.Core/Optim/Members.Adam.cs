@@ -104,7 +104,7 @@ public sealed class RandomizedBCD : MaskedAdam
     {
         var perm = randperm(block.Numel, generator: _gen);
         var mask = zeros(block.Numel, ScalarType.Bool);
-        mask.index_fill_(0, perm.narrow(0, 0, k), true);
+        mask.index_fill_(0, perm.narrow(0, 0, k), Scalars.True);
         return mask.to(block.Parameter.device);
     }
 
