@@ -220,9 +220,7 @@ let distance (model: CausalLM) (baseModel: CausalLM) =
 /// The fine-tuning task's held-out examples and, where the task has one, its multiple-choice form.
 type TaskData = { Name: string; HeldOut: TrainingExample list; Choices: McItem list option; MaxLength: int }
 
-let taskFit (model: CausalLM) (task: TaskData) =
-    let f = TaskMetrics.Fit(model, ResizeArray task.HeldOut, task.MaxLength)
-    f
+let taskFit (model: CausalLM) (task: TaskData) = TaskMetrics.Fit(model, ResizeArray task.HeldOut, task.MaxLength)
 
 /// What the measures of one model need besides the model: the base model (loaded on first use), the task, the settings.
 type Context =
@@ -233,14 +231,17 @@ type Context =
 let private samplesOf (ctx: Context) =
     baseSamples ctx.Base.Value ctx.Settings.Samples ctx.Settings.SampleTokens ctx.Settings.Seed ctx.Settings.Cache
 
-/// Runs one measure on a model.
-let measure (ctx: Context) (model: CausalLM) (m: Measure) : Outcome =
+/// The context's task under the settings' TaskLimit; `m` names the measure that needs it in the error.
+let private taskOf (ctx: Context) (m: Measure) =
+    let t = ctx.Task |> Option.defaultWith (fun () -> raise (ArgumentException $"the measure {m.Name} needs the fine-tuning task's held-out data"))
+    match ctx.Settings.TaskLimit with
+    | Some n -> { t with HeldOut = List.truncate n t.HeldOut; Choices = t.Choices |> Option.map (List.truncate n) }
+    | None -> t
+
+/// One measure, with the held-out task fit (TaskLoss, TaskTokenAccuracy) read from `fit`.
+let private measureWith (fit: Lazy<TaskFit>) (ctx: Context) (model: CausalLM) (m: Measure) : Outcome =
     let s = ctx.Settings
-    let task () =
-        let t = ctx.Task |> Option.defaultWith (fun () -> raise (ArgumentException $"the measure {m.Name} needs the fine-tuning task's held-out data"))
-        match s.TaskLimit with
-        | Some n -> { t with HeldOut = List.truncate n t.HeldOut; Choices = t.Choices |> Option.map (List.truncate n) }
-        | None -> t
+    let task () = taskOf ctx m
     match m with
     | Measure.Mmlu -> mmlu model (Path.GetDirectoryName(DataRoot.Require DataRoot.Assets.MmluTest)) 0 s.MmluPerSubject
     | Measure.ArcEasy -> multipleChoice model "arc-easy" (Arc.Read(DataRoot.Require DataRoot.Assets.ArcEasy) |> take s.ArcLimit) 0 (int s.Seed)
@@ -258,17 +259,37 @@ let measure (ctx: Context) (model: CausalLM) (m: Measure) : Outcome =
     | Measure.GreedyIntact -> greedyIntact model ctx.Base.Value (samplesOf ctx) s.IntactPrompts s.IntactTokens
     | Measure.Distance -> distance model ctx.Base.Value
     | Measure.TaskLoss ->
-        let f = taskFit model (task ())
+        let f = fit.Value
         { Value = f.MeanTokenNll; Metrics = [ "task_loss", f.MeanTokenNll; "task_token_acc", f.TokenAccuracy; "tokens", float f.Tokens ]; Count = f.Examples; Items = null }
     | Measure.TaskTokenAccuracy ->
-        let f = taskFit model (task ())
+        let f = fit.Value
         { Value = f.TokenAccuracy; Metrics = [ "task_token_acc", f.TokenAccuracy; "task_loss", f.MeanTokenNll; "tokens", float f.Tokens ]; Count = f.Examples; Items = null }
     | Measure.TaskAccuracy ->
         match (task ()).Choices with
         | Some items -> multipleChoice model "task" items 0 (int s.Seed) |> fun o -> { o with Value = (o.Metrics |> List.find (fun (k, _) -> k = "acc") |> snd) }
         | None ->
-            let f = taskFit model (task ())
+            let f = fit.Value
             { Value = f.TokenAccuracy; Metrics = [ "task_token_acc", f.TokenAccuracy ]; Count = f.Examples; Items = null }
+
+/// The held-out task fit of a model, computed on first use.
+let private lazyFit (ctx: Context) (model: CausalLM) (m: Measure) = lazy (taskFit model (taskOf ctx m))
+
+/// Runs one measure on a model.
+let measure (ctx: Context) (model: CausalLM) (m: Measure) : Outcome = measureWith (lazyFit ctx model m) ctx model m
+
+/// Runs several measures on one model, in order (lazily: each is computed when the sequence reaches it); the held-out
+/// task fit that TaskLoss, TaskTokenAccuracy and a choice-less TaskAccuracy share is computed once.
+let measureAll (ctx: Context) (model: CausalLM) (ms: seq<Measure>) : seq<Measure * Outcome> =
+    let shared = ref None
+    ms |> Seq.map (fun m ->
+        let fit =
+            match shared.Value with
+            | Some f -> f
+            | None ->
+                let f = lazyFit ctx model m
+                if m = Measure.TaskLoss || m = Measure.TaskTokenAccuracy || m = Measure.TaskAccuracy then shared.Value <- Some f
+                f
+        m, measureWith fit ctx model m)
 
 /// The `mofo eval` command line that computes the same number (for reports).
 let command (modelPath: string) (basePath: string) (s: Settings) (m: Measure) =

@@ -325,10 +325,9 @@ module Experiment =
                 let baseModel = lazy (if modelPath = basePath then model else ModelLoader.Load(basePath, null, device))
                 try
                     let ctx = { Base = baseModel; Task = task; Settings = settings }
-                    [ for m in todo ->
-                        let v = (measure ctx model m).Value
-                        writeEval dir key (keyOf m) v
-                        keyOf m, v ]
+                    [ for m, outcome in measureAll ctx model todo ->
+                        writeEval dir key (keyOf m) outcome.Value
+                        keyOf m, outcome.Value ]
                 finally
                     if baseModel.IsValueCreated && not (obj.ReferenceEquals(baseModel.Value, model)) then baseModel.Value.Dispose()
         let all = Seq.append (Map.toSeq cached) fresh |> Map.ofSeq
@@ -395,20 +394,21 @@ module Experiment =
           Values = e.Measures |> List.map (fun m -> m, nan) |> Map.ofList; Train = None; Seed = e.Seed }
 
     let runWith (showProgress: bool) (e: Experiment) : Run =
-      let marker = Path.Combine(runDir e, "diverged.txt")
-      if File.Exists marker then divergedRun e (runDir e)
-      else
-       match (try Ok (train e showProgress) with :? TrainingDivergedException as ex -> Error ex.Message) with
-       | Error message ->
-        eprintfn "%s: diverged (%s); its values are NaN" (runDir e) message
-        AtomicFile.WriteAllText(marker, message)
-        divergedRun e (runDir e)
-       | Ok (dir, info) ->
-        let _, task = load e.Data e.Recipe.MaxLength
-        let modelPath = Path.Combine(dir, "model")
-        let values = evaluate dir modelPath e.Model.Path (device e.Scale) (Some task) e.Settings e.Measures
-        { Label = e.Method.Label; Method = Some e.Method; ModelPath = modelPath; BasePath = e.Model.Path; Dir = dir; Values = values
-          Train = Some info; Seed = e.Seed }
+        let dir = runDir e
+        let marker = Path.Combine(dir, "diverged.txt")
+        if File.Exists marker then divergedRun e dir
+        else
+            match (try Ok (train e showProgress) with :? TrainingDivergedException as ex -> Error ex.Message) with
+            | Error message ->
+                eprintfn "%s: diverged (%s); its values are NaN" dir message
+                AtomicFile.WriteAllText(marker, message)
+                divergedRun e dir
+            | Ok (dir, info) ->
+                let _, task = load e.Data e.Recipe.MaxLength
+                let modelPath = Path.Combine(dir, "model")
+                let values = evaluate dir modelPath e.Model.Path (device e.Scale) (Some task) e.Settings e.Measures
+                { Label = e.Method.Label; Method = Some e.Method; ModelPath = modelPath; BasePath = e.Model.Path; Dir = dir; Values = values
+                  Train = Some info; Seed = e.Seed }
 
     let run (e: Experiment) = runWith true e
 

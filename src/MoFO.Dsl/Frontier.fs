@@ -51,17 +51,17 @@ let pareto (points: (float * float) list) =
 /// `n` evenly spaced x in the overlap of the x ranges of their frontiers (`pareto`, linearly interpolated; positive =
 /// forgets less); None when the ranges do not overlap.
 let advantage (reference: (float * float) list) (curve: (float * float) list) (n: int) =
-    let reference, curve = pareto reference, pareto curve
-    let range (c: (float * float) list) = (c |> List.map fst |> List.min), (c |> List.map fst |> List.max)
-    let lo1, hi1 = range reference
-    let lo2, hi2 = range curve
-    let lo, hi = max lo1 lo2, min hi1 hi2
-    if lo > hi then None
-    else
-        let xs = if n <= 1 || lo = hi then [ lo ] else [ for i in 0 .. n - 1 -> lo + (hi - lo) * float i / float (n - 1) ]
-        let ds = xs |> List.choose (fun x -> match interpolate reference x, interpolate curve x with Some a, Some b -> Some (a - b, a) | _ -> None)
-        if ds.IsEmpty then None
-        else Some (ds |> List.averageBy fst, ds |> List.averageBy snd, (lo, hi))
+    match pareto reference, pareto curve with
+    | [], _ | _, [] -> None
+    | reference, curve ->
+        // the frontiers are sorted by x: their ranges run from the first point to the last
+        let lo, hi = max (fst reference.Head) (fst curve.Head), min (fst (List.last reference)) (fst (List.last curve))
+        if lo > hi then None
+        else
+            let xs = if n <= 1 || lo = hi then [ lo ] else [ for i in 0 .. n - 1 -> lo + (hi - lo) * float i / float (n - 1) ]
+            let ds = xs |> List.choose (fun x -> match interpolate reference x, interpolate curve x with Some a, Some b -> Some (a - b, a) | _ -> None)
+            if ds.IsEmpty then None
+            else Some (ds |> List.averageBy fst, ds |> List.averageBy snd, (lo, hi))
 
 /// The matched-loss comparison of one method with the reference, per seed and over seeds.
 type Matched =
@@ -77,11 +77,8 @@ type Matched =
 
 let matched (reference: Method) (points: Point list) (m: Method) =
     let seeds = points |> List.map (fun p -> p.Seed) |> List.distinct |> List.sort
-    // a diverged point (NaN) is not on the frontier
-    let curve meth seed =
-        points |> List.filter (fun p -> p.Method = meth && p.Seed = seed && Double.IsFinite p.Learn && Double.IsFinite p.Forget)
-        |> List.map (fun p -> p.Learn, p.Forget)
-    let per = [ for s in seeds -> s, (match curve reference s, curve m s with [], _ | _, [] -> None | r, c -> advantage r c 9) ]
+    let curve meth seed = points |> List.filter (fun p -> p.Method = meth && p.Seed = seed) |> List.map (fun p -> p.Learn, p.Forget)
+    let per = [ for s in seeds -> s, advantage (curve reference s) (curve m s) 9 ]
     let vals = per |> List.choose (fun (_, a) -> a |> Option.map (fun (d, _, _) -> d))
     let refs = per |> List.choose (fun (_, a) -> a |> Option.map (fun (_, r, _) -> r))
     let mean = if vals.IsEmpty then nan else List.average vals

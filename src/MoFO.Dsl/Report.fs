@@ -350,12 +350,13 @@ let forgettingWith (o: Options) (basePath: string) (fineTunedPath: string) (task
     let ms = measures suite task settings
     preflight ms settings
     let ctx: Context = { Base = lazy baseModel; Task = task; Settings = settings }
-    let run (who: string) (model: CausalLM) (m: Measure) =
-        eprintfn "report: %s on the %s model ..." m.Name who
-        Evals.measure ctx model m
-    let onBase = ms |> List.filter (fun m -> m <> Measure.Distance) |> List.map (fun m -> m, run "base" baseModel m) |> dict
+    let run (who: string) (model: CausalLM) (ms: Measure list) =
+        ms |> Seq.map (fun m -> eprintfn "report: %s on the %s model ..." m.Name who; m)
+        |> Evals.measureAll ctx model
+        |> Seq.toList
+    let onBase = run "base" baseModel (ms |> List.filter (fun m -> m <> Measure.Distance)) |> dict
     use tuned = ModelLoader.Load(fineTunedPath, null, device)
-    let onTuned = ms |> List.map (fun m -> m, run "fine-tuned" tuned m)
+    let onTuned = run "fine-tuned" tuned ms
     let rows =
         [ for m, t in onTuned ->
             let b = match onBase.TryGetValue m with | true, x -> Some x | _ -> None
