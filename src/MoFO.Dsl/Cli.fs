@@ -47,13 +47,12 @@ type MofoArgs =
 
 let parser = ArgumentParser.Create<MofoArgs>(programName = "mofo")
 
-/// Parses and runs one command line; returns the exit code. `--help` prints usage (exit 0); a wrong flag or a missing
-/// subcommand prints the error and the usage to stderr (exit 2).
+/// The usage of `mofo repro`: every reproduction by name.
 let reproUsage () =
     let lines = MoFO.Dsl.Repro.All.studies |> List.map (fun (n, w, _) -> $"  {n,-18} {w}")
     "USAGE: mofo repro <name> [--scale tiny|paper] [--seed N] [--config FILE] [--strict] [--smoke] [--out DIR]\n\n"
     + "Runs a reproduction of the MoFO paper (the same pipelines as paper-repro/<name>.fsx) and writes results/<name>.{json,md,html}.\n\n"
-    + String.concat "\n" lines + "\n  all                every reproduction above, then results/index.html\n"
+    + String.concat "\n" lines + "\n  all                every reproduction above but the frontier, then results/index.html\n"
 
 /// `mofo repro <name> …`: handled before Argu so that the reproduction's own flags pass through.
 let private repro (rest: string[]) =
@@ -64,6 +63,8 @@ let private repro (rest: string[]) =
     | name :: args when List.contains name MoFO.Dsl.Repro.All.names -> MoFO.Dsl.Repro.All.run name (Array.ofList args)
     | name :: _ -> eprintfn "mofo repro: unknown reproduction '%s'\n\n%s" name (reproUsage ()); 2
 
+/// Parses and runs one command line; returns the exit code. `--help` prints usage (exit 0); a wrong flag or a missing
+/// subcommand prints the error and the usage to stderr (exit 2).
 let run (argv: string[]) =
   let dataRoot, argv' =
       // a leading --data-root/-d applies to repro too
