@@ -1,5 +1,6 @@
 // Load the real stories260K model from the data root and continue a prompt greedily.
 //   dotnet fsi scripts/generate.fsx ["Once upon a time"]
+#load "Build.fsx"
 #load "MoFO.fsx"
 
 open MoFO

@@ -1,5 +1,6 @@
 // A first script: reference the built assemblies, start the native runtime, run a backward pass, print the gradient.
-// Build first (./mofo info builds Release), then:  dotnet fsi scripts/gradient.fsx
+//   dotnet fsi scripts/gradient.fsx     (Build.fsx builds MoFO.NET in Release on first use)
+#load "Build.fsx"
 #r "../src/MoFO.Dsl/bin/Release/net10.0/TorchSharp.dll"
 #r "../src/MoFO.Dsl/bin/Release/net10.0/MoFO.Core.dll"
 #r "../src/MoFO.Dsl/bin/Release/net10.0/MoFO.Dsl.dll"

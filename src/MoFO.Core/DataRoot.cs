@@ -8,7 +8,11 @@ public sealed record Asset(string RelativePath, string Description)
 }
 
 /// <summary>Raised when a real asset is missing under the data root; its message is one line that says what to do.</summary>
-public sealed class MissingAssetException(string message) : FileNotFoundException(message);
+public sealed class MissingAssetException(string message, string? remedy = null) : FileNotFoundException(message), IRemedy
+{
+    /// <summary>The option that would point to the asset (e.g. <c>DataRoot</c>, <c>tokenizerPath</c>), or null.</summary>
+    public string? Remedy { get; } = remedy;
+}
 
 /// <summary>
 /// The one configurable root of the real models, tokenizers and datasets. Resolution order: <see cref="Override"/>
@@ -20,17 +24,17 @@ public static class DataRoot
 {
     public const string EnvironmentVariable = "MOFO_DATA";
 
-    /// <summary>Set by a command-line flag; takes precedence over the environment.</summary>
+    /// <summary>Set by the caller (the CLI's data-root flag); takes precedence over the environment.</summary>
     public static string? Override { get; set; }
 
     public static string Path => Resolve().Path;
 
-    /// <summary>Where the root came from: "--data-root", "MOFO_DATA" or "default (../shared/data beside the repository)".</summary>
+    /// <summary>Where the root came from: "DataRoot.Override", "MOFO_DATA" or "default (../shared/data beside the repository)".</summary>
     public static string Source => Resolve().Source;
 
     static (string Path, string Source) Resolve()
     {
-        if (!string.IsNullOrWhiteSpace(Override)) return (System.IO.Path.GetFullPath(Override), "--data-root");
+        if (!string.IsNullOrWhiteSpace(Override)) return (System.IO.Path.GetFullPath(Override), "DataRoot.Override");
         var env = Environment.GetEnvironmentVariable(EnvironmentVariable);
         if (!string.IsNullOrWhiteSpace(env)) return (System.IO.Path.GetFullPath(env), EnvironmentVariable);
         var repo = RepositoryRoot();
@@ -56,13 +60,13 @@ public static class DataRoot
     {
         var full = System.IO.Path.Combine(Path, relativePath);
         if (File.Exists(full) || Directory.Exists(full)) return full;
-        throw new MissingAssetException(MissingMessage(full));
+        throw new MissingAssetException(MissingMessage(full), remedy: "DataRoot");
     }
 
     public static string Require(Asset asset) => Require(asset.RelativePath);
 
     public static string MissingMessage(string fullPath) =>
-        $"missing asset: {fullPath} (data root {Path}, from {Source}); set {EnvironmentVariable}=/path/to/data or pass --data-root /path/to/data";
+        $"missing asset: {fullPath} (data root {Path}, from {Source}); set {EnvironmentVariable}=/path/to/data or DataRoot.Override";
 
     /// <summary>The real assets listed in shared/data/SOURCES.md.</summary>
     public static class Assets

@@ -111,7 +111,7 @@ let tests =
 
         test "Dsl.Study.config: a missing config, an unknown field, a missing key and a missing path each name what is wrong" {
             let dir = tempDir ()
-            let o = { Results.parseArgs [| "--scale"; "tiny" |] with Scale = "paper"; Config = Some (Path.Combine(dir, "nope.json")) }
+            let o = { Results.Options.defaults () with Scale = "paper"; Config = Some (Path.Combine(dir, "nope.json")) }
             let e = throwsWith<MoFO.MissingAssetException> (fun () -> Study.context o |> ignore)
             Expect.stringContains e.Message "nope.json" "names the config file"
             Expect.stringContains e.Message "llama2_7b" "lists the keys"
@@ -221,7 +221,7 @@ let smoke =
                 requireAsset MoFO.DataRoot.Assets.Stories260K |> ignore
                 withCache (fun cache ->
                     let out = Path.Combine(cache, "results")
-                    let code, stdout, err = captureConsole (fun () -> MoFO.Dsl.Repro.All.run name [| "--smoke"; "--out"; out |])
+                    let code, stdout, err = captureConsole (fun () -> MoFO.Dsl.Cli.Main.run [| "repro"; name; "--smoke"; "--out"; out |])
                     Expect.equal code 0 $"exit code; stderr: {err}"
                     for ext in [ ".json"; ".md"; ".html" ] do
                         Expect.isTrue (File.Exists(Path.Combine(out, name + ext))) $"{name}{ext} written"

@@ -69,7 +69,7 @@ let tests =
             use lm = ModelLoader.Load(requireAsset DataRoot.Assets.Stories260K)
             let out = Directory.CreateTempSubdirectory("mofo-cl-").FullName
             let tasks = [ task "a" "cue-a" "red" 16; task "b" "cue-b" "blue" 16 ]
-            let o = TrainingOptions(Method = Method.MoFO, LearningRate = 2e-3, BatchSize = 8, MaxLength = 32, ShowProgress = false, Schedule = Schedule.Constant)
+            let o = TrainingOptions(Method = Methods.Parse "mofo", LearningRate = 2e-3, BatchSize = 8, MaxLength = 32, ShowProgress = false, Schedule = Schedule.Constant)
             let runner = ContinualRunner(Model = lm, Tasks = tasks, Options = o, OutputDir = out, Metric = TaskMetric.AnswerLikelihood, GemMemoryPerTask = 4)
             let r = runner.Run()
             Expect.isFalse (Double.IsNaN(r.R[0][0])) "R[0,0]"

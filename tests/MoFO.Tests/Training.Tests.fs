@@ -161,25 +161,25 @@ let trainer =
             quiet ()
             let train = dprTrain ()
             let heldOut = dprHeldOut ()
-            let results = Dictionary<Method, float * float * float>()
-            for m in [ Method.AdamW; Method.MoFO; Method.Lion; Method.HFT; Method.L1; Method.L2; Method.GradBCD; Method.RandomBCD ] do
+            let results = Dictionary<string, float * float * float>()
+            for m in [ "adamw"; "mofo"; "lion"; "hft"; "l1"; "l2"; "grad-bcd"; "random-bcd" ] do
                 use lm = ModelLoader.Load(stories ())
-                let lr = if m = Method.Lion then 2e-4 else 1e-3
-                let o = TrainingOptions(Method = m, LearningRate = lr, Steps = Nullable 12, BatchSize = 8, MicroBatchSize = 8, MaxLength = 128, ShowProgress = false, Schedule = Schedule.Constant)
+                let lr = if m = "lion" then 2e-4 else 1e-3
+                let o = TrainingOptions(Method = Methods.Parse m, LearningRate = lr, Steps = Nullable 12, BatchSize = 8, MicroBatchSize = 8, MaxLength = 128, ShowProgress = false, Schedule = Schedule.Constant)
                 let t = Trainer(lm, train, heldOut, o, Path.Combine(tempDir (), "run"))
                 let before = t.EvalLoss()
                 let r = t.Run()
                 results[m] <- (before, r.EvalLoss.Value, r.Distance)
                 Expect.isLessThan r.EvalLoss.Value before $"{m}: held-out loss {before:F4} → {r.EvalLoss.Value:F4}"
-            let _, _, dAdam = results[Method.AdamW]
-            let _, _, dMoFO = results[Method.MoFO]
+            let _, _, dAdam = results["adamw"]
+            let _, _, dMoFO = results["mofo"]
             Expect.isLessThan dMoFO dAdam $"distance: MoFO {dMoFO:F4} < AdamW {dAdam:F4}"
         }
 
         test "a run killed mid-way and resumed ends with the same weights as an uninterrupted run" {
             quiet ()
             let train = dprTrain () |> Seq.truncate 64 |> Seq.toArray
-            let options = TrainingOptions(Method = Method.RandomBCD, LearningRate = 1e-3, Steps = Nullable 6, BatchSize = 8, MicroBatchSize = 4, MaxLength = 96, SaveEvery = 2, ShowProgress = false)
+            let options = TrainingOptions(Method = Methods.Parse "random-bcd", LearningRate = 1e-3, Steps = Nullable 6, BatchSize = 8, MicroBatchSize = 4, MaxLength = 96, SaveEvery = 2, ShowProgress = false)
             let full =
                 use lm = ModelLoader.Load(stories ())
                 Trainer(lm, train, null, options, Path.Combine(tempDir (), "full")).Run() |> ignore
@@ -205,7 +205,7 @@ let trainer =
         test "Ctrl-C (cancellation) saves a checkpoint that --resume continues" {
             quiet ()
             let train = dprTrain () |> Seq.truncate 32 |> Seq.toArray
-            let options = TrainingOptions(Method = Method.MoFO, LearningRate = 1e-3, Steps = Nullable 4, BatchSize = 8, MaxLength = 96, ShowProgress = false)
+            let options = TrainingOptions(Method = Methods.Parse "mofo", LearningRate = 1e-3, Steps = Nullable 4, BatchSize = 8, MaxLength = 96, ShowProgress = false)
             let dir = Path.Combine(tempDir (), "cancel")
             use cts = new Threading.CancellationTokenSource()
             let interrupt () =
@@ -236,7 +236,7 @@ let trainer =
                 use _ = TorchSharp.torch.no_grad()
                 (lm.Module.parameters() |> Seq.head).fill_(Double.NaN) |> ignore
             poison ()
-            let o = TrainingOptions(Method = Method.AdamW, Steps = Nullable 10, BatchSize = 4, MaxLength = 64, MaxBadSteps = 3, ShowProgress = false)
+            let o = TrainingOptions(Method = Methods.Parse "adamw", Steps = Nullable 10, BatchSize = 4, MaxLength = 64, MaxBadSteps = 3, ShowProgress = false)
             let dir = Path.Combine(tempDir (), "nan")
             let t = Trainer(lm, dprTrain () |> Seq.truncate 16 |> Seq.toArray, null, o, dir)
             let e = throwsWith<TrainingDivergedException> (fun () -> t.Run() |> ignore)
@@ -258,8 +258,8 @@ let trainer =
 
         test "bad options are clear errors" {
             let e = throwsWith<ArgumentException> (fun () -> TrainingOptions(BatchSize = 16, MicroBatchSize = 5).Validate())
-            Expect.stringContains e.Message "micro-batch size 5" "names the value"
-            let e2 = throwsWith<ArgumentException> (fun () -> TrainingOptions.ParseMethod "sgd" |> ignore)
+            Expect.stringContains e.Message "MicroBatchSize 5" "names the field and the value"
+            let e2 = throwsWith<ArgumentException> (fun () -> Methods.Parse "sgd" |> ignore)
             Expect.stringContains e2.Message "sgd" "names the method"
         }
     ]

@@ -30,7 +30,7 @@ public static class InstructionData
         "dpr" => DataFormat.Dpr,
         "trace" => DataFormat.Trace,
         "jsonl" => DataFormat.Jsonl,
-        _ => throw new ArgumentException($"--format {name}: unknown data format (expected tulu, alpaca, gsm8k, dpr, trace or jsonl)"),
+        _ => throw new OptionException("Format", $"Format {name}: unknown data format (expected tulu, alpaca, gsm8k, dpr, trace or jsonl)"),
     };
 
     /// <summary>Reads the training examples of a file (or, for TRACE, a task folder's split).</summary>
@@ -110,7 +110,7 @@ public static class InstructionData
             if (output.Trim().Length == 0)
             {
                 if (skipEmpty) continue;
-                throw new DataFormatException(path, array ? null : pos, $"{where}: empty \"output\" (pass --skip-empty to drop records without an answer)");
+                throw new DataFormatException(path, array ? null : pos, $"{where}: empty \"output\" (skipEmpty drops records without an answer)").WithRemedy("skipEmpty");
             }
             var user = input.Trim().Length > 0 ? instruction.Trim() + "\n\n" + input.Trim() : instruction.Trim();
             list.Add(TuluTemplate.Render([new ChatMessage("user", user), new ChatMessage("assistant", output)], $"{path} {where}"));
@@ -130,7 +130,7 @@ public static class InstructionData
             if (completion.Length == 0)
             {
                 if (skipEmpty) continue;
-                throw l.Error($"empty \"{field}\" (pass --skip-empty to drop records without an answer)");
+                throw l.Error($"empty \"{field}\" (skipEmpty drops records without an answer)").WithRemedy("skipEmpty");
             }
             list.Add(TrainingExample.PromptCompletion(prompt, completion, $"{path}:{l.Line}"));
         }
@@ -157,7 +157,7 @@ public static class InstructionData
             if (a.GetString()!.Length == 0)
             {
                 if (skipEmpty) { i++; continue; }
-                throw new DataFormatException(file, null, $"record {i}: empty \"answer\" (pass --skip-empty to drop records without an answer)");
+                throw new DataFormatException(file, null, $"record {i}: empty \"answer\" (skipEmpty drops records without an answer)").WithRemedy("skipEmpty");
             }
             list.Add(TrainingExample.PromptCompletion(p.GetString()!, a.GetString()!, $"{file} record {i}"));
             i++;

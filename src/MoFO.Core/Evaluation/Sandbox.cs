@@ -45,7 +45,11 @@ public sealed record SandboxResult(SandboxStatus Status, int? ExitCode, string S
 }
 
 /// <summary>The sandbox cannot run here and the user did not allow running without it.</summary>
-public sealed class SandboxUnavailableException(string message) : InvalidOperationException(message);
+public sealed class SandboxUnavailableException(string message, string? remedy = null) : InvalidOperationException(message), IRemedy
+{
+    /// <summary><c>allowUnsandboxed</c> where running without the sandbox would be possible.</summary>
+    public string? Remedy { get; } = remedy;
+}
 
 /// <summary>
 /// Runs untrusted Python programs (generated code) in a bubblewrap sandbox: no network (a new network namespace),
@@ -84,7 +88,7 @@ public sealed class PythonSandbox
         if (bwrap is null && !allowUnsandboxed)
             throw new SandboxUnavailableException(
                 "bubblewrap (bwrap) is not installed, so generated code cannot be run in a sandbox. Install it " +
-                "(Debian: apt-get install bubblewrap), or pass --unsafe-no-sandbox to run untrusted code on this machine without isolation.");
+                "(Debian: apt-get install bubblewrap), or allow running untrusted code on this machine without isolation (allowUnsandboxed).", remedy: "allowUnsandboxed");
         return new PythonSandbox(python, bwrap, limits ?? new SandboxLimits());
     }
 

@@ -99,7 +99,7 @@ public static class ModelLoader
         var candidates = new List<string> { Path.Combine(dir, "tokenizer.model"), Path.Combine(dir, "tokenizer.json") };
         if (!Directory.Exists(modelPath)) candidates.Add(Path.Combine(dir, $"tok{vocabSize}.model"));
         return candidates.FirstOrDefault(File.Exists)
-               ?? throw new FileNotFoundException($"no tokenizer for {modelPath}: looked for {string.Join(", ", candidates)}; pass --tokenizer PATH", candidates[0]);
+               ?? throw new MissingAssetException($"no tokenizer for {modelPath}: looked for {string.Join(", ", candidates)}; give the tokenizer's path (tokenizerPath)", remedy: "tokenizerPath");
     }
 
     /// <summary>Loads model and tokenizer (see the class summary).</summary>

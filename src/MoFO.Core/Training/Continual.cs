@@ -28,6 +28,31 @@ public sealed record ContinualResult(IReadOnlyList<string> Tasks, double[][] R)
     public double BWT => ContinualMetrics.BWT(R);
 }
 
+/// <summary>A stream's result as written to <c>continual.json</c> (or <c>mtl.json</c>): R with null for the tasks not yet
+/// trained, OP, BWT (null for MTL), the method and the strategy. Written and read by this one type.</summary>
+public sealed record ContinualSummary(string Method, TaskMetric Metric, IReadOnlyList<string> Tasks, double?[][] R, double OP, double? BWT,
+                                      int ReplayPerTask, int GemMemoryPerTask)
+{
+    public static ContinualSummary Of(ContinualResult r, string method, TaskMetric metric, int replay, int gem) =>
+        new(method, metric, r.Tasks, r.R.Select(row => row.Select(v => double.IsNaN(v) ? (double?)null : v).ToArray()).ToArray(),
+            r.OP, r.R.Length > 1 ? r.BWT : null, replay, gem);
+
+    /// <summary>The matrix with NaN for the missing entries.</summary>
+    public ContinualResult Result => new(Tasks, R.Select(row => row.Select(v => v ?? double.NaN).ToArray()).ToArray());
+
+    public void Write(string file) => AtomicFile.WriteAllText(file, JsonSerializer.Serialize(this, RunFolder.Json));
+
+    public static ContinualSummary Read(string file)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize<ContinualSummary>(File.ReadAllText(file), RunFolder.Json)
+                   ?? throw new DataFormatException(file, null, "empty continual summary");
+        }
+        catch (JsonException e) { throw new DataFormatException(file, null, $"not a continual summary ({e.Message})", e); }
+    }
+}
+
 public static class ContinualMetrics
 {
     public static double OP(double[][] r)
@@ -123,14 +148,7 @@ public sealed class ContinualRunner
     }
 
     void Write(ContinualResult result, string file)
-    {
-        var json = JsonSerializer.Serialize(new
-        {
-            tasks = result.Tasks, metric = Metric.ToString(), R = result.R.Select(row => row.Select(v => double.IsNaN(v) ? (double?)null : v)),
-            op = result.OP, bwt = result.BWT, replayPerTask = ReplayPerTask, gemMemoryPerTask = GemMemoryPerTask, method = Options.Method.ToString(),
-        }, new JsonSerializerOptions { WriteIndented = true });
-        AtomicFile.WriteAllText(Path.Combine(OutputDir, file), json);
-    }
+        => ContinualSummary.Of(result, Options.Method.ToString(), Metric, ReplayPerTask, GemMemoryPerTask).Write(Path.Combine(OutputDir, file));
 
     /// <summary>R[·, i] for one task under the chosen metric.</summary>
     public double Evaluate(ContinualTask task)

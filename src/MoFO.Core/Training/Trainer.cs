@@ -9,14 +9,6 @@ using static TorchSharp.torch;
 
 namespace MoFO.Training;
 
-/// <summary>One line of the metrics log.</summary>
-public sealed record StepMetrics(int Step, int Epoch, double Loss, double LearningRate, double GradNorm, double Distance,
-                                 double UpdatedFraction, long Tokens, double ElapsedSeconds, bool Skipped = false, double? EvalLoss = null);
-
-/// <summary>What a run ended with.</summary>
-public sealed record TrainResult(int Steps, int TotalSteps, bool Interrupted, double? FinalLoss, double? EvalLoss, double Distance,
-                                 string OutputDir, string? ModelDir, int DroppedExamples);
-
 /// <summary>The run stopped because the loss or the gradient stayed non-finite.</summary>
 public sealed class TrainingDivergedException(string message) : Exception(message);
 
@@ -78,29 +70,9 @@ public sealed class Trainer
         return order.Skip(pos * _o.BatchSize).Take(_o.BatchSize).Select(i => _rows[i]).ToList();
     }
 
-    /// <summary>Creates the optimizer and loss terms of the method for the model's parameters.</summary>
+    /// <summary>Creates the optimizer and loss terms of the method for the model's parameters (<see cref="Methods.Create"/>).</summary>
     public static (BlockOptimizer Optimizer, IReadOnlyList<ILossTerm> Terms) CreateOptimizer(CausalLMModule module, TrainingOptions o)
-    {
-        var named = module.named_parameters().ToList();
-        var tensors = named.Select(p => (Tensor)p.parameter).ToList();
-        BlockOptimizer opt = o.Method switch
-        {
-            Method.MoFO => new MoFOOptimizer(named, o.LearningRate, o.Alpha, weight_decay: o.WeightDecay, trackTouched: true),
-            Method.AdamW or Method.L1 or Method.L2 => new AdamW(named, o.LearningRate, weight_decay: o.WeightDecay, trackTouched: true),
-            Method.Lion => new Lion(named, o.LearningRate, weight_decay: o.WeightDecay, trackTouched: true),
-            Method.HFT => new HFT(named, o.LearningRate, seed: o.Seed, weight_decay: o.WeightDecay, trackTouched: true),
-            Method.GradBCD => new GradientFilteredBCD(named, o.LearningRate, o.Alpha, weight_decay: o.WeightDecay, trackTouched: true),
-            Method.RandomBCD => new RandomizedBCD(named, o.LearningRate, o.Alpha, seed: o.Seed, weight_decay: o.WeightDecay, trackTouched: true),
-            _ => throw new ArgumentOutOfRangeException(nameof(o.Method)),
-        };
-        IReadOnlyList<ILossTerm> terms = o.Method switch
-        {
-            Method.L1 => [new L1ToPretrained(tensors, o.L1Lambda)],
-            Method.L2 => [new L2ToPretrained(tensors, o.L2Lambda)],
-            _ => [],
-        };
-        return (opt, terms);
-    }
+        => Methods.Create(module, o);
 
     /// <summary>Sum of token cross-entropies of a batch and the number of predicted tokens.</summary>
     static (Tensor Sum, long Count) LossSum(CausalLM lm, Batch b)
@@ -145,11 +117,11 @@ public sealed class Trainer
         if (resume)
         {
             if (!File.Exists(stateFile) && Directory.Exists(CheckpointDir + ".old")) Directory.Move(CheckpointDir + ".old", CheckpointDir);
-            if (!File.Exists(stateFile)) throw new FileNotFoundException($"{stateFile}: no checkpoint to resume from in {_out}", stateFile);
+            if (!File.Exists(stateFile)) throw new RunFolderException($"{stateFile}: no checkpoint to resume from in {_out}");
             start = LoadCheckpoint(opt);
         }
         else if (File.Exists(stateFile))
-            throw new ArgumentException($"{_out} already holds a checkpoint; pass --resume to continue it, or choose another --output");
+            throw new RunFolderException($"{_out} already holds a checkpoint: resume it (resume = true) or choose another output folder", remedy: "Resume");
         Directory.CreateDirectory(_out);
         TruncateMetrics(start);
         int total = TotalSteps;
@@ -207,7 +179,7 @@ public sealed class Trainer
             foreach (var blk in opt.Blocks) { updated += blk.LastUpdated; numel += blk.Numel; }
             evalLoss = _o.EvalEvery > 0 && (step + 1) % _o.EvalEvery == 0 ? EvalLoss() : null;
             var metrics = new StepMetrics(step + 1, epoch, loss, lr, norm, distance, skipped ? 0 : (double)updated / numel, tokens, clock.Elapsed.TotalSeconds, skipped, evalLoss);
-            log.WriteLine(JsonSerializer.Serialize(metrics, JsonOptions));
+            log.WriteLine(RunFolder.MetricsLine(metrics));
             log.Flush();
             if (bad >= _o.MaxBadSteps)
             {
@@ -237,23 +209,13 @@ public sealed class Trainer
             if (Directory.Exists(modelDir)) Directory.Delete(modelDir, true);
             Directory.Move(tmp, modelDir);
         }
-        var result = new TrainResult(step, total, interrupted, lastLoss, evalLoss, distance, _out, modelDir, _dropped);
-        AtomicFile.WriteAllText(Path.Combine(_out, "train_summary.json"), JsonSerializer.Serialize(new
-        {
-            method = _o.Method.ToString(), options = _o, steps = step, totalSteps = total, interrupted,
-            finalLoss = lastLoss, evalLoss, distance, droppedExamples = _dropped, examples = _rows.Count, touchedFraction = opt.TouchedFraction(),
-        }, JsonOptions));
+        var result = new TrainResult(_o.Method.ToString(), _o, step, total, interrupted, lastLoss, evalLoss, distance, _rows.Count, _dropped,
+                                     opt.TouchedFraction(), clock.Elapsed.TotalSeconds, _out, modelDir);
+        new RunFolder(_out).WriteSummary(result);
         opt.Dispose();
         foreach (var t in terms) (t as IDisposable)?.Dispose();
         return result;
     }
-
-    static readonly JsonSerializerOptions JsonOptions = new()
-    {
-        NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
-        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
-        Converters = { new System.Text.Json.Serialization.JsonStringEnumConverter() },
-    };
 
     static double GradNorm(CausalLMModule module)
     {
@@ -284,7 +246,9 @@ public sealed class Trainer
     }
 
     /// <summary>Identity of the run: a resume must use the same settings.</summary>
-    string Fingerprint() => JsonSerializer.Serialize(_o with { ShowProgress = true, SaveEvery = 0, EvalEvery = 0 }, JsonOptions) + $"|rows={_rows.Count}";
+    string Fingerprint() => JsonSerializer.Serialize(_o with { ShowProgress = true, SaveEvery = 0, EvalEvery = 0 }, FingerprintJson) + $"|rows={_rows.Count}";
+
+    static readonly JsonSerializerOptions FingerprintJson = new(RunFolder.Json) { WriteIndented = false };
 
     void SaveCheckpoint(BlockOptimizer opt, int step)
     {
@@ -310,7 +274,7 @@ public sealed class Trainer
         var state = JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(stateFile))
             ?? throw new CheckpointException($"{stateFile}: empty trainer state");
         if (state.Fingerprint != Fingerprint())
-            throw new ArgumentException($"{stateFile}: the checkpoint was written by a run with other settings or data; resume with the same options (checkpoint: {state.Fingerprint}; now: {Fingerprint()})");
+            throw new RunFolderException($"{stateFile}: the checkpoint was written by a run with other settings or data; resume with the same options (checkpoint: {state.Fingerprint}; now: {Fingerprint()})");
         var weights = Path.Combine(CheckpointDir, "model.safetensors");
         _lm.Module.LoadWeights(SafeTensors.Load(weights), weights);
         opt.load_state_dict(SafeTensors.Load(Path.Combine(CheckpointDir, "optimizer.safetensors")));

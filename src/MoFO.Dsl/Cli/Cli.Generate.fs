@@ -28,15 +28,7 @@ type GenerateArgs =
             | Stop _ -> "a stop string (repeatable); the output is cut before it."
             | Device _ -> "cpu (default, float32) or cuda (bfloat16)."
 
-/// Runs a model-layer action, turning bad-input exceptions into one line on stderr and exit code 1.
-let guarded (f: unit -> int) =
-    try f ()
-    with
-    | :? MoFO.Checkpoints.CheckpointException as e -> eprintfn "mofo: %s" e.Message; 1
-    | :? IO.FileNotFoundException as e -> eprintfn "mofo: %s" e.Message; 1
-
 let run (args: ParseResults<GenerateArgs>) =
-    guarded (fun () ->
         let dev = MoFO.Runtime.device (args.TryGetResult Device)
         use lm = ModelLoader.Load(args.GetResult Model, args.TryGetResult Tokenizer |> Option.toObj, dev)
         let prompt = args.GetResult(Prompt, "")
@@ -49,4 +41,4 @@ let run (args: ParseResults<GenerateArgs>) =
                 StopStrings = (args.GetResults Stop |> List.toArray :> Collections.Generic.IReadOnlyList<string>))
         let text = lm.Generate([| prompt |], options)[0]
         printfn "%s%s" prompt text
-        0)
+        0

@@ -28,7 +28,7 @@ let frontier (c: Ctx) =
     let pointRows =
         [ for (m, lr), ps in groups ->
             Results.row $"{m.Label} @ lr {lr:G3}"
-                [ "lr", (match m with Method.Lion -> lr * e.Recipe.LionLrScale | _ -> lr); "task loss", mean (fun p -> p.Learn) ps; "task loss spread", spread (fun p -> p.Learn) ps
+                [ "lr", Recipe.lrFor m { e.Recipe with Lr = lr }; "task loss", mean (fun p -> p.Learn) ps; "task loss spread", spread (fun p -> p.Learn) ps
                   "forgetting (Δ proxy NLL)", mean (fun p -> p.Forget) ps; "forgetting spread", spread (fun p -> p.Forget) ps
                   "Δ story cloze", mean (fun p -> p.Run[Measure.StoryCloze] - baseRun[Measure.StoryCloze]) ps
                   "task acc", mean (fun p -> p.Run[Measure.TaskAccuracy]) ps
@@ -66,7 +66,7 @@ let frontier (c: Ctx) =
         let sb = Text.StringBuilder()
         let lrText = String.Join(", ", lrs |> List.map (fun l -> l.ToString("G3")))
         let seedText = String.Join(", ", seeds)
-        sb.AppendLine($"### Learning–forgetting frontier on {e.Data.Name} ({e.Model.Label}; learning rates {lrText}, Lion at {e.Recipe.LionLrScale}×; seeds {seedText})").AppendLine() |> ignore
+        sb.AppendLine($"### Learning–forgetting frontier on {e.Data.Name} ({e.Model.Label}; learning rates {lrText}, Lion at {Method.Lion.Member.LrScale}×; seeds {seedText})").AppendLine() |> ignore
         sb.AppendLine($"Base model: held-out task loss {f4 baseRun[Measure.TaskLoss]}, pretraining-loss proxy {f4 baseRun[Measure.PretrainProxy]}, story cloze {f4 baseRun[Measure.StoryCloze]}.").AppendLine() |> ignore
         sb.AppendLine("| method | lr | task loss | forgetting (Δ proxy) | Δ story cloze | task acc | L2 from base |").AppendLine("|---|---|---|---|---|---|---|") |> ignore
         for r in pointRows do

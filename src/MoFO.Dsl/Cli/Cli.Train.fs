@@ -8,7 +8,7 @@ open MoFO
 open MoFO.Data
 open MoFO.Models
 open MoFO.Training
-module Evals = MoFO.Dsl.Evals
+open MoFO.Dsl
 
 /// (the union case `Report` of TrainArgs hides the module's name)
 module ForgettingReport = MoFO.Dsl.Report
@@ -55,21 +55,21 @@ type TrainArgs =
             | Data _ -> "the training data (a file; a TRACE task folder)."
             | Format _ -> "tulu, alpaca, gsm8k, dpr, trace or jsonl."
             | Output _ -> "the run's folder: metrics.jsonl, checkpoint/, model/ (the fine-tuned HF folder), train_summary.json."
-            | Method _ -> "mofo (default), adamw, lion, hft, l1, l2, grad-bcd or random-bcd."
-            | Alpha _ -> "MoFO / BCD update fraction per parameter tensor (default 0.15)."
-            | Lr _ -> "peak learning rate (default 2e-5)."
-            | Epochs _ -> "epochs over the data (default 1)."
+            | Method _ -> Common.methodUsage ()
+            | Alpha _ -> $"MoFO / BCD update fraction per parameter tensor (default {Defaults.Alpha})."
+            | Lr _ -> $"peak learning rate (default {Defaults.LearningRate})."
+            | Epochs _ -> $"epochs over the data (default {Defaults.Epochs})."
             | Steps _ -> "optimizer steps (overrides --epochs)."
-            | Batch_Size _ -> "examples per optimizer step (default 16)."
+            | Batch_Size _ -> $"examples per optimizer step (default {Defaults.BatchSize})."
             | Micro_Batch_Size _ -> "examples per forward/backward pass; gradients accumulate (default: the batch size)."
-            | Max_Len _ -> "truncate examples to this many tokens (default 512)."
-            | Schedule _ -> "constant, linear or cosine (default cosine)."
-            | Warmup_Ratio _ -> "fraction of the steps for linear warmup (default 0)."
-            | Weight_Decay _ -> "decoupled weight decay (default 0)."
-            | Max_Grad_Norm _ -> "clip the gradient's global norm (default 1; 0 disables)."
-            | L1_Lambda _ -> "strength of the L1 term toward the pretrained weights (default 1e-6)."
-            | L2_Lambda _ -> "strength of the L2 term toward the pretrained weights (default 1e-3)."
-            | Seed _ -> "seed of data order, sub-sampling and random members (default 42)."
+            | Max_Len _ -> $"truncate examples to this many tokens (default {Defaults.MaxLength})."
+            | Schedule _ -> $"constant, linear or cosine (default {Defaults.Schedule})."
+            | Warmup_Ratio _ -> $"fraction of the steps for linear warmup (default {Defaults.WarmupRatio})."
+            | Weight_Decay _ -> $"decoupled weight decay (default {Defaults.WeightDecay})."
+            | Max_Grad_Norm _ -> $"clip the gradient's global norm (default {Defaults.MaxGradNorm}; 0 disables)."
+            | L1_Lambda _ -> $"strength of the L1 term toward the pretrained weights (with --method l1 default {Defaults.L1Lambda}; with another method it adds the term)."
+            | L2_Lambda _ -> $"strength of the L2 term toward the pretrained weights (with --method l2 default {Defaults.L2Lambda}; with another method it adds the term)."
+            | Seed _ -> $"seed of data order, sub-sampling and random members (default {Defaults.Seed})."
             | Eval_Data _ -> "held-out data in the same format: its loss is logged (dpr: defaults to test.c.txt beside the train file)."
             | Sample_Fraction _ -> "train on a seeded fraction of the data (the paper: 0.1 of MetaMathQA)."
             | Limit _ -> "use only the first N examples."
@@ -86,28 +86,22 @@ type TrainArgs =
             | Cache _ -> "the report's folder of cached base-model samples (default results/cache)."
             | Unsafe_No_Sandbox -> "the report's HumanEval: run generated code without bubblewrap when it is missing (dangerous)."
 
-/// The options of a run from the command line.
+/// The options of a run from the command line (Core's defaults where a flag is absent).
 let options (a: ParseResults<TrainArgs>) =
-    let batch = a.GetResult(Batch_Size, 16)
-    let steps: Nullable<int> = a.TryGetResult Steps |> Option.toNullable
-    let schedule = a.TryGetResult Schedule |> Option.map TrainingOptions.ParseSchedule |> Option.defaultValue Schedule.Cosine
-    let method = a.TryGetResult Method |> Option.map TrainingOptions.ParseMethod |> Option.defaultValue Method.MoFO
+    let batch = a.GetResult(Batch_Size, Defaults.BatchSize)
     TrainingOptions(
-        Method = method,
-        Alpha = a.GetResult(Alpha, 0.15),
-        LearningRate = a.GetResult(Lr, 2e-5),
-        Epochs = a.GetResult(Epochs, 1),
-        Steps = steps,
+        Method = Common.methodSpec (a.TryGetResult Method) (a.TryGetResult Alpha) (a.TryGetResult L1_Lambda) (a.TryGetResult L2_Lambda),
+        LearningRate = a.GetResult(Lr, Defaults.LearningRate),
+        Epochs = a.GetResult(Epochs, Defaults.Epochs),
+        Steps = (a.TryGetResult Steps |> Option.toNullable),
         BatchSize = batch,
         MicroBatchSize = a.GetResult(Micro_Batch_Size, batch),
-        MaxLength = a.GetResult(Max_Len, 512),
-        Schedule = schedule,
-        WarmupRatio = a.GetResult(Warmup_Ratio, 0.0),
-        WeightDecay = a.GetResult(Weight_Decay, 0.0),
-        MaxGradNorm = a.GetResult(Max_Grad_Norm, 1.0),
-        L1Lambda = a.GetResult(L1_Lambda, 1e-6),
-        L2Lambda = a.GetResult(L2_Lambda, 1e-3),
-        Seed = a.GetResult(Seed, 42L),
+        MaxLength = a.GetResult(Max_Len, Defaults.MaxLength),
+        Schedule = (a.TryGetResult Schedule |> Option.map TrainingOptions.ParseSchedule |> Option.defaultValue Defaults.Schedule),
+        WarmupRatio = a.GetResult(Warmup_Ratio, Defaults.WarmupRatio),
+        WeightDecay = a.GetResult(Weight_Decay, Defaults.WeightDecay),
+        MaxGradNorm = a.GetResult(Max_Grad_Norm, Defaults.MaxGradNorm),
+        Seed = a.GetResult(Seed, Defaults.Seed),
         Pack = a.Contains Pack,
         SaveEvery = a.GetResult(Save_Every, 0),
         EvalEvery = a.GetResult(Eval_Every, 0))
@@ -146,19 +140,19 @@ let reportSuite (a: ParseResults<TrainArgs>) =
         None
     else
         a.TryGetResult Hellaswag |> Option.iter (fun p ->
-            if not (File.Exists p) then raise (ArgumentException $"--hellaswag {p}: file not found (expected HellaSwag's public jsonl, e.g. hellaswag_val.jsonl)"))
+            if not (File.Exists p) then raise (FileNotFoundException($"--hellaswag {p}: file not found (expected HellaSwag's public jsonl, e.g. hellaswag_val.jsonl)", p)))
         Some (defaultArg suite ForgettingReport.Suite.Auto)
 
 /// The report's held-out task: the trainer's eval set (read the same way); DPR adds its two-choice form.
-let reportTask (a: ParseResults<TrainArgs>) (o: TrainingOptions) : Evals.TaskData option =
+let reportTask (a: ParseResults<TrainArgs>) (o: TrainingOptions) : TaskData option =
     let format = InstructionData.ParseFormat(a.GetResult Format)
     evalPath a format |> Option.map (fun p -> ForgettingReport.heldOutTask format p o.MaxLength)
 
 /// The report's settings at a suite's scale, with the command line's pass-throughs.
 let reportSettings (a: ParseResults<TrainArgs>) (suite: ForgettingReport.Suite) =
-    let s = if suite = ForgettingReport.Suite.Paper then Evals.Settings.Paper else Evals.Settings.Tiny
+    let s = if suite = ForgettingReport.Suite.Paper then Settings.Paper else Settings.Tiny
     { s with
-        HellaSwagData = a.TryGetResult Hellaswag
+        Data = (match a.TryGetResult Hellaswag with Some h -> s.Data |> Map.add "hellaswag" h | None -> s.Data)
         Cache = a.GetResult(Cache, s.Cache)
         UnsafeNoSandbox = a.Contains Unsafe_No_Sandbox }
 
@@ -209,4 +203,4 @@ let run (a: ParseResults<TrainArgs>) =
         ForgettingReport.forgettingWith opts (a.GetResult Model) r.ModelDir task settings suite (a.GetResult Output) |> ignore
     | Some _ -> eprintfn "mofo train: the run was interrupted, so there is no fine-tuned model to report on (continue with --resume --report)"
     | None -> ()
-    if r.Interrupted then 130 else 0
+    if r.Interrupted then int ExitCode.Interrupted else 0

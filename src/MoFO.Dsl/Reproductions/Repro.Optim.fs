@@ -91,18 +91,3 @@ let convergence (o: Options) =
         |> Chart.withTitle "Theorem 1: GD-MoFO with η = 1/L on a smooth non-convex function"
         |> Chart.withSize (800, 550)
     report, chart
-
-/// Runs one of them as a script: parses the arguments, writes results/, returns the exit code.
-let runScript (name: string) (argv: string[]) =
-    try
-        let o = parseArgs argv
-        MoFO.Runtime.init ()
-        let report, chart =
-            match name with
-            | "toy-example" -> toyExample o
-            | "convergence" -> convergence o
-            | _ -> raise (ArgumentException $"unknown reproduction '{name}'")
-        finish o report (Some chart)
-    with e ->
-        eprintfn "%s: %s" name e.Message
-        2

@@ -11,7 +11,6 @@ open System.Globalization
 open System.IO
 open System.Net
 open System.Text
-open System.Text.Json
 open System.Text.RegularExpressions
 open Plotly.NET
 open MoFO
@@ -50,16 +49,15 @@ let resolve (suite: Suite) (parameters: int64) =
     | Suite.Auto -> if parameters < autoThreshold then Suite.Tiny else Suite.Paper
     | s -> s
 
-/// The measures of a (resolved) suite in report order: the general ones, the distance, the task's.
+/// The measures of a (resolved) suite in report order, from the measure table: the suite's general measures that can
+/// run under these settings (HellaSwag only with its file), the distance, the task's.
 let measures (suite: Suite) (task: TaskData option) (settings: Settings) =
-    let general =
+    let tag =
         match suite with
-        | Suite.Tiny -> [ Measure.PretrainProxy; Measure.StoryCloze; Measure.GreedyIntact ]
-        | Suite.Paper ->
-            [ Measure.Mmlu; Measure.ArcEasy; Measure.ArcChallenge
-              if settings.HellaSwagData.IsSome then Measure.HellaSwag
-              Measure.Gsm8k; Measure.HumanEval ]
+        | Suite.Tiny -> SuiteTag.Tiny
+        | Suite.Paper -> SuiteTag.Paper
         | Suite.Auto -> raise (ArgumentException "Report.measures: resolve Suite.Auto first (Report.resolve)")
+    let general = Evals.table |> List.filter (fun i -> i.Suite = Some tag && i.Available settings) |> List.map (fun i -> i.Measure)
     let taskMeasures =
         match task with
         | Some t -> [ Measure.TaskLoss; Measure.TaskTokenAccuracy; if t.Choices.IsSome then Measure.TaskAccuracy ]
@@ -77,22 +75,7 @@ let heldOutTask (format: MoFO.Data.DataFormat) (path: string) (maxLength: int) :
       MaxLength = maxLength }
 
 /// Fails before any work when a measure's data or the code sandbox is missing (a report must not fail after training).
-let preflight (ms: Measure list) (s: Settings) =
-    for m in ms do
-        match m with
-        | Measure.Mmlu -> DataRoot.Require DataRoot.Assets.MmluTest |> ignore
-        | Measure.ArcEasy -> DataRoot.Require DataRoot.Assets.ArcEasy |> ignore
-        | Measure.ArcChallenge -> DataRoot.Require DataRoot.Assets.ArcChallenge |> ignore
-        | Measure.HellaSwag ->
-            s.HellaSwagData |> Option.iter (fun p ->
-                if not (File.Exists p) then raise (FileNotFoundException($"{p}: HellaSwag jsonl not found (--hellaswag)", p)))
-        | Measure.Gsm8k ->
-            DataRoot.Require DataRoot.Assets.Gsm8kTest |> ignore
-            DataRoot.Require DataRoot.Assets.Gsm8kTrain |> ignore
-        | Measure.HumanEval ->
-            DataRoot.Require DataRoot.Assets.HumanEval |> ignore
-            PythonSandbox.Create(SandboxLimits(), s.UnsafeNoSandbox) |> ignore
-        | _ -> ()
+let preflight (ms: Measure list) (s: Settings) = Evals.preflight ms s
 
 /// One row: a measure on the base and on the fine-tuned model.
 type MeasureRow =
@@ -115,9 +98,6 @@ type MeasureRow =
         r.Delta |> Option.filter (fun d -> not (Double.IsNaN d))
         |> Option.map (fun d -> if d = 0.0 then 0 elif (d > 0.0) = r.HigherIsBetter then 1 else -1)
 
-/// One line of the run's metrics.jsonl.
-type StepPoint = { Step: int; Loss: float; Distance: float; UpdatedFraction: float; EvalLoss: float option }
-
 type ForgettingReport =
     { BaseModel: string
       FineTunedModel: string
@@ -129,7 +109,7 @@ type ForgettingReport =
       PerTensorL2: (string * float) list
       PerLayerL2: (string * float) list
       /// the training curves, when a metrics.jsonl was found
-      Steps: StepPoint list
+      Steps: MoFO.Training.StepMetrics list
       MetricsFile: string option
       ElapsedSeconds: float
       JsonPath: string
@@ -158,35 +138,8 @@ let perLayer (perTensor: (string * float) list) =
     |> List.map (fun (g, xs) -> g, sqrt (xs |> List.sumBy (fun (_, d) -> d * d)))
     |> List.sortBy (fst >> order)
 
-let private number (path: string) (line: int) (field: string) (e: JsonElement) =
-    match e.ValueKind with
-    | JsonValueKind.Number -> e.GetDouble()
-    | JsonValueKind.Null -> nan
-    | JsonValueKind.String ->
-        match Double.TryParse(e.GetString(), NumberStyles.Float, CultureInfo.InvariantCulture) with
-        | true, x -> x
-        | _ -> raise (MoFO.Data.DataFormatException(path, line, $"field \"{field}\": \"{e.GetString()}\" is not a number"))
-    | k -> raise (MoFO.Data.DataFormatException(path, line, $"field \"{field}\": expected a number, got {k}"))
-
-/// Reads a trainer's metrics.jsonl (camelCase fields step, loss, distance, updatedFraction, evalLoss).
-let readMetrics (path: string) =
-    File.ReadAllLines path
-    |> Array.mapi (fun i l -> i + 1, l)
-    |> Array.filter (fun (_, l) -> l.Trim() <> "")
-    |> Array.map (fun (line, l) ->
-        let root =
-            try using (JsonDocument.Parse l) (fun d -> d.RootElement.Clone())
-            with :? JsonException as e -> raise (MoFO.Data.DataFormatException(path, line, $"not a JSON object ({e.Message})"))
-        let field f =
-            match root.TryGetProperty(f: string) with
-            | true, v -> number path line f v
-            | _ -> raise (MoFO.Data.DataFormatException(path, line, $"missing field \"{f}\" (expected step, loss, distance, updatedFraction)"))
-        let evalLoss =
-            match root.TryGetProperty "evalLoss" with
-            | true, v when v.ValueKind <> JsonValueKind.Null -> Some (number path line "evalLoss" v)
-            | _ -> None
-        { Step = int (field "step"); Loss = field "loss"; Distance = field "distance"; UpdatedFraction = field "updatedFraction"; EvalLoss = evalLoss })
-    |> Array.toList
+/// Reads a trainer's metrics.jsonl (the run folder's one reader).
+let readMetrics (path: string) = MoFO.Training.RunFolder.ReadMetrics path |> List.ofSeq
 
 // ---- output ---------------------------------------------------------------------------------------------------------
 
@@ -217,57 +170,34 @@ let table (r: ForgettingReport) =
             (fmt x.Measure x.FineTuned) (x.Delta |> Option.map (fmtDelta x.Measure) |> Option.defaultValue "") (verdictText x)
     sb.ToString()
 
-let private writeNumber (w: Utf8JsonWriter) (x: float) =
-    if Double.IsNaN x || Double.IsInfinity x then w.WriteNullValue() else w.WriteNumberValue x
-
-let private writeMap (w: Utf8JsonWriter) (name: string) (xs: (string * float) list) =
-    w.WritePropertyName name
-    w.WriteStartObject()
-    for k, v in xs do
-        w.WritePropertyName k
-        writeNumber w v
-    w.WriteEndObject()
-
-let private writeOption (w: Utf8JsonWriter) (name: string) (x: string option) =
-    match x with Some s -> w.WriteString(name, s) | None -> w.WriteNull name
-
 /// The JSON document: the models, the suite, one object per measure, the distances.
 let toJson (r: ForgettingReport) =
-    use ms = new MemoryStream()
-    (use w = new Utf8JsonWriter(ms, JsonWriterOptions(Indented = true))
-     w.WriteStartObject()
-     w.WriteString("base", r.BaseModel)
-     w.WriteString("fineTuned", r.FineTunedModel)
-     w.WriteString("suite", r.Suite.Name)
-     w.WriteNumber("parameters", r.Parameters)
-     writeOption w "task" r.Task
-     w.WritePropertyName "measures"
-     w.WriteStartArray()
-     for x in r.Rows do
-         w.WriteStartObject()
-         w.WriteString("key", x.Measure.Key)
-         w.WriteString("name", x.Measure.Name)
-         w.WritePropertyName "base"
-         (match x.Base with Some b -> writeNumber w b | None -> w.WriteNullValue())
-         w.WritePropertyName "fineTuned"
-         writeNumber w x.FineTuned
-         w.WritePropertyName "delta"
-         (match x.Delta with Some d -> writeNumber w d | None -> w.WriteNullValue())
-         w.WriteBoolean("higherIsBetter", x.HigherIsBetter)
-         w.WriteString("verdict", verdictText x)
-         writeOption w "command" x.Command
-         writeOption w "baseCommand" x.BaseCommand
-         w.WriteNumber("count", x.Count)
-         writeMap w "metrics" x.Metrics
-         writeMap w "baseMetrics" x.BaseMetrics
-         w.WriteEndObject()
-     w.WriteEndArray()
-     writeMap w "perLayerL2" r.PerLayerL2
-     writeMap w "perTensorL2" r.PerTensorL2
-     writeOption w "metricsFile" r.MetricsFile
-     w.WriteNumber("elapsedSeconds", r.ElapsedSeconds)
-     w.WriteEndObject())
-    Encoding.UTF8.GetString(ms.ToArray())
+    Json.obj
+        [ "base", Json.str r.BaseModel
+          "fineTuned", Json.str r.FineTunedModel
+          "suite", Json.str r.Suite.Name
+          "parameters", Json.int r.Parameters
+          "task", Json.strOpt r.Task
+          "measures", Json.arr [
+              for x in r.Rows ->
+                  Json.obj
+                      [ "key", Json.str x.Measure.Key
+                        "name", Json.str x.Measure.Name
+                        "base", (match x.Base with Some b -> Json.num b | None -> null)
+                        "fineTuned", Json.num x.FineTuned
+                        "delta", (match x.Delta with Some d -> Json.num d | None -> null)
+                        "higherIsBetter", Json.bool x.HigherIsBetter
+                        "verdict", Json.str (verdictText x)
+                        "command", Json.strOpt x.Command
+                        "baseCommand", Json.strOpt x.BaseCommand
+                        "count", Json.int (int64 x.Count)
+                        "metrics", Json.numbers x.Metrics
+                        "baseMetrics", Json.numbers x.BaseMetrics ] ]
+          "perLayerL2", Json.numbers r.PerLayerL2
+          "perTensorL2", Json.numbers r.PerTensorL2
+          "metricsFile", Json.strOpt r.MetricsFile
+          "elapsedSeconds", Json.num r.ElapsedSeconds ]
+    |> Json.text
 
 let private enc (s: string) = WebUtility.HtmlEncode s
 
@@ -294,7 +224,7 @@ let private style =
 
 let private charts (r: ForgettingReport) =
     let steps = r.Steps |> List.map (fun p -> p.Step)
-    let evalPts = r.Steps |> List.choose (fun p -> p.EvalLoss |> Option.map (fun e -> p.Step, e))
+    let evalPts = r.Steps |> List.choose (fun p -> if p.EvalLoss.HasValue then Some (p.Step, p.EvalLoss.Value) else None)
     let sized (title: string) (x: string) (y: string) (c: GenericChart) =
         c |> Chart.withTitle title |> Chart.withXAxisStyle x |> Chart.withYAxisStyle y |> Chart.withSize (900, 420)
     let curves =

@@ -25,19 +25,13 @@ let studies : (string * string * (Study.Ctx -> int)) list =
 
 let names = studies |> List.map (fun (n, _, _) -> n)
 
-/// Runs one reproduction with a script's arguments; returns the exit code (2 on a bad argument, 3 on a missing asset,
-/// 1 when the run fails or, with --strict, a claim does not hold).
-let run (name: string) (argv: string[]) =
-    try
-        let o = parseArgs argv
-        MoFO.Runtime.init ()
-        match studies |> List.tryFind (fun (n, _, _) -> n = name) with
-        | None -> raise (ArgumentException $"""unknown reproduction '{name}' (expected one of {String.Join(", ", names)})""")
-        | Some (_, _, f) -> f (Study.context o)
-    with
-    | :? MoFO.MissingAssetException as e -> eprintfn "%s: %s" name e.Message; 3
-    | :? ArgumentException as e -> eprintfn "%s: %s" name e.Message; 2
-    | e -> eprintfn "%s: %s" name (e.ToString()); 1
+/// Runs one reproduction; returns 0, or 1 when run with --strict and a claim does not hold. Failures are exceptions
+/// (the CLI maps them onto the exit-code table).
+let run (name: string) (o: Options) =
+    MoFO.Runtime.init ()
+    match studies |> List.tryFind (fun (n, _, _) -> n = name) with
+    | None -> raise (MoFO.OptionException("Name", $"""Name {name}: unknown reproduction (expected one of {String.Join(", ", names)}, all)"""))
+    | Some (_, _, f) -> f (Study.context o)
 
 /// Reads the checks of a written result (for the index).
 let private checksOf (path: string) =
@@ -70,17 +64,13 @@ let writeIndex (o: Options) (extra: (string * string) list) =
 
 /// Runs every reproduction of the paper in turn (not the frontier sweep: `mofo repro frontier`, ≈ 30 min at tiny scale)
 /// and writes results/index.html (which links the frontier too when its results exist); the exit code is the worst.
-let all (argv: string[]) =
-    let o = (try Ok (parseArgs argv) with :? ArgumentException as e -> Error e.Message)
-    match o with
-    | Error m -> eprintfn "all: %s" m; 2
-    | Ok o ->
-        let clock = Diagnostics.Stopwatch.StartNew()
-        let codes =
-            [ for n in names |> List.filter (fun n -> n <> "frontier") ->
-                eprintfn "==== %s (%.0f s so far) ====" n clock.Elapsed.TotalSeconds
-                n, run n argv ]
-        let index = writeIndex o []
-        printfn "all: %d reproductions in %.0f s; index: %s" codes.Length clock.Elapsed.TotalSeconds index
-        for n, code in codes do if code <> 0 then printfn "  %s exited %d" n code
-        codes |> List.map snd |> List.fold max 0
+let all (o: Options) =
+    let clock = Diagnostics.Stopwatch.StartNew()
+    let codes =
+        [ for n in names |> List.filter (fun n -> n <> "frontier") ->
+            eprintfn "==== %s (%.0f s so far) ====" n clock.Elapsed.TotalSeconds
+            n, (try run n o with e -> eprintfn "%s: %s" n e.Message; int (ExitCode.classify e)) ]
+    let index = writeIndex o []
+    printfn "all: %d reproductions in %.0f s; index: %s" codes.Length clock.Elapsed.TotalSeconds index
+    for n, code in codes do if code <> 0 then printfn "  %s exited %d" n code
+    codes |> List.map snd |> List.fold max 0

@@ -28,13 +28,13 @@ let smoke () =
     finally
         if System.IO.File.Exists file then System.IO.File.Delete file
 
-/// The device a command line names: "cpu" (the default) or "cuda" / "cuda:N" (CUDA builds, -p:TorchBackend=cuda).
+/// The device of a name: "cpu" (the default) or "cuda" / "cuda:N" (CUDA builds, -p:TorchBackend=cuda).
 let device (name: string option) =
     match name with
     | None | Some "cpu" -> torch.CPU
     | Some s when s.StartsWith "cuda" ->
         init ()
         if not (torch.cuda.is_available ()) then
-            raise (System.ArgumentException $"--device {s}: CUDA is not available (build with -p:TorchBackend=cuda on a machine with an NVIDIA GPU; see README)")
+            raise (MoFO.OptionException("Device", $"Device {s}: CUDA is not available (build with -p:TorchBackend=cuda on a machine with an NVIDIA GPU; see README)"))
         torch.Device(s)
-    | Some s -> raise (System.ArgumentException $"--device {s}: expected cpu, cuda or cuda:N")
+    | Some s -> raise (MoFO.OptionException("Device", $"Device {s}: expected cpu, cuda or cuda:N"))

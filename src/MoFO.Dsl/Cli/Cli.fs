@@ -1,9 +1,19 @@
-/// The `mofo` command line: the schema (Argu) and the dispatch.
+/// The `mofo` command line: the schema (Argu) and the dispatch. Every command runs under `Common.guard`, so the same
+/// failure gives the same exit code everywhere (`ExitCode`; README "Exit codes").
 module MoFO.Dsl.Cli.Main
 
+open System
 open Argu
+open MoFO.Training
 
 type InfoArgs =
+    | [<Hidden>] Verbose
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Verbose -> "unused."
+
+type MethodsArgs =
     | [<Hidden>] Verbose
     interface IArgParserTemplate with
         member this.Usage =
@@ -29,7 +39,9 @@ type MofoArgs =
     | [<CliPrefix(CliPrefix.None)>] Generate of ParseResults<Generate.GenerateArgs>
     | [<CliPrefix(CliPrefix.None)>] Convert of ParseResults<Convert.ConvertArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
-    | [<CliPrefix(CliPrefix.None)>] Repro of name: string
+    | [<CliPrefix(CliPrefix.None)>] Repro of ParseResults<Repro.ReproArgs>
+    | [<CliPrefix(CliPrefix.None)>] Methods of ParseResults<MethodsArgs>
+    | [<CliPrefix(CliPrefix.None); Hidden>] Point of file: string
     | [<AltCommandLine("-d"); Inherit>] Data_Root of path: string
     interface IArgParserTemplate with
         member this.Usage =
@@ -43,48 +55,38 @@ type MofoArgs =
             | Continual _ -> "train on a stream of TRACE task folders in sequence; the accuracy matrix, OP and BWT, with Replay, GEM or MTL."
             | Eval _ -> "evaluate a model on a benchmark (mmlu, arc-easy, arc-challenge, hellaswag, mc, gsm8k, humaneval) or a forgetting measure (perplexity, pretrain-proxy, story-cloze, distance)."
             | Eval_Samples _ -> "score a samples file of generated code ({task_id, completion} jsonl) in the sandbox: pass@k."
+            | Methods _ -> "list the fine-tuning methods (optimizer members and loss terms) with their defaults."
+            | Point _ -> "run one point of a sweep (internal: sweeps start these processes)."
             | Data_Root _ -> "the folder with the real models, tokenizers and datasets (default: $MOFO_DATA, else ../shared/data beside the repository)."
 
 let parser = ArgumentParser.Create<MofoArgs>(programName = "mofo")
 
-/// The usage of `mofo repro`: every reproduction by name.
-let reproUsage () =
-    let lines = MoFO.Dsl.Repro.All.studies |> List.map (fun (n, w, _) -> $"  {n,-18} {w}")
-    "USAGE: mofo repro <name> [--scale tiny|paper] [--seed N] [--config FILE] [--strict] [--smoke] [--out DIR]\n\n"
-    + "Runs a reproduction of the MoFO paper (the same pipelines as paper-repro/<name>.fsx) and writes results/<name>.{json,md,html}.\n\n"
-    + String.concat "\n" lines + "\n  all                every reproduction above but the frontier, then results/index.html\n"
-
-/// `mofo repro <name> …`: handled before Argu so that the reproduction's own flags pass through.
-let private repro (rest: string[]) =
-    match List.ofArray rest with
-    | [] -> eprintfn "%s" (reproUsage ()); 2
-    | ("--help" | "-h") :: _ -> printfn "%s" (reproUsage ()); 0
-    | "all" :: args -> MoFO.Dsl.Repro.All.all (Array.ofList args)
-    | name :: args when List.contains name MoFO.Dsl.Repro.All.names -> MoFO.Dsl.Repro.All.run name (Array.ofList args)
-    | name :: _ -> eprintfn "mofo repro: unknown reproduction '%s'\n\n%s" name (reproUsage ()); 2
+/// `mofo methods`: the vocabulary.
+let private methods () =
+    printfn "optimizer members (--method NAME; --alpha for those that filter):"
+    for m in Methods.Members do
+        let alpha = if m.UsesAlpha then $" (α, default {Defaults.Alpha})" else ""
+        let lr = if m.LrScale <> 1.0 then $"; the DSL runs it at {m.LrScale}× the recipe's learning rate" else ""
+        printfn "  %-12s %s%s%s" m.Name m.Description alpha lr
+    printfn "loss terms (--method NAME for AdamW with the term; --l1-lambda / --l2-lambda add one to any member):"
+    for t in Methods.Terms do printfn "  %-12s %s (default λ %g)" t.Name t.Description t.DefaultLambda
+    printfn "defaults: lr %g, %A schedule, warmup %g, weight decay %g, gradient clipping at %g, batch %d, max length %d, seed %d"
+        Defaults.LearningRate Defaults.Schedule Defaults.WarmupRatio Defaults.WeightDecay Defaults.MaxGradNorm Defaults.BatchSize Defaults.MaxLength Defaults.Seed
+    0
 
 /// Parses and runs one command line; returns the exit code. `--help` prints usage (exit 0); a wrong flag or a missing
-/// subcommand prints the error and the usage to stderr (exit 2).
+/// subcommand prints the error and the usage to stderr (exit 2); a failure prints one line with its exit code.
 let run (argv: string[]) =
-  let dataRoot, argv' =
-      // a leading --data-root/-d applies to repro too
-      match List.ofArray argv with
-      | ("--data-root" | "-d") :: p :: rest -> Some p, Array.ofList rest
-      | _ -> None, argv
-  if argv'.Length > 0 && argv'[0] = "repro" then
-    dataRoot |> Option.iter (fun p -> MoFO.DataRoot.Override <- p)
-    repro argv'[1..]
-  else
     match (try Ok (parser.ParseCommandLine(argv)) with :? ArguParseException as e -> Error e) with
     | Error e when e.ErrorCode = ErrorCode.HelpText ->
         printfn "%s" e.Message
         0
     | Error e ->
         eprintfn "%s" e.Message
-        2
+        int MoFO.Dsl.ExitCode.Usage
     | Ok args ->
       args.TryGetResult MofoArgs.Data_Root |> Option.iter (fun p -> MoFO.DataRoot.Override <- p)
-      try
+      Common.guard (fun () ->
         match args.TryGetSubCommand() with
         | Some (MofoArgs.Info _) -> Info.run ()
         | Some (MofoArgs.Train a) -> Train.run a
@@ -93,6 +95,8 @@ let run (argv: string[]) =
         | Some (MofoArgs.Eval_Samples a) -> EvalSamples.run a
         | Some (MofoArgs.Generate g) -> Generate.run g
         | Some (MofoArgs.Convert c) -> Convert.run c
+        | Some (MofoArgs.Repro r) -> Repro.run r
+        | Some (MofoArgs.Methods _) -> methods ()
         | Some (MofoArgs.Bench b) ->
             (match b.TryGetSubCommand() with
              | Some (BenchArgs.Model m) -> Bench.Model.run m
@@ -101,15 +105,25 @@ let run (argv: string[]) =
                  eprintfn "%s" (b.Parser.PrintUsage(message = "mofo bench: a benchmark is required."))
                  2)
         | _ ->
-            eprintfn "%s" (parser.PrintUsage(message = "mofo: a subcommand is required."))
-            2
-      with
-      // Errors in the user's input or environment: one clear line, no stack trace.
-      | :? MoFO.MissingAssetException as e -> eprintfn "mofo: %s" e.Message; 3
-      | :? MoFO.Data.DataFormatException as e -> eprintfn "mofo: %s" e.Message; 4
-      | :? MoFO.Checkpoints.CheckpointException as e -> eprintfn "mofo: %s" e.Message; 4
-      | :? System.IO.FileNotFoundException as e -> eprintfn "mofo: %s" e.Message; 3
-      | :? System.IO.DirectoryNotFoundException as e -> eprintfn "mofo: %s" e.Message; 3
-      | :? MoFO.Evaluation.SandboxUnavailableException as e -> eprintfn "mofo: %s" e.Message; 5
-      | :? MoFO.Training.TrainingDivergedException as e -> eprintfn "mofo: %s" e.Message; 6
-      | :? System.ArgumentException as e -> eprintfn "mofo: %s" e.Message; 2
+            match args.TryGetResult MofoArgs.Point with
+            | Some file -> MoFO.Dsl.Sweep.runPoint file
+            | None ->
+                eprintfn "%s" (parser.PrintUsage(message = "mofo: a subcommand is required."))
+                2)
+
+/// A paper-repro script: `mofo repro <name>` with the script's arguments (fsi.CommandLineArgs), so a script and the
+/// command give the same results and exit codes.
+let script (name: string) (argv: string[]) =
+    let args = if argv.Length > 0 && argv[0].EndsWith(".fsx", StringComparison.OrdinalIgnoreCase) then argv[1..] else argv
+    run (Array.append [| "repro"; name |] args)
+
+/// A custom study script (scripts/ablation.fsx): the reproduction flags parsed as `mofo repro` parses them, the body
+/// run under the same guard; returns the exit code.
+let study (argv: string[]) (body: MoFO.Dsl.Study.Ctx -> int) =
+    match (try Ok (Repro.scriptOptions argv) with :? ArguParseException as e -> Error e) with
+    | Error e when e.ErrorCode = ErrorCode.HelpText -> printfn "%s" e.Message; 0
+    | Error e -> eprintfn "%s" e.Message; int MoFO.Dsl.ExitCode.Usage
+    | Ok o ->
+        Common.guard (fun () ->
+            MoFO.Runtime.init ()
+            body (MoFO.Dsl.Study.context o))

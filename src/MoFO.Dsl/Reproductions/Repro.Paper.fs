@@ -5,7 +5,6 @@ module MoFO.Dsl.Repro.Paper
 open System
 open Plotly.NET
 open MoFO.Dsl
-open MoFO.Dsl.Evals
 open MoFO.Dsl.Study
 
 let private M = Column.Of
@@ -257,61 +256,21 @@ let figureFraction (c: Ctx) =
 
 /// The task stream: TRACE's eight tasks in the paper's order and epochs at paper scale; at tiny scale four tasks built
 /// from the data root (DPR, GSM8K, MetaMathQA, Code-Alpaca; 160 training and 48 test examples each, 2 epochs).
-let private stream (c: Ctx) : MoFO.Training.ContinualTask list * MoFO.Training.TaskMetric =
+let private stream (c: Ctx) : Continual.Stream * MoFO.Training.TaskMetric =
     match c.Scale with
     | Scale.Paper _ ->
         let root = require c "trace" (fun p -> p.Trace)
         let order = [ "C-STANCE", 5; "FOMC", 3; "MeetingBank", 7; "Py150", 5; "ScienceQA", 3; "NumGLUE-cm", 5; "NumGLUE-ds", 5; "20Minuten", 7 ]
-        [ for name, epochs in order ->
-            let dir = IO.Path.Combine(root, name)
-            if not (IO.Directory.Exists dir) then raise (MoFO.MissingAssetException $"{dir}: TRACE task folder '{name}' is missing under 'trace' of the paper config")
-            MoFO.Training.ContinualTask(name, MoFO.Data.InstructionData.Read(dir, MoFO.Data.DataFormat.Trace, "train"),
-                                        MoFO.Data.InstructionData.Read(dir, MoFO.Data.DataFormat.Trace, "test"), epochs) ], MoFO.Training.TaskMetric.Accuracy
+        Continual.Stream.Trace(root, order), MoFO.Training.TaskMetric.Accuracy
     | Scale.Tiny ->
         let nTrain, nTest, epochs = (if c.Smoke then 8, 4, 1 else 160, 48, 2)
-        let task (d: Dataset) =
-            let train, held = Experiment.load d 256
-            let pick (xs: MoFO.Data.TrainingExample list) n seed =
-                MoFO.Data.DataOrder.Epoch(xs.Length, int64 seed, 0) |> Array.truncate n |> Array.map (fun i -> xs[i]) |> ResizeArray
-            MoFO.Training.ContinualTask(d.Name, pick train nTrain 11, pick held.HeldOut nTest 12, epochs)
-        [ task Dataset.Dpr; task Dataset.Gsm8kTrain; task (Dataset.MetaMathQA None); task (Dataset.CodeAlpaca None) ], MoFO.Training.TaskMetric.AnswerLikelihood
-
-type private ContinualOutcome = { Method: Method; OP: float; BWT: float; R: float[][] }
-
-let private continualRun (c: Ctx) (tasks: MoFO.Training.ContinualTask list) (metric: MoFO.Training.TaskMetric) (e: Experiment) (showProgress: bool) =
-    let m = e.Method
-    let replay, gem = (match m with Method.Replay (n, _) -> n, 0 | Method.GEM (n, _) -> 0, n | _ -> 0, 0)
-    let key =
-        String.Join("|", [ Experiment.trainingKey e; string metric; string replay; string gem ]
-                         @ [ for t in tasks -> $"{t.Name}:{t.Train.Count}:{t.Test.Count}:{t.Epochs}" ])
-    let hash = Convert.ToHexString(Security.Cryptography.SHA256.HashData(Text.Encoding.UTF8.GetBytes key)).Substring(0, 12).ToLowerInvariant()
-    let dir = IO.Path.Combine(Experiment.cacheRoot (), "continual", $"{m.Key}-s{e.Seed}-{hash}")
-    let file = IO.Path.Combine(dir, "outcome.json")
-    if IO.File.Exists file then
-        let d = Text.Json.JsonDocument.Parse(IO.File.ReadAllText file)
-        let r = d.RootElement.GetProperty("R").EnumerateArray() |> Seq.map (fun row -> row.EnumerateArray() |> Seq.map (fun v -> if v.ValueKind = Text.Json.JsonValueKind.Number then v.GetDouble() else nan) |> Seq.toArray) |> Seq.toArray
-        { Method = m; OP = d.RootElement.GetProperty("op").GetDouble(); BWT = (match d.RootElement.GetProperty("bwt").ValueKind with Text.Json.JsonValueKind.Number -> d.RootElement.GetProperty("bwt").GetDouble() | _ -> nan); R = r }
-    else
-        if IO.Directory.Exists dir then IO.Directory.Delete(dir, true)
-        use model = MoFO.Models.ModelLoader.Load(e.Model.Path, null, Experiment.device e.Scale, TorchSharp.torch.ScalarType.Float32)
-        let o = Experiment.options e showProgress
-        let runner =
-            MoFO.Training.ContinualRunner(
-                Model = model, Tasks = ResizeArray tasks, Options = o, OutputDir = dir, Metric = metric,
-                ReplayPerTask = replay, GemMemoryPerTask = gem, EvalLimit = Nullable())
-        let r = if m = Method.MTL then runner.RunMultiTask() else runner.Run()
-        let bwt = if m = Method.MTL then nan else r.BWT
-        let json =
-            Text.Json.JsonSerializer.Serialize(
-                {| op = r.OP; bwt = (if Double.IsNaN bwt then Nullable() else Nullable bwt)
-                   R = r.R |> Array.map (Array.map (fun v -> if Double.IsNaN v then Nullable() else Nullable v)) |})
-        MoFO.AtomicFile.WriteAllText(file, json)
-        { Method = m; OP = r.OP; BWT = bwt; R = r.R }
+        Continual.Stream.Tiny(nTrain, nTest, epochs), MoFO.Training.TaskMetric.AnswerLikelihood
 
 /// Table 5: TinyLlama-1.1B (tiny: stories260K) trained on the task stream in sequence; OP and BWT for Full FT, HFT,
 /// MoFO (α = 5 %), GEM and Replay alone and with MoFO, and MTL (all tasks mixed, the upper bound).
 let table5 (c: Ctx) =
-    let tasks, metric = stream c
+    let stream, metric = stream c
+    let tasks = Continual.tasks stream
     let recipe =
         if c.Smoke then { Recipe.Default with Lr = 1e-3; BatchSize = 4; MicroBatchSize = 4; MaxLength = 128; Schedule = MoFO.Training.Schedule.Constant }
         elif c.IsTiny then { Recipe.Default with Lr = 1e-3; BatchSize = 8; MicroBatchSize = 8; MaxLength = 256; Schedule = MoFO.Training.Schedule.Constant }
@@ -321,16 +280,16 @@ let table5 (c: Ctx) =
         [ Method.FullFT; Method.HFT; Method.MoFO 0.05; Method.GEM(memory, Method.FullFT); Method.GEM(memory, Method.MoFO 0.05)
           Method.Replay(memory, Method.FullFT); Method.Replay(memory, Method.MoFO 0.05); Method.MTL ]
     let e = { Experiment.create (model c TinyLlama) Dataset.Dpr Method.FullFT recipe [] c.Scale c.Seed with Settings = c.Settings }
-    let outcomes =
-        methods |> List.map (fun m -> Experiment.withMethod m e)
-        |> Experiment.parallelMap (Experiment.parallelism c.Scale) (fun e -> $"continual · {e.Method.Label}") (fun show e -> continualRun c tasks metric e show)
+    let outcomes: Continual.Outcome list =
+        methods |> List.map (fun m -> { Continual.Job.Stream = stream; Continual.Job.Metric = metric; Continual.Job.Experiment = Experiment.withMethod m e })
+        |> Sweep.continual
     let get m = outcomes |> List.find (fun o -> o.Method = m)
     let rows = [ for o in outcomes -> Results.row o.Method.Label ([ "OP", 100.0 * o.OP ] @ (if Double.IsNaN o.BWT then [] else [ "BWT", 100.0 * o.BWT ])) ]
     let full, hft, mofo = get Method.FullFT, get Method.HFT, get (Method.MoFO 0.05)
     let gem, gemMofo = get (Method.GEM(memory, Method.FullFT)), get (Method.GEM(memory, Method.MoFO 0.05))
     let replay, replayMofo = get (Method.Replay(memory, Method.FullFT)), get (Method.Replay(memory, Method.MoFO 0.05))
     let mtl = get Method.MTL
-    let cmp (what: string) (a: ContinualOutcome) (b: ContinualOutcome) (f: ContinualOutcome -> float) =
+    let cmp (what: string) (a: Continual.Outcome) (b: Continual.Outcome) (f: Continual.Outcome -> float) =
         Results.check $"{a.Method.Label} has a higher {what} than {b.Method.Label}" (f a > f b) $"{100.0 * f a:F2} vs {100.0 * f b:F2}"
     let checks =
         [ cmp "OP" mofo full (fun o -> o.OP); cmp "BWT" mofo full (fun o -> o.BWT)

@@ -10,7 +10,7 @@ open MoFO.Dsl.Evals
 /// pretraining-loss proxy over the base model; lower = forgot less).
 type Point = { Method: Method; Lr: float; Seed: int; Learn: float; Forget: float; Run: Run }
 
-/// The sweep as experiments: every method × learning rate × seed (Lion at the recipe's LionLrScale of each rate).
+/// The sweep as experiments: every method × learning rate × seed (each member at its learning-rate factor: Lion 0.2×, `Recipe.lrFor`).
 let experiments (methods: Method list) (lrs: float list) (seeds: int list) (e: Experiment) =
     e |> Experiment.compare methods |> List.collect (Experiment.sweep lrs Experiment.withLr) |> Experiment.seeds seeds
 

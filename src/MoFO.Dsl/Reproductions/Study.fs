@@ -9,7 +9,6 @@ open System.Text
 open System.Text.Json
 open MoFO
 open MoFO.Training
-open MoFO.Dsl.Evals
 open MoFO.Dsl.Results
 
 /// A study's context: the script options, the scale with its paths, the evaluation settings.
@@ -73,9 +72,10 @@ let context (o: Options) =
         | _ -> Scale.Tiny
     let settings =
         if o.Smoke then
-            { Settings.Tiny with ArcLimit = Some 8; MmluPerSubject = Some 1; Gsm8kLimit = Some 2; Gsm8kMaxNewTokens = 16; HumanEvalLimit = Some 2
-                                 HumanEvalMaxNewTokens = 16; Samples = 12; SampleTokens = 100; IntactPrompts = 4; IntactTokens = 16; TaskLimit = Some 16 }
-        else scale.Settings
+            { Settings.Tiny with
+                Limits = Map.ofList [ "arc_easy", 8; "arc_challenge", 8; "mmlu", 1; "gsm8k", 2; "humaneval", 2 ]
+                Gsm8kMaxNewTokens = 16; HumanEvalMaxNewTokens = 16; Samples = 12; SampleTokens = 100; IntactPrompts = 4; IntactTokens = 16; TaskLimit = Some 16 }
+        else Settings.Of scale
     { Options = o; Scale = scale; Settings = settings; Clock = Stopwatch.StartNew() }
 
 /// A path the paper scale needs from its config, or an error naming the key, what it is and the config file.
@@ -161,7 +161,8 @@ let trainingNote (runs: Run list) =
     for r in runs do
         match r.Train with
         | Some t ->
-            sb.AppendLine($"- {r.Label} (seed {r.Seed}): {t.Steps} steps in {t.Seconds:F0} s, final train loss {t.FinalLoss:F4}, entries ever updated {100.0 * t.TouchedFraction:F1} %%, run folder `{Path.GetRelativePath(Directory.GetCurrentDirectory(), r.Dir)}`") |> ignore
+            let loss = t.FinalLoss.GetValueOrDefault nan
+            sb.AppendLine($"- {r.Label} (seed {r.Seed}): {t.Steps} steps in {t.ElapsedSeconds:F0} s, final train loss {loss:F4}, entries ever updated {100.0 * t.TouchedFraction:F1} %%, run folder `{Path.GetRelativePath(Directory.GetCurrentDirectory(), r.Dir)}`") |> ignore
         | None -> ()
     sb.ToString()
 

@@ -5,7 +5,6 @@ module MoFO.Dsl.Results
 open System
 open System.IO
 open System.Text
-open System.Text.Json
 open Plotly.NET
 
 /// One row of a result table: a method and its metrics (in display order).
@@ -30,77 +29,35 @@ type Report =
 let row (methodName: string) (metrics: (string * float) list) = { Method = methodName; Metrics = metrics }
 let check (claim: string) (holds: bool) (detail: string) = { Claim = claim; Holds = holds; Detail = detail }
 
-/// Options every script accepts: --seed N, --scale tiny|paper, --strict, --out DIR, --config FILE (paper scale), --smoke
-/// (a few steps of everything: the CI configuration).
-type Options = { Seed: int; Scale: string; Strict: bool; OutDir: string; Config: string option; Smoke: bool }
+/// What every reproduction and ablation is run with (the CLI's `mofo repro` flags and the scripts' arguments, parsed
+/// in one place: `Cli.Repro`): seed, scale, --strict, the output folder, the paper-scale config, --smoke (a few steps of
+/// everything: the CI configuration).
+type Options =
+    { Seed: int; Scale: string; Strict: bool; OutDir: string; Config: string option; Smoke: bool }
 
 /// The results folder: results/ at the repository root (or under the current directory outside a repository).
 let defaultOutDir () =
     let root = match MoFO.DataRoot.RepositoryRoot() with null -> Directory.GetCurrentDirectory() | r -> r
     Path.Combine(root, "results")
 
-/// Parses a script's arguments (fsi.CommandLineArgs: the first element, the script path, is skipped when it ends in
-/// .fsx). Throws ArgumentException naming a bad value.
-let parseArgs (argv: string[]) =
-    let args = if argv.Length > 0 && argv.[0].EndsWith(".fsx", StringComparison.OrdinalIgnoreCase) then argv.[1..] else argv
-    let rec go (o: Options) (xs: string list) =
-        match xs with
-        | [] -> o
-        | "--seed" :: v :: rest ->
-            match Int32.TryParse v with
-            | true, s -> go { o with Seed = s } rest
-            | _ -> raise (ArgumentException $"--seed {v}: expected an integer")
-        | "--scale" :: v :: rest ->
-            if v <> "tiny" && v <> "paper" then raise (ArgumentException $"--scale {v}: expected tiny or paper")
-            go { o with Scale = v } rest
-        | "--strict" :: rest -> go { o with Strict = true } rest
-        | "--out" :: v :: rest -> go { o with OutDir = v } rest
-        | "--config" :: v :: rest -> go { o with Config = Some v } rest
-        | "--smoke" :: rest -> go { o with Smoke = true } rest
-        | x :: _ -> raise (ArgumentException $"unknown argument '{x}' (expected --seed N, --scale tiny|paper, --strict, --out DIR, --config FILE, --smoke)")
-    go { Seed = 0; Scale = "tiny"; Strict = false; OutDir = defaultOutDir (); Config = None; Smoke = false } (List.ofArray args)
+module Options =
+    /// The defaults: seed 0, tiny scale, results/.
+    let defaults () = { Seed = 0; Scale = "tiny"; Strict = false; OutDir = defaultOutDir (); Config = None; Smoke = false }
 
-let private writeNumber (w: Utf8JsonWriter) (x: float) =
-    if Double.IsNaN x || Double.IsInfinity x then w.WriteNullValue() else w.WriteNumberValue x
-
-let private writeRows (w: Utf8JsonWriter) (rows: Row list) =
-    w.WriteStartArray()
-    for r in rows do
-        w.WriteStartObject()
-        w.WriteString("method", r.Method)
-        w.WritePropertyName "metrics"
-        w.WriteStartObject()
-        for k, v in r.Metrics do
-            w.WritePropertyName k
-            writeNumber w v
-        w.WriteEndObject()
-        w.WriteEndObject()
-    w.WriteEndArray()
+let private rowsJson (rows: Row list) =
+    Json.arr [ for r in rows -> Json.obj [ "method", Json.str r.Method; "metrics", Json.numbers r.Metrics ] ]
 
 /// The JSON document of the contract.
 let toJson (r: Report) =
-    use ms = new MemoryStream()
-    (use w = new Utf8JsonWriter(ms, JsonWriterOptions(Indented = true))
-     w.WriteStartObject()
-     w.WriteString("name", r.Name)
-     w.WriteString("scale", r.Scale)
-     w.WriteNumber("seed", r.Seed)
-     w.WritePropertyName "rows"
-     writeRows w r.Rows
-     w.WritePropertyName "paper"
-     (match r.Paper with Some p -> writeRows w p | None -> w.WriteNullValue())
-     w.WritePropertyName "checks"
-     w.WriteStartArray()
-     for c in r.Checks do
-         w.WriteStartObject()
-         w.WriteString("claim", c.Claim)
-         w.WriteBoolean("holds", c.Holds)
-         w.WriteString("detail", c.Detail)
-         w.WriteEndObject()
-     w.WriteEndArray()
-     w.WriteNumber("elapsedSeconds", r.ElapsedSeconds)
-     w.WriteEndObject())
-    Encoding.UTF8.GetString(ms.ToArray())
+    Json.obj
+        [ "name", Json.str r.Name
+          "scale", Json.str r.Scale
+          "seed", Json.int (int64 r.Seed)
+          "rows", rowsJson r.Rows
+          "paper", (match r.Paper with Some p -> rowsJson p | None -> null)
+          "checks", Json.arr [ for c in r.Checks -> Json.obj [ "claim", Json.str c.Claim; "holds", Json.bool c.Holds; "detail", Json.str c.Detail ] ]
+          "elapsedSeconds", Json.num r.ElapsedSeconds ]
+    |> Json.text
 
 let private fmt (x: float) =
     if Double.IsNaN x then "–"

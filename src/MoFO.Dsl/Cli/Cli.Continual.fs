@@ -19,6 +19,8 @@ type ContinualArgs =
     | Epochs of list: string
     | Batch_Size of n: int
     | Micro_Batch_Size of n: int
+    | L1_Lambda of l: float
+    | L2_Lambda of l: float
     | Max_Len of n: int
     | Seed of seed: int64
     | Replay of n: int
@@ -34,14 +36,16 @@ type ContinualArgs =
             | Model _ -> "the base model: an HF folder or a llama2.c .bin."
             | Tasks _ -> "comma-separated TRACE task folders (train.json, test.json: lists of {prompt, answer}), in training order."
             | Output _ -> "the folder for per-task runs and continual.json (R, OP, BWT)."
-            | Method _ -> "mofo (default), adamw, lion, hft, l1, l2, grad-bcd or random-bcd."
-            | Alpha _ -> "MoFO / BCD update fraction (default 0.15)."
-            | Lr _ -> "learning rate (default 2e-5)."
+            | Method _ -> Common.methodUsage ()
+            | Alpha _ -> $"MoFO / BCD update fraction (default {Defaults.Alpha})."
+            | Lr _ -> $"learning rate (default {Defaults.LearningRate})."
+            | L1_Lambda _ -> $"strength of the L1 term toward the pretrained weights (--method l1: default {Defaults.L1Lambda}; with another method it adds the term)."
+            | L2_Lambda _ -> $"strength of the L2 term toward the pretrained weights (--method l2: default {Defaults.L2Lambda}; with another method it adds the term)."
             | Epochs _ -> "epochs per task, comma-separated (TRACE used 5,3,7,5,3,5,5,7; default 1 each)."
-            | Batch_Size _ -> "examples per step (default 16)."
+            | Batch_Size _ -> $"examples per step (default {Defaults.BatchSize})."
             | Micro_Batch_Size _ -> "examples per forward/backward pass (default: the batch size)."
-            | Max_Len _ -> "truncate examples to this many tokens (default 512)."
-            | Seed _ -> "seed (default 42)."
+            | Max_Len _ -> $"truncate examples to this many tokens (default {Defaults.MaxLength})."
+            | Seed _ -> $"seed (default {Defaults.Seed})."
             | Replay _ -> "mix N seeded samples of every earlier task into each later task."
             | Gem _ -> "GEM with a memory of N examples per earlier task."
             | Mtl -> "instead of the stream, train once on all tasks mixed (the multi-task upper bound)."
@@ -64,17 +68,15 @@ let run (a: ParseResults<ContinualArgs>) =
         [ for i, d in Array.indexed dirs ->
             let name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath d))
             ContinualTask(name, InstructionData.Read(d, DataFormat.Trace, "train"), InstructionData.Read(d, DataFormat.Trace, "test"), epochs[i]) ]
-    let batch = a.GetResult(Batch_Size, 16)
-    let methodName = a.GetResult(Method, "mofo")
+    let batch = a.GetResult(Batch_Size, Defaults.BatchSize)
     let o =
         TrainingOptions(
-            Method = TrainingOptions.ParseMethod methodName,
-            Alpha = a.GetResult(Alpha, 0.15),
-            LearningRate = a.GetResult(Lr, 2e-5),
+            Method = Common.methodSpec (a.TryGetResult Method) (a.TryGetResult Alpha) (a.TryGetResult L1_Lambda) (a.TryGetResult L2_Lambda),
+            LearningRate = a.GetResult(Lr, Defaults.LearningRate),
             BatchSize = batch,
             MicroBatchSize = a.GetResult(Micro_Batch_Size, batch),
-            MaxLength = a.GetResult(Max_Len, 512),
-            Seed = a.GetResult(Seed, 42L))
+            MaxLength = a.GetResult(Max_Len, Defaults.MaxLength),
+            Seed = a.GetResult(Seed, Defaults.Seed))
     o.Validate()
     let metric =
         match a.GetResult(Metric, "accuracy").ToLowerInvariant() with

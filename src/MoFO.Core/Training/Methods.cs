@@ -1,0 +1,176 @@
+using MoFO.Models;
+using MoFO.Optim;
+using TorchSharp;
+using static TorchSharp.torch;
+using Parameter = TorchSharp.Modules.Parameter;
+
+namespace MoFO.Training;
+
+/// <summary>
+/// The defaults of a fine-tuning run, each declared once: the MoFO authors' scripts (lr 2e-5, cosine, no warmup, no
+/// weight decay, α = 15 %, gradient clipping at norm 1) and the paper's regularization strengths (λ1 = 1e-6,
+/// λ2 = 1e-3). The CLI, the trainer, the continual runner and the F# DSL read them from here.
+/// </summary>
+public static class Defaults
+{
+    public const string Method = "mofo";
+    public const double LearningRate = 2e-5;
+    public const double Alpha = 0.15;
+    public const double L1Lambda = 1e-6;
+    public const double L2Lambda = 1e-3;
+    public const double WeightDecay = 0;
+    public const double WarmupRatio = 0;
+    public const double MaxGradNorm = 1.0;
+    public const Schedule Schedule = MoFO.Training.Schedule.Cosine;
+    public const int Epochs = 1;
+    public const int BatchSize = 16;
+    public const int MaxLength = 512;
+    public const long Seed = 42;
+    public const int MaxBadSteps = 5;
+}
+
+/// <summary>What an optimizer member is built from: the model's named parameters and the run's settings.</summary>
+public sealed record OptimizerArgs(IReadOnlyList<(string Name, Parameter Parameter)> Parameters, double LearningRate,
+                                   double WeightDecay, double Alpha, long Seed, bool TrackTouched);
+
+/// <summary>
+/// One member of the optimizer family, as the vocabulary declares it: its name (what users type), what it is, whether
+/// it takes the update fraction α, the factor of the learning rate its authors advise relative to Adam's (Lion: 3–10×
+/// smaller; 0.2 here), and its factory.
+/// </summary>
+public sealed record Member(string Name, string Description, bool UsesAlpha, double LrScale, Func<OptimizerArgs, BlockOptimizer> Create);
+
+/// <summary>A loss term added to the fine-tuning loss, composable with any member (L1/L2 toward the pretrained
+/// weights): its name, what it is, its default strength and its factory over the parameters.</summary>
+public sealed record LossTerm(string Name, string Description, double DefaultLambda, Func<IReadOnlyList<Tensor>, double, ILossTerm> Create);
+
+/// <summary>A loss term of a method: the term's name (<see cref="Methods.Terms"/>) and its strength λ.</summary>
+public sealed record LossTermSpec(string Term, double Lambda);
+
+/// <summary>
+/// A fine-tuning method: an optimizer member with its update fraction, and loss terms. Serializable (names, not
+/// delegates), so it is part of a run's fingerprint and summary.
+/// </summary>
+public sealed record MethodSpec
+{
+    /// <summary>The member's name (<see cref="Methods.Members"/>).</summary>
+    public string Optimizer { get; init; } = Defaults.Method;
+    /// <summary>The update fraction of members that filter (ignored by the others).</summary>
+    public double Alpha { get; init; } = Defaults.Alpha;
+    public IReadOnlyList<LossTermSpec> Terms { get; init; } = [];
+
+    /// <summary>A short description: <c>mofo(α=0.15)</c>, <c>adamw + l2(λ=0.001)</c>.</summary>
+    public override string ToString()
+    {
+        var m = Methods.Member(Optimizer);
+        var head = m.UsesAlpha ? $"{m.Name}(α={Alpha.ToString("G", System.Globalization.CultureInfo.InvariantCulture)})" : m.Name;
+        return string.Concat(Terms.Select(t => $" + {t.Term}(λ={t.Lambda.ToString("G", System.Globalization.CultureInfo.InvariantCulture)})").Prepend(head));
+    }
+
+    public bool Equals(MethodSpec? other) =>
+        other is not null && Optimizer == other.Optimizer && Alpha.Equals(other.Alpha) && Terms.SequenceEqual(other.Terms);
+
+    public override int GetHashCode() => HashCode.Combine(Optimizer, Alpha, Terms.Count);
+}
+
+/// <summary>
+/// The vocabulary of fine-tuning methods: every optimizer member and loss term, declared once, and the one factory
+/// that builds them for a model. A new method is a class, one line in <see cref="Members"/> (or <see cref="Terms"/>),
+/// and its tests.
+/// </summary>
+public static class Methods
+{
+    /// <summary>The optimizer members. The first is the default.</summary>
+    public static IReadOnlyList<Member> Members { get; } =
+    [
+        new("mofo", "MoFO: Adam moments for every entry; per tensor only the top-α entries by |m| take the step", true, 1.0,
+            a => new MoFOOptimizer(a.Parameters, a.LearningRate, a.Alpha, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
+        new("adamw", "full fine-tuning with AdamW", false, 1.0,
+            a => new AdamW(a.Parameters, a.LearningRate, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
+        new("lion", "Lion (Chen et al. 2023): the sign of an interpolated momentum", false, 0.2,
+            a => new Lion(a.Parameters, a.LearningRate, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
+        new("hft", "HFT: half of each layer's blocks frozen for the run, the rest AdamW", false, 1.0,
+            a => new HFT(a.Parameters, a.LearningRate, seed: a.Seed, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
+        new("grad-bcd", "gradient-filtered BCD: the top-α entries by |g| of the step, Adam moments", true, 1.0,
+            a => new GradientFilteredBCD(a.Parameters, a.LearningRate, a.Alpha, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
+        new("random-bcd", "randomized BCD: a fresh random α subset per step, Adam moments", true, 1.0,
+            a => new RandomizedBCD(a.Parameters, a.LearningRate, a.Alpha, seed: a.Seed, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
+    ];
+
+    /// <summary>The loss terms (each also names a preset: AdamW with that term, as the paper's baselines).</summary>
+    public static IReadOnlyList<LossTerm> Terms { get; } =
+    [
+        new("l1", "L1 toward the pretrained weights, λ·Σ|θ − θ0|", Defaults.L1Lambda, (ps, l) => new L1ToPretrained(ps, l)),
+        new("l2", "L2 toward the pretrained weights, λ·Σ(θ − θ0)²", Defaults.L2Lambda, (ps, l) => new L2ToPretrained(ps, l)),
+    ];
+
+    /// <summary>Other names users type for a member.</summary>
+    static readonly Dictionary<string, string> Aliases = new() { ["adam"] = "adamw", ["full-ft"] = "adamw" };
+
+    /// <summary>Every name <see cref="Parse"/> accepts: the members, then the loss-term presets.</summary>
+    public static IReadOnlyList<string> Names => Members.Select(m => m.Name).Concat(Terms.Select(t => t.Name)).ToList();
+
+    /// <summary>The member of that name; an <see cref="OptionException"/> on field <c>Method</c> otherwise.</summary>
+    public static Member Member(string name)
+    {
+        var key = Aliases.GetValueOrDefault(name.ToLowerInvariant(), name.ToLowerInvariant());
+        return Members.FirstOrDefault(m => m.Name == key)
+               ?? throw new OptionException("Method", $"Method {name}: not an optimizer member (expected {string.Join(", ", Members.Select(m => m.Name))})");
+    }
+
+    /// <summary>The loss term of that name; an <see cref="OptionException"/> on field <c>Method</c> otherwise.</summary>
+    public static LossTerm Term(string name)
+        => Terms.FirstOrDefault(t => t.Name == name.ToLowerInvariant())
+           ?? throw new OptionException("Method", $"Method {name}: not a loss term (expected {string.Join(", ", Terms.Select(t => t.Name))})");
+
+    /// <summary>
+    /// A method by name: a member (α = <paramref name="alpha"/>), or a loss-term preset (<c>l1</c>, <c>l2</c>: AdamW with
+    /// that term at <paramref name="l1Lambda"/> / <paramref name="l2Lambda"/>). With a member, a given λ adds its term
+    /// (so <c>mofo</c> with λ2 is MoFO + L2).
+    /// </summary>
+    public static MethodSpec Parse(string name, double alpha = Defaults.Alpha, double? l1Lambda = null, double? l2Lambda = null)
+    {
+        var key = name.ToLowerInvariant();
+        var terms = new List<LossTermSpec>();
+        string optimizer;
+        if (Terms.Any(t => t.Name == key))
+        {
+            optimizer = "adamw";
+            terms.Add(new LossTermSpec(key, (key == "l1" ? l1Lambda : l2Lambda) ?? Term(key).DefaultLambda));
+            var other = key == "l1" ? ("l2", l2Lambda) : ("l1", l1Lambda);
+            if (other.Item2 is double l) terms.Add(new LossTermSpec(other.Item1, l));
+        }
+        else
+        {
+            if (!Members.Any(m => m.Name == Aliases.GetValueOrDefault(key, key)))
+                throw new OptionException("Method", $"Method {name}: unknown (expected one of {string.Join(", ", Names)})");
+            optimizer = Member(key).Name;
+            if (l1Lambda is double l1) terms.Add(new LossTermSpec("l1", l1));
+            if (l2Lambda is double l2) terms.Add(new LossTermSpec("l2", l2));
+        }
+        return new MethodSpec { Optimizer = optimizer, Alpha = alpha, Terms = terms.OrderBy(t => t.Term, StringComparer.Ordinal).ToList() };
+    }
+
+    /// <summary>Checks a method's fields (member and terms exist, α in (0, 1], λ ≥ 0).</summary>
+    public static void Validate(MethodSpec m)
+    {
+        Member(m.Optimizer);
+        if (!(m.Alpha > 0 && m.Alpha <= 1)) throw new OptionException("Alpha", $"Alpha {m.Alpha}: must lie in (0, 1]");
+        foreach (var t in m.Terms)
+        {
+            Term(t.Term);
+            if (!(t.Lambda >= 0 && double.IsFinite(t.Lambda))) throw new OptionException("Lambda", $"{t.Term} λ {t.Lambda}: must be a finite number ≥ 0");
+        }
+    }
+
+    /// <summary>The one factory: the optimizer of the method over the module's parameters, and its loss terms.</summary>
+    public static (BlockOptimizer Optimizer, IReadOnlyList<ILossTerm> Terms) Create(CausalLMModule module, TrainingOptions o)
+    {
+        var named = module.named_parameters().ToList();
+        var member = Member(o.Method.Optimizer);
+        var opt = member.Create(new OptimizerArgs(named, o.LearningRate, o.WeightDecay, o.Method.Alpha, o.Seed, TrackTouched: true));
+        var tensors = named.Select(p => (Tensor)p.parameter).ToList();
+        var terms = o.Method.Terms.Select(t => Term(t.Term).Create(tensors, t.Lambda)).ToList();
+        return (opt, terms);
+    }
+}

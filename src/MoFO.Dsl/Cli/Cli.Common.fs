@@ -1,0 +1,50 @@
+/// What every command shares: the spelling of Core's option fields as flags, the one failure guard (exception → one
+/// line and the exit-code table), and the method flags of `train` and `continual`.
+module MoFO.Dsl.Cli.Common
+
+open System
+open MoFO
+open MoFO.Training
+open MoFO.Dsl
+
+/// Core's option fields and remedies as the flags users type.
+let flags =
+    dict [ "LearningRate", "--lr"; "Method", "--method"; "Alpha", "--alpha"; "BatchSize", "--batch-size"
+           "MicroBatchSize", "--micro-batch-size"; "Steps", "--steps"; "Epochs", "--epochs"; "MaxLength", "--max-len"
+           "WarmupRatio", "--warmup-ratio"; "MaxGradNorm", "--max-grad-norm"; "WeightDecay", "--weight-decay"
+           "SaveEvery", "--save-every"; "EvalEvery", "--eval-every"; "Schedule", "--schedule"; "Format", "--format"
+           "Lambda", "--l1-lambda / --l2-lambda"; "Resume", "--resume"; "skipEmpty", "--skip-empty"; "tokenizerPath", "--tokenizer"
+           "DataRoot", "--data-root"; "allowUnsandboxed", "--unsafe-no-sandbox"; "Device", "--device"; "Task", "--task"
+           "Data", "--data"; "Name", "mofo repro <name>" ]
+
+/// An error as the command line says it: an option's field becomes its flag, a remedy names the flag that applies it.
+let render (e: exn) =
+    let e = match e with :? AggregateException as a when a.InnerExceptions.Count = 1 -> a.InnerExceptions[0] | e -> e
+    match e with
+    | :? OptionException as o ->
+        match flags.TryGetValue o.Field with
+        | true, flag when o.Message.StartsWith(o.Field + " ") -> flag + o.Message.Substring o.Field.Length
+        | true, flag -> $"{o.Message} ({flag})"
+        | _ -> o.Message
+    | e ->
+        match box e with
+        | :? IRemedy as r when not (isNull r.Remedy) && flags.ContainsKey r.Remedy -> $"{e.Message}; on the command line: {flags[r.Remedy]}"
+        | _ -> e.Message
+
+/// Runs a command: a failure prints one line (unexpected ones with their stack trace) and returns its exit code.
+let guard (f: unit -> int) =
+    try f ()
+    with e ->
+        let code = ExitCode.classify e
+        if code = ExitCode.Failure then eprintfn "mofo: %s" (e.ToString()) else eprintfn "mofo: %s" (render e)
+        int code
+
+/// The names `--method` accepts, with what each is.
+let methodUsage () =
+    let members = Methods.Members |> Seq.map (fun m -> m.Name) |> String.concat ", "
+    let terms = Methods.Terms |> Seq.map (fun t -> $"{t.Name} (AdamW + {t.Description})") |> String.concat ", "
+    $"{members}, or {terms} (default {Defaults.Method}). Run `mofo methods` for a description of each."
+
+/// The method of `--method`, `--alpha`, `--l1-lambda`, `--l2-lambda` (a λ with a member adds its loss term).
+let methodSpec (name: string option) (alpha: float option) (l1: float option) (l2: float option) =
+    Methods.Parse(defaultArg name Defaults.Method, defaultArg alpha Defaults.Alpha, Option.toNullable l1, Option.toNullable l2)

@@ -1,0 +1,56 @@
+namespace MoFO.Dsl
+
+open System
+open MoFO.Training
+
+/// The methods compared in the paper, as typed values for scripts. Each maps onto Core's one description of a method
+/// (`MethodSpec`: an optimizer member of `Methods.Members` with α, and loss terms) in `Spec`; Replay, GEM and MTL are
+/// continual-learning strategies around a method (Table 5).
+[<RequireQualifiedAccess>]
+type Method =
+    | FullFT
+    | MoFO of alpha: float
+    | HFT
+    | L1 of lambda: float
+    | L2 of lambda: float
+    | Lion
+    | GradBCD of alpha: float
+    | RandomBCD of alpha: float
+    | Replay of perTask: int * Method
+    | GEM of memory: int * Method
+    | MTL
+
+    /// The Core description: the optimizer member, its α, the loss terms (Replay / GEM: those of the inner method).
+    member m.Spec : MethodSpec =
+        match m with
+        | FullFT | MTL -> Methods.Parse "adamw"
+        | MoFO a -> Methods.Parse("mofo", a)
+        | HFT -> Methods.Parse "hft"
+        | L1 l -> Methods.Parse("l1", l1Lambda = Nullable l)
+        | L2 l -> Methods.Parse("l2", l2Lambda = Nullable l)
+        | Lion -> Methods.Parse "lion"
+        | GradBCD a -> Methods.Parse("grad-bcd", a)
+        | RandomBCD a -> Methods.Parse("random-bcd", a)
+        | Replay (_, inner) | GEM (_, inner) -> inner.Spec
+
+    /// The optimizer member (its name, description, learning-rate factor).
+    member m.Member = Methods.Member m.Spec.Optimizer
+
+    member m.Label =
+        let pct (a: float) = (a * 100.0).ToString("0.##", Globalization.CultureInfo.InvariantCulture) + "%"
+        match m with
+        | FullFT -> "Full FT" | MoFO a -> $"MoFO (α={pct a})" | HFT -> "HFT" | L1 _ -> "L1-regularization" | L2 _ -> "L2-regularization"
+        | Lion -> "Lion" | GradBCD a -> $"Gradient-filtered BCD (α={pct a})" | RandomBCD a -> $"Randomized BCD (α={pct a})"
+        | Replay (_, FullFT) -> "Replay" | Replay (_, inner) -> $"Replay + {inner.Label}"
+        | GEM (_, FullFT) -> "GEM" | GEM (_, inner) -> $"GEM + {inner.Label}"
+        | MTL -> "MTL"
+
+    /// A short identifier for file names and cache keys.
+    member m.Key =
+        match m with
+        | FullFT -> "adamw" | MoFO a -> $"mofo{a}" | HFT -> "hft" | L1 l -> $"l1-{l}" | L2 l -> $"l2-{l}" | Lion -> "lion"
+        | GradBCD a -> $"gradbcd{a}" | RandomBCD a -> $"randbcd{a}" | Replay (n, i) -> $"replay{n}-{i.Key}" | GEM (n, i) -> $"gem{n}-{i.Key}"
+        | MTL -> "mtl"
+
+    /// The continual strategy's memory: (replayed examples per earlier task, GEM memory per earlier task).
+    member m.Continual = match m with Replay (n, _) -> n, 0 | GEM (n, _) -> 0, n | _ -> 0, 0

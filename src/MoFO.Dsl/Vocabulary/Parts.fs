@@ -1,0 +1,103 @@
+namespace MoFO.Dsl
+
+open System
+open System.IO
+open MoFO
+open MoFO.Data
+open MoFO.Training
+
+/// Where the pretrained model comes from.
+[<RequireQualifiedAccess>]
+type ModelSource =
+    /// the real pretrained stories260K (llama2.c) under the data root: the tiny scale
+    | Stories260K
+    | Llama2c of path: string
+    /// a HuggingFace folder (config.json, safetensors, tokenizer): Pythia, TinyLlama, Llama-2
+    | HfFolder of path: string
+    member m.Path =
+        match m with
+        | Stories260K -> DataRoot.Require DataRoot.Assets.Stories260K
+        | Llama2c p | HfFolder p ->
+            if not (File.Exists p || Directory.Exists p) then raise (MissingAssetException $"{p}: the model is missing (expected a llama2.c .bin or an HF folder with config.json)")
+            Path.GetFullPath p
+    member m.Label =
+        match m with
+        | Stories260K -> "stories260K"
+        | Llama2c p | HfFolder p -> Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath p))
+
+/// The fine-tuning data: its training examples and its held-out examples (the task measures use them). How each is
+/// read: `Datasets.load`.
+[<RequireQualifiedAccess>]
+type Dataset =
+    /// Rahman & Ng's definite pronoun resolution (FLAN's definite_pronoun_resolution source), FLAN-style templates in
+    /// rotation; held out: the test split, scored also as a two-choice task
+    | Dpr
+    /// MetaMathQA in Tulu messages; `path` None = the 1,024-example subset under the data root (tiny: 128 held out)
+    | MetaMathQA of path: string option
+    /// Code-Alpaca; `path` None = the 2k file under the data root (the two empty outputs dropped; 128 held out)
+    | CodeAlpaca of path: string option
+    /// GSM8K train (held out: the first 128 test problems)
+    | Gsm8kTrain
+    /// any file of a supported format, with an optional held-out file (else 128 seeded examples are held out)
+    | File of name: string * path: string * format: DataFormat * heldOut: string option
+    member d.Name =
+        match d with
+        | Dpr -> "DPR" | MetaMathQA _ -> "MetaMathQA" | CodeAlpaca _ -> "Code-Alpaca" | Gsm8kTrain -> "GSM8K-train"
+        | File (n, _, _, _) -> n
+    member d.Key =
+        match d with
+        | Dpr -> "dpr"
+        | MetaMathQA p -> "metamathqa" + (p |> Option.map (fun p -> ":" + Path.GetFullPath p) |> Option.defaultValue "")
+        | CodeAlpaca p -> "codealpaca" + (p |> Option.map (fun p -> ":" + Path.GetFullPath p) |> Option.defaultValue "")
+        | Gsm8kTrain -> "gsm8k-train"
+        | File (n, p, f, h) -> $"""{n}:{Path.GetFullPath p}:{f}:{defaultArg h ""}"""
+
+/// How to fine-tune: the paper's knobs (defaults: Core's `Defaults`, the authors' scripts, with the paper's batch of
+/// 128 in micro-batches of 4, 2 epochs and 1024 tokens). `Lr` is Adam's learning rate: a member whose authors advise
+/// another step size runs at `Lr` times its factor (`Recipe.lrFor`; Lion 0.2).
+type Recipe =
+    { Lr: float
+      Steps: int option
+      Epochs: int
+      BatchSize: int
+      MicroBatchSize: int
+      MaxLength: int
+      Schedule: Schedule
+      WarmupRatio: float
+      WeightDecay: float
+      MaxGradNorm: float
+      /// train on at most this many examples (None: all)
+      TrainLimit: int option
+      /// MetaMathQA at paper scale: the paper trains on a seeded 10 %
+      SampleFraction: float option }
+    static member Default =
+        { Lr = Defaults.LearningRate; Steps = None; Epochs = 2; BatchSize = 128; MicroBatchSize = 4; MaxLength = 1024; Schedule = Defaults.Schedule
+          WarmupRatio = Defaults.WarmupRatio; WeightDecay = Defaults.WeightDecay; MaxGradNorm = Defaults.MaxGradNorm; TrainLimit = None; SampleFraction = None }
+
+module Recipe =
+    /// The learning rate a method runs at under a recipe: `Lr` times the member's factor (Lion: 0.2).
+    let lrFor (m: Method) (r: Recipe) = r.Lr * m.Member.LrScale
+
+/// The paper's models and data at paper scale (from a JSON config file); None = not given.
+type PaperPaths =
+    { Pythia160m: string option
+      Llama2_7b: string option
+      TinyLlama: string option
+      MetaMathQA: string option
+      CodeAlpaca: string option
+      Trace: string option
+      HellaSwag: string option
+      Device: string option }
+    static member Empty =
+        { Pythia160m = None; Llama2_7b = None; TinyLlama = None; MetaMathQA = None; CodeAlpaca = None; Trace = None; HellaSwag = None; Device = None }
+
+[<RequireQualifiedAccess>]
+type Scale =
+    | Tiny
+    | Paper of PaperPaths
+    member s.Name = match s with Tiny -> "tiny" | Paper _ -> "paper"
+    /// Where the experiments of this scale run: the CPU at tiny scale, the config's device at paper scale.
+    member s.Device =
+        match s with
+        | Paper p -> MoFO.Runtime.device p.Device
+        | Tiny -> TorchSharp.torch.CPU
