@@ -31,7 +31,9 @@ let tests =
     testSequenced <| testList "Evaluation.Sandbox" [
         test "without bubblewrap the harness refuses to run generated code unless explicitly allowed" {
             let e = throwsWith<SandboxUnavailableException> (fun () -> PythonSandbox.Create(bwrapPath = "/nonexistent/bwrap") |> ignore)
-            Expect.stringContains e.Message "--unsafe-no-sandbox" "says how to override"
+            Expect.stringContains e.Message "allowUnsandboxed" "says how to override (Core names the option; the CLI its flag)"
+            Expect.equal e.Remedy "allowUnsandboxed" "the remedy's field"
+            Expect.stringContains (MoFO.Dsl.Cli.Common.render e) "--unsafe-no-sandbox" "the command line names its flag"
             Expect.stringContains e.Message "apt-get install bubblewrap" "says how to install it"
             let unsafe = PythonSandbox.Create(allowUnsandboxed = true, bwrapPath = "/nonexistent/bwrap")
             Expect.isFalse unsafe.Isolated "runs without isolation only when asked"

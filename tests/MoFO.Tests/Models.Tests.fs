@@ -262,7 +262,7 @@ let tests =
             let e = throwsWith<FileNotFoundException> (fun () -> ModelLoader.Load dir.Path |> ignore)
             Expect.stringContains e.Message (dir.File "tokenizer.model") "tokenizer"
             let code, _, err = captureConsole (fun () -> MoFO.Dsl.Cli.Main.run [| "generate"; "--model"; dir.Path |])
-            Expect.equal code 1 "non-zero exit"
+            Expect.equal code 3 "a missing file (the exit-code table)"
             Expect.stringContains err "tokenizer.model" "one line naming the file"
         }
 

@@ -44,7 +44,7 @@ public static class ModelLoader
         }
         if (File.Exists(path))
             throw new CheckpointException($"{path}: unsupported model file (expected a llama2.c .bin or an HF folder with config.json)");
-        throw new CheckpointException($"{path}: not found (expected an HF model folder or a llama2.c .bin file)");
+        throw new MissingAssetException($"{path}: not found (expected an HF model folder or a llama2.c .bin file)");
     }
 
     /// <summary>Shards one at a time; each is disposed once copied into the model.</summary>

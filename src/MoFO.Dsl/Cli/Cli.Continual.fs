@@ -64,10 +64,6 @@ let run (a: ParseResults<ContinualArgs>) =
             let e = s.Split(',') |> Array.map (fun x -> match Int32.TryParse(x.Trim()) with | true, v when v >= 1 -> v | _ -> raise (ArgumentException $"--epochs: '{x}' is not a positive integer"))
             if e.Length <> dirs.Length then raise (ArgumentException $"--epochs lists {e.Length} values for {dirs.Length} tasks")
             e
-    let tasks =
-        [ for i, d in Array.indexed dirs ->
-            let name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath d))
-            ContinualTask(name, InstructionData.Read(d, DataFormat.Trace, "train"), InstructionData.Read(d, DataFormat.Trace, "test"), epochs[i]) ]
     let batch = a.GetResult(Batch_Size, Defaults.BatchSize)
     let o =
         TrainingOptions(
@@ -78,6 +74,10 @@ let run (a: ParseResults<ContinualArgs>) =
             MaxLength = a.GetResult(Max_Len, Defaults.MaxLength),
             Seed = a.GetResult(Seed, Defaults.Seed))
     o.Validate()
+    let tasks =
+        [ for i, d in Array.indexed dirs ->
+            let name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath d))
+            ContinualTask(name, InstructionData.Read(d, DataFormat.Trace, "train"), InstructionData.Read(d, DataFormat.Trace, "test"), epochs[i]) ]
     let metric =
         match a.GetResult(Metric, "accuracy").ToLowerInvariant() with
         | "accuracy" -> TaskMetric.Accuracy

@@ -34,8 +34,18 @@ type ReproArgs =
 
 let parser = ArgumentParser.Create<ReproArgs>(programName = "mofo repro")
 
+/// The one name of the reproduction; anything else left over (Argu gives the main command every token it does not
+/// know) is a usage error naming it.
+let name (a: ParseResults<ReproArgs>) =
+    match a.GetResults Name with
+    | [ n ] when not (n.StartsWith "-") -> n
+    | ns ->
+        let extra = ns |> List.tryFind (fun n -> n.StartsWith "-") |> Option.defaultWith (fun () -> String.Join(" ", ns))
+        raise (ArgumentException $"mofo repro: unknown argument '{extra}' (expected one name, then --scale tiny|paper, --seed N, --config FILE, --strict, --smoke, --out DIR)")
+
 /// The reproduction options of parsed flags.
 let options (a: ParseResults<ReproArgs>) : Options =
+    name a |> ignore
     let d = Options.defaults ()
     { Seed = a.GetResult(Seed, d.Seed)
       Scale = (match a.TryGetResult Scale with Some ScaleArg.Paper -> "paper" | _ -> "tiny")
@@ -51,6 +61,6 @@ let scriptOptions (argv: string[]) =
 
 let run (a: ParseResults<ReproArgs>) =
     let o = options a
-    match a.GetResult Name with
+    match name a with
     | "all" -> MoFO.Dsl.Repro.All.all o
     | name -> MoFO.Dsl.Repro.All.run name o

@@ -41,6 +41,7 @@ module ExitCode =
         | ExitCode.Diverged -> "training diverged"
         | ExitCode.OutOfMemory -> "out of memory (planned or actual)"
         | ExitCode.Interrupted -> "interrupted"
+        | c when int c > 128 && int c < 160 -> $"killed by signal {int c - 128}"
         | c -> $"exit code {int c}"
 
     let all =
