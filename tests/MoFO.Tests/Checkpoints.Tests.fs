@@ -177,7 +177,7 @@ let tests =
 
         test "Checkpoints.llama2c.header: stories260K's header becomes the documented Llama config" {
             let src = requireAsset MoFO.DataRoot.Assets.Stories260K
-            let struct (c, tensors) = MoFO.Checkpoints.Llama2c.Load src
+            let struct (c, tensors) = ModelLoader.LoadLlama2c src
             Expect.equal (c.HiddenSize, c.IntermediateSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads, c.VocabSize, c.MaxPositionEmbeddings)
                          (64, 172, 5, 8, 4, 512, 512) "dims"
             Expect.isTrue c.TieWordEmbeddings "positive vocab_size = shared classifier"

@@ -7,7 +7,6 @@ module MoFO.Tests.ModelsReference
 open System
 open Expecto
 open TorchSharp
-open MoFO.Checkpoints
 open MoFO.Models
 open MoFO.Tests.ModelFixtures
 

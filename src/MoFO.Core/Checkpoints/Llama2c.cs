@@ -11,14 +11,15 @@ namespace MoFO.Checkpoints;
 /// w3 [L, hidden, dim], rms_final [dim], freq_cis_real and freq_cis_imag [seq_len, head_size / 2], then wcls.
 /// llama2.c rotates interleaved pairs (Meta layout); on load the rows of wq and wk are permuted into HF's rotate_half
 /// layout (the permutation of HF's convert_llama_weights_to_hf), so that one Llama implementation serves both.
-/// rms eps 1e-5 and rope theta 10000 are llama2.c's constants.
+/// rms eps 1e-5 and rope theta 10000 are llama2.c's constants. <see cref="Load"/> returns the validated header and the
+/// tensors under HF's names.
 /// </summary>
 public static class Llama2c
 {
     public const double RmsNormEps = 1e-5;
     public const double RopeTheta = 10000.0;
 
-    public static (LlamaConfig Config, Dictionary<string, Tensor> Tensors) Load(string file, int bosTokenId = 1, int eosTokenId = 2)
+    public static (Llama2cHeader Header, Dictionary<string, Tensor> Tensors) Load(string file)
     {
         if (!File.Exists(file)) throw new CheckpointException($"{file}: file not found (expected a llama2.c .bin checkpoint)");
         using var fs = File.OpenRead(file);
@@ -37,12 +38,7 @@ public static class Llama2c
         var headSize = dim / heads;
         var kvDim = kvHeads * headSize;
 
-        var config = new LlamaConfig
-        {
-            VocabSize = vocab, HiddenSize = dim, IntermediateSize = hidden, NumHiddenLayers = layers, NumAttentionHeads = heads,
-            NumKeyValueHeads = kvHeads, MaxPositionEmbeddings = seqLen, RmsNormEps = RmsNormEps, RopeTheta = RopeTheta,
-            TieWordEmbeddings = shared, BosTokenId = bosTokenId, EosTokenIds = [eosTokenId], TorchDtype = "float32",
-        };
+        var header = new Llama2cHeader(dim, hidden, layers, heads, kvHeads, vocab, seqLen, shared);
 
         long expectedFloats = (long)vocab * dim + layers * (2L * dim + 2L * dim * dim + 2L * kvDim * dim + 3L * hidden * dim) + dim
                               + (long)seqLen * headSize + (shared ? 0 : (long)vocab * dim);
@@ -93,6 +89,10 @@ public static class Llama2c
                 throw CheckpointException.For(file, "end of file", $"{fs.Length - fs.Position} unexpected trailing bytes (file {fs.Length} bytes, expected {expectedBytes} for this header)");
             foreach (var t in tensors.Values) t.MoveToOuterDisposeScope();
         }
-        return (config, tensors);
+        return (header, tensors);
     }
 }
+
+/// <summary>The header of a llama2.c checkpoint, validated: <paramref name="VocabSize"/> is |vocab_size|, and
+/// <paramref name="SharedClassifier"/> says whether it was positive (the classifier is the token embedding).</summary>
+public sealed record Llama2cHeader(int Dim, int HiddenDim, int NLayers, int NHeads, int NKvHeads, int VocabSize, int SeqLen, bool SharedClassifier);

@@ -1,4 +1,3 @@
-using MoFO.Checkpoints;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

@@ -20,6 +20,13 @@ public static class ModelLoader
         _ => throw new ArgumentException($"no model for model_type '{config.ModelType}'"),
     };
 
+    /// <summary>A llama2.c <c>.bin</c>: the config its header implies and its tensors under HF's names (see <see cref="Llama2c"/>).</summary>
+    public static (LlamaConfig Config, Dictionary<string, Tensor> Tensors) LoadLlama2c(string file, int bosTokenId = 1, int eosTokenId = 2)
+    {
+        var (header, tensors) = Llama2c.Load(file);
+        return (LlamaConfig.FromLlama2c(header, bosTokenId, eosTokenId), tensors);
+    }
+
     static ScalarType DefaultDType(Device device) => device.type == DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
 
     /// <summary>The model weights only (no tokenizer), plus the stop token ids the checkpoint implies.</summary>
@@ -29,7 +36,7 @@ public static class ModelLoader
         var dt = dtype ?? DefaultDType(device);
         if (File.Exists(path) && path.EndsWith(".bin", StringComparison.OrdinalIgnoreCase))
         {
-            var (lc, tensors) = Llama2c.Load(path);
+            var (lc, tensors) = LoadLlama2c(path);
             try { return (Build(lc, [(path, tensors)], path, dt, device), [.. lc.EosTokenIds, lc.BosTokenId!.Value]); }  // run.c ends a story at BOS
             finally { foreach (var t in tensors.Values) t.Dispose(); }
         }

@@ -7,7 +7,6 @@ open Argu
 open TorchSharp
 open MoFO
 open MoFO.Models
-open MoFO.Checkpoints
 
 type BenchModelArgs =
     | Batch of n: int

@@ -20,7 +20,7 @@ type ConvertArgs =
 let run (args: ParseResults<ConvertArgs>) =
     use lm = ModelLoader.Load(args.GetResult Model, args.TryGetResult Tokenizer |> Option.toObj)
     let shard = int64 (args.GetResult(Shard_Size_Mb, 5120)) <<< 20
-    let files = MoFO.Checkpoints.HfFolder.Save(lm, args.GetResult To_Hf, shard)
+    let files = MoFO.Models.HfFolder.Save(lm, args.GetResult To_Hf, shard)
     let parameters = lm.Module.StateDict().Values |> Seq.sumBy (fun t -> t.numel())
     printfn "converted %s (%s, %d parameters) to %s:" lm.Name lm.Module.Config.ModelType parameters (args.GetResult To_Hf)
     for f in files do printfn "  %s" (System.IO.Path.GetFileName f)

@@ -1,8 +1,8 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using MoFO.Models;
+using MoFO.Checkpoints;
 
-namespace MoFO.Checkpoints;
+namespace MoFO.Models;
 
 /// <summary>
 /// Saves a model as an HF folder that <c>transformers</c> can load: config.json, model.safetensors (or shards with an

@@ -1,0 +1,80 @@
+using System.Buffers;
+using System.Numerics;
+using static TorchSharp.torch;
+
+namespace MoFO.Optim;
+
+/// <summary>
+/// Fused CPU float32 kernels of the masked Adam step over raw tensor memory (SIMD via <see cref="Vector{T}"/>,
+/// chunks in parallel). The ranking key of an entry is |m| (or |g|) as the bit pattern of a non-negative float, which
+/// orders like an integer; with the flat index as the tie-breaker (lower index wins) every entry has a distinct
+/// composite key key·2³² + (2³² − 1 − index), and the selection is exactly the k largest composites.
+/// <list type="bullet">
+/// <item>Dense step: one pass (reads g, m, v, p; writes m, v, p: 28 B/entry).</item>
+/// <item>Filtered step, steady state: the moment pass also counts the keys above a narrow window around last step's
+/// threshold, collects the (few) entries inside it (index, key and their Adam update, computed there), and applies the
+/// update at once to the entries above the window — with p·decay for the rest when weight decay is on — keeping the
+/// old p of those entries (packed, with a bit mask per vector) so that a miss can be undone exactly. If the count
+/// brackets k, the exact k-th composite is selected among the collected ones (a histogram over the window, then a
+/// quickselect in one bucket) and only the selected candidates are written (≈ 28 B/entry plus a few % in all).
+/// A miss (too many above, too few candidates, or too many) restores p and runs the exact route below over the keys,
+/// then the plain update pass.</item>
+/// <item>Otherwise (first step, or the window missed): a window from a 1-in-64 sample of the keys and one counting
+/// pass over the keys; if that misses too, two histogram passes (upper 15, then lower 16 bits inside the threshold's
+/// bin) and, when ties straddle the cut, a scan for I*. Every route gives the same, exact selection.</item>
+/// </list>
+/// Beyond the two moments (and the optional byte mask) only pooled buffers are used (the sample, 1/64 of the block as
+/// uint; the candidates; the speculative record, about 1.25·α·numel floats and 2 bits per entry).
+/// </summary>
+internal static unsafe partial class AdamKernels
+{
+    const int SampleShift = 6; // one key in 64 is sampled during the moment pass
+
+    /// <summary>
+    /// The filtered step: exactly k entries (1 ≤ k &lt; numel) with the largest key (|m|, or |g| when
+    /// <paramref name="byGradient"/>) get the update; ties at the threshold go to the lower flat index.
+    /// </summary>
+    public static void Filtered(Tensor pt, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram = false)
+    {
+        var guess = new ThresholdGuess();
+        Filtered(pt, gt, mt, vt, touchedT, k, byGradient, s, forceHistogram, guess);
+    }
+
+    /// <summary>
+    /// As above, with the previous step's threshold of this block as a guess: when the window around it brackets the
+    /// k-th key, the moment pass itself counts and collects, and no separate pass over the keys is needed. The guess
+    /// only decides how the exact threshold is found, never which entries are selected.
+    /// </summary>
+    public static void Filtered(Tensor pt, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram, ThresholdGuess guess)
+    {
+        if (!forceHistogram && guess.Valid && pt.numel() >= (1 << 14) && FilteredWithGuess(pt, gt, mt, vt, touchedT, k, byGradient, s, guess)) return;
+        FilteredCold(pt, gt, mt, vt, touchedT, k, byGradient, s, forceHistogram, guess);
+    }
+
+    static void FilteredCold(Tensor pt, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram, ThresholdGuess guess)
+    {
+        long n = pt.numel();
+        nint p = (nint)Ptr(pt), g = (nint)Ptr(gt), m = (nint)Ptr(mt), v = (nint)Ptr(vt);
+        nint touched = touchedT is null ? 0 : (nint)BytePtr(touchedT);
+        var sc = s;
+        nint keyP = byGradient ? g : m;
+
+        // pass 1: moments, and every 64th key as a sample
+        long ns = (n + (1 << SampleShift) - 1) >> SampleShift;
+        var sample = ArrayPool<uint>.Shared.Rent((int)ns);
+        fixed (uint* sp = sample)
+        {
+            nint spn = (nint)sp;
+            ForChunks(n, (lo, hi) => MomentsRange((float*)g, (float*)m, (float*)v, lo, hi, sc, (uint*)spn, byGradient));
+        }
+        // pass 2: count the keys above a window guessed from the sample, collect those inside it, select exactly
+        var (T, lastTie, ok) = forceHistogram ? (0u, 0L, false) : SelectGuided((uint*)keyP, n, k, sample, ns);
+        ArrayPool<uint>.Shared.Return(sample);
+        if (!ok) { (T, lastTie) = SelectByHistogram((uint*)keyP, n, k); }
+        guess.Key = T; guess.Valid = T != 0; guess.Width = 0.02; guess.Trend = 1.0;
+
+        // pass 3: the masked update
+        int tInt = (int)T, lastInt = (int)lastTie;
+        ForChunks(n, (lo, hi) => ApplyRange((float*)p, (float*)m, (float*)v, (uint*)keyP, (byte*)touched, lo, hi, tInt, lastInt, sc, false));
+    }
+}

@@ -1,0 +1,169 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace MoFO.Optim;
+
+/// <summary>The per-step constants of the Adam update, in float32 as libtorch converts them.</summary>
+internal readonly struct AdamScalars
+{
+    public readonly float Beta1, OneMinusBeta1, Beta2, OneMinusBeta2, NegStep, SqrtBc2, InvSqrtBc2, Eps, Decay;
+    public readonly double Lr, WeightDecay, Beta1D, Beta2D, EpsD, StepD, SqrtBc2D;
+
+    /// <summary>The authors' conventions: step = lr/(1-β1^t), denom = sqrt(v)/sqrt(1-β2^t) + eps, p *= 1 - lr·wd.</summary>
+    public AdamScalars(double lr, double beta1, double beta2, double eps, double weightDecay, long t)
+    {
+        Lr = lr; WeightDecay = weightDecay; Beta1D = beta1; Beta2D = beta2; EpsD = eps;
+        var bc1 = 1 - Math.Pow(beta1, t);
+        var bc2 = 1 - Math.Pow(beta2, t);
+        StepD = lr / bc1;
+        SqrtBc2D = Math.Sqrt(bc2);
+        Beta1 = (float)beta1; OneMinusBeta1 = (float)(1 - beta1);
+        Beta2 = (float)beta2; OneMinusBeta2 = (float)(1 - beta2);
+        NegStep = (float)(-StepD); SqrtBc2 = (float)SqrtBc2D; InvSqrtBc2 = (float)(1 / SqrtBc2D); Eps = (float)eps;
+        Decay = (float)(1 - lr * weightDecay);
+    }
+}
+
+// The update kernels: the dense step, the moments-only step (k = 0) and the masked apply pass, over chunks in parallel.
+internal static unsafe partial class AdamKernels
+{
+    const int Chunk = 1 << 16;
+
+    public static bool Eligible(Tensor p, Tensor g, Tensor m, Tensor v)
+        => p.device_type == DeviceType.CPU && p.dtype == ScalarType.Float32 && g.dtype == ScalarType.Float32
+           && g.device_type == DeviceType.CPU && p.is_contiguous() && g.is_contiguous() && m.is_contiguous() && v.is_contiguous()
+           && p.numel() < int.MaxValue - 64 && g.numel() == p.numel();
+
+    public static float* Ptr(Tensor t) => (float*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
+    public static byte* BytePtr(Tensor t) => (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
+
+    static void ForChunks(long n, Action<long, long> body)
+    {
+        long chunks = (n + Chunk - 1) / Chunk;
+        if (chunks <= 1) { if (n > 0) body(0, n); return; }
+        Parallel.For(0L, chunks, c => body(c * Chunk, Math.Min(n, (c + 1) * Chunk)));
+    }
+
+    /// <summary>Every entry updated: one fused pass.</summary>
+    public static void Dense(Tensor pt, Tensor gt, Tensor mt, Tensor vt, AdamScalars s)
+    {
+        nint p = (nint)Ptr(pt), g = (nint)Ptr(gt), m = (nint)Ptr(mt), v = (nint)Ptr(vt);
+        var sc = s;
+        ForChunks(pt.numel(), (lo, hi) => DenseRange((float*)p, (float*)g, (float*)m, (float*)v, lo, hi, sc));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void DenseRange(float* p, float* g, float* m, float* v, long lo, long hi, in AdamScalars s)
+    {
+        int W = Vector<float>.Count;
+        var b1 = new Vector<float>(s.Beta1); var ob1 = new Vector<float>(s.OneMinusBeta1);
+        var b2 = new Vector<float>(s.Beta2); var ob2 = new Vector<float>(s.OneMinusBeta2);
+        var ns = new Vector<float>(s.NegStep); var isb = new Vector<float>(s.InvSqrtBc2);
+        var ep = new Vector<float>(s.Eps); var dc = new Vector<float>(s.Decay);
+        long i = lo;
+        for (; i + W <= hi; i += W)
+        {
+            var gv = Unsafe.ReadUnaligned<Vector<float>>(g + i);
+            var mv = Unsafe.ReadUnaligned<Vector<float>>(m + i) * b1 + gv * ob1;
+            var vv = Unsafe.ReadUnaligned<Vector<float>>(v + i) * b2 + (gv * ob2) * gv;
+            Unsafe.WriteUnaligned(m + i, mv);
+            Unsafe.WriteUnaligned(v + i, vv);
+            var denom = Vector.SquareRoot(vv) * isb + ep;
+            var pv = Unsafe.ReadUnaligned<Vector<float>>(p + i) * dc;
+            Unsafe.WriteUnaligned(p + i, pv + (ns * mv) / denom);
+        }
+        for (; i < hi; i++)
+        {
+            float gi = g[i];
+            float mi = m[i] * s.Beta1 + gi * s.OneMinusBeta1;
+            float vi = v[i] * s.Beta2 + (gi * s.OneMinusBeta2) * gi;
+            m[i] = mi; v[i] = vi;
+            float denom = MathF.Sqrt(vi) * s.InvSqrtBc2 + s.Eps;
+            p[i] = p[i] * s.Decay + (s.NegStep * mi) / denom;
+        }
+    }
+
+    /// <summary>k = 0: moments advance, weight decay applies, no entry gets the Adam update.</summary>
+    public static void MomentsOnly(Tensor pt, Tensor gt, Tensor mt, Tensor vt, AdamScalars s)
+    {
+        nint p = (nint)Ptr(pt), g = (nint)Ptr(gt), m = (nint)Ptr(mt), v = (nint)Ptr(vt);
+        var sc = s;
+        ForChunks(pt.numel(), (lo, hi) =>
+        {
+            MomentsRange((float*)g, (float*)m, (float*)v, lo, hi, sc, null, false);
+            if (sc.Decay != 1f) { var pp = (float*)p; for (long i = lo; i < hi; i++) pp[i] *= sc.Decay; }
+        });
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void MomentsRange(float* g, float* m, float* v, long lo, long hi, in AdamScalars s, uint* sample, bool byGradient)
+    {
+        int W = Vector<float>.Count;
+        var b1 = new Vector<float>(s.Beta1); var ob1 = new Vector<float>(s.OneMinusBeta1);
+        var b2 = new Vector<float>(s.Beta2); var ob2 = new Vector<float>(s.OneMinusBeta2);
+        uint* key = (uint*)(byGradient ? g : m);
+        long i = lo;
+        for (; i + W <= hi; i += W)
+        {
+            var gv = Unsafe.ReadUnaligned<Vector<float>>(g + i);
+            var mv = Unsafe.ReadUnaligned<Vector<float>>(m + i) * b1 + gv * ob1;
+            var vv = Unsafe.ReadUnaligned<Vector<float>>(v + i) * b2 + (gv * ob2) * gv;
+            Unsafe.WriteUnaligned(m + i, mv);
+            Unsafe.WriteUnaligned(v + i, vv);
+            if (sample != null && (i & 63) == 0) sample[i >> 6] = key[i] & 0x7FFFFFFFu;
+        }
+        for (; i < hi; i++)
+        {
+            float gi = g[i];
+            m[i] = m[i] * s.Beta1 + gi * s.OneMinusBeta1;
+            v[i] = v[i] * s.Beta2 + (gi * s.OneMinusBeta2) * gi;
+            if (sample != null && (i & 63) == 0) sample[i >> 6] = key[i] & 0x7FFFFFFFu;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void ApplyRange(float* p, float* m, float* v, uint* key, byte* touched, long lo, long hi, int T, int lastTie, in AdamScalars s, bool decayDone)
+    {
+        int W = Vector<float>.Count;
+        float decay = decayDone ? 1f : s.Decay;
+        var ns = new Vector<float>(s.NegStep); var isb = new Vector<float>(s.InvSqrtBc2);
+        var ep = new Vector<float>(s.Eps); var dc = new Vector<float>(decay);
+        var absMask = new Vector<int>(0x7FFFFFFF);
+        var tv = new Vector<int>(T); var lastV = new Vector<int>(lastTie);
+        Span<int> iotaS = stackalloc int[W];
+        for (int j = 0; j < W; j++) iotaS[j] = j;
+        var iota = new Vector<int>(iotaS);
+        // when no tie at T is cut off inside this range, "key > T or (key = T and i ≤ I*)" is just key > T − 1
+        bool allTies = lastTie >= hi - 1;
+        var tm1 = new Vector<int>(T - 1);
+        long i = lo;
+        for (; i + W <= hi; i += W)
+        {
+            var kv = Unsafe.ReadUnaligned<Vector<int>>(key + i) & absMask;
+            var sel = allTies ? Vector.GreaterThan(kv, tm1)
+                              : Vector.GreaterThan(kv, tv) | (Vector.Equals(kv, tv) & Vector.LessThanOrEqual(new Vector<int>((int)i) + iota, lastV));
+            var pd = Unsafe.ReadUnaligned<Vector<float>>(p + i) * dc;
+            var mv = Unsafe.ReadUnaligned<Vector<float>>(m + i);
+            var vv = Unsafe.ReadUnaligned<Vector<float>>(v + i);
+            var denom = Vector.SquareRoot(vv) * isb + ep;
+            Unsafe.WriteUnaligned(p + i, Vector.ConditionalSelect(sel, pd + (ns * mv) / denom, pd));
+            if (touched != null && sel != Vector<int>.Zero)
+                for (int j = 0; j < W; j++) if (sel[j] != 0) touched[i + j] = 1;
+        }
+        for (; i < hi; i++)
+        {
+            int kx = (int)(key[i] & 0x7FFFFFFFu);
+            float pd = p[i] * decay;
+            if (kx > T || (kx == T && i <= lastTie))
+            {
+                float denom = MathF.Sqrt(v[i]) * s.InvSqrtBc2 + s.Eps;
+                p[i] = pd + (s.NegStep * m[i]) / denom;
+                if (touched != null) touched[i] = 1;
+            }
+            else p[i] = pd;
+        }
+    }
+}
