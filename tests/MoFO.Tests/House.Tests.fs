@@ -42,7 +42,7 @@ let vocabulary =
             Expect.equal (Methods.Parse "full-ft").Optimizer "adamw" "alias"
             let e = throwsWith<OptionException> (fun () -> Methods.Parse "sgd" |> ignore)
             Expect.equal e.Field "Method" "names the field"
-            for name in [ "mofo"; "adamw"; "lion"; "hft"; "grad-bcd"; "random-bcd"; "l1"; "l2" ] do
+            for name in [ "mofo"; "adamw"; "lion"; "hft"; "grad-bcd"; "random-bcd"; "gd-mofo"; "l1"; "l2" ] do
                 Expect.contains Methods.Names name $"{name} is in the vocabulary"
         }
 
@@ -50,7 +50,7 @@ let vocabulary =
             use lm = MoFO.Models.ModelLoader.Load(stories ())
             let classes =
                 dict [ "mofo", "MoFOOptimizer"; "adamw", "AdamW"; "lion", "Lion"; "hft", "HFT"; "grad-bcd", "GradientFilteredBCD"
-                       "random-bcd", "RandomizedBCD"; "l1", "AdamW"; "l2", "AdamW" ]
+                       "random-bcd", "RandomizedBCD"; "gd-mofo", "GDMoFO"; "l1", "AdamW"; "l2", "AdamW" ]
             for name in Methods.Names do
                 let o = TrainingOptions(Method = Methods.Parse name, LearningRate = 1e-3)
                 let struct (opt, terms) = Methods.Create(lm.Module, o)
@@ -58,6 +58,19 @@ let vocabulary =
                 Expect.equal terms.Count (if name = "l1" || name = "l2" then 1 else 0) $"{name}: loss terms"
                 opt.Dispose()
                 for t in terms do (box t :?> IDisposable).Dispose()
+        }
+
+        test "House.vocabulary.gdMoFO: a method added in one line of the vocabulary trains from the CLI" {
+            let dir = tempDir ()
+            let data = Path.Combine(dir, "d.jsonl")
+            File.WriteAllLines(data, [ for i in 1 .. 8 -> $"{{\"prompt\":\"Tom has {i} cats.\",\"completion\":\" He is happy.\"}}" ])
+            let out = Path.Combine(dir, "run")
+            let code, outText, err = mofo [ "train"; "--model"; stories (); "--data"; data; "--format"; "jsonl"; "--output"; out; "--method"; "gd-mofo"; "--lr"; "0.05"; "--steps"; "2"; "--batch-size"; "4" ]
+            Expect.equal code 0 $"trains; {err}"
+            let s = RunFolder(out).ReadSummary()
+            Expect.equal s.Method "gd-mofo(α=0.15)" "the method of the summary"
+            Expect.isGreaterThan s.Distance 0.0 "it moved"
+            Expect.equal (Method.GDMoFO 0.15).Spec (Methods.Parse("gd-mofo", 0.15)) "and the F# case maps onto it"
         }
 
         test "House.vocabulary.dsl: every F# method maps onto the Core description in one place" {

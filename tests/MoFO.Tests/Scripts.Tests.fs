@@ -8,17 +8,13 @@ open MoFO.Tests.Fixtures
 [<Tests>]
 let tests =
     testList "Scripts" [
-        test "Scripts.gradient: dotnet fsi scripts/gradient.fsx loads the fixed native library and prints a gradient" {
-            let dll = Path.Combine(repoRoot, "src", "MoFO.Dsl", "bin", "Release", "net10.0", "MoFO.Dsl.dll")
-            if not (File.Exists dll) then skiptestf "%s is not built (build in Release first: ./mofo info)" dll
+        test "Scripts.gradient: dotnet fsi scripts/gradient.fsx builds when needed, loads the fixed native library and prints a gradient" {
             let code, out, err = runProcess "dotnet" [ "fsi"; "--quiet"; "scripts/gradient.fsx" ] repoRoot (TimeSpan.FromMinutes 5.0)
             Expect.equal code 0 $"script exit code; stderr: {err}"
             Expect.stringContains out "gradient: [1; 2; 3]" "the gradient of sum(w * x) is x"
         }
     
         test "Scripts.generate: scripts/MoFO.fsx references everything a model needs; stories260K continues a prompt" {
-            let dll = Path.Combine(repoRoot, "src", "MoFO.Dsl", "bin", "Release", "net10.0", "MoFO.Dsl.dll")
-            if not (File.Exists dll) then skiptestf "%s is not built (build in Release first: ./mofo info)" dll
             requireAsset MoFO.DataRoot.Assets.Stories260K |> ignore
             let code, out, err = runProcess "dotnet" [ "fsi"; "--quiet"; "scripts/generate.fsx" ] repoRoot (TimeSpan.FromMinutes 5.0)
             Expect.equal code 0 $"script exit code; stderr: {err}"

@@ -95,6 +95,8 @@ public static class Methods
             a => new GradientFilteredBCD(a.Parameters, a.LearningRate, a.Alpha, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
         new("random-bcd", "randomized BCD: a fresh random α subset per step, Adam moments", true, 1.0,
             a => new RandomizedBCD(a.Parameters, a.LearningRate, a.Alpha, seed: a.Seed, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
+        new("gd-mofo", "GD-MoFO (Algorithm 2): a plain gradient step on the top-α entries by |g|, no moments", true, 1.0,
+            a => new GDMoFO(a.Parameters, a.LearningRate, a.Alpha, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
     ];
 
     /// <summary>The loss terms (each also names a preset: AdamW with that term, as the paper's baselines).</summary>

@@ -16,6 +16,7 @@ type Method =
     | Lion
     | GradBCD of alpha: float
     | RandomBCD of alpha: float
+    | GDMoFO of alpha: float
     | Replay of perTask: int * Method
     | GEM of memory: int * Method
     | MTL
@@ -31,6 +32,7 @@ type Method =
         | Lion -> Methods.Parse "lion"
         | GradBCD a -> Methods.Parse("grad-bcd", a)
         | RandomBCD a -> Methods.Parse("random-bcd", a)
+        | GDMoFO a -> Methods.Parse("gd-mofo", a)
         | Replay (_, inner) | GEM (_, inner) -> inner.Spec
 
     /// The optimizer member (its name, description, learning-rate factor).
@@ -41,6 +43,7 @@ type Method =
         match m with
         | FullFT -> "Full FT" | MoFO a -> $"MoFO (α={pct a})" | HFT -> "HFT" | L1 _ -> "L1-regularization" | L2 _ -> "L2-regularization"
         | Lion -> "Lion" | GradBCD a -> $"Gradient-filtered BCD (α={pct a})" | RandomBCD a -> $"Randomized BCD (α={pct a})"
+        | GDMoFO a -> $"GD-MoFO (α={pct a})"
         | Replay (_, FullFT) -> "Replay" | Replay (_, inner) -> $"Replay + {inner.Label}"
         | GEM (_, FullFT) -> "GEM" | GEM (_, inner) -> $"GEM + {inner.Label}"
         | MTL -> "MTL"
@@ -49,7 +52,7 @@ type Method =
     member m.Key =
         match m with
         | FullFT -> "adamw" | MoFO a -> $"mofo{a}" | HFT -> "hft" | L1 l -> $"l1-{l}" | L2 l -> $"l2-{l}" | Lion -> "lion"
-        | GradBCD a -> $"gradbcd{a}" | RandomBCD a -> $"randbcd{a}" | Replay (n, i) -> $"replay{n}-{i.Key}" | GEM (n, i) -> $"gem{n}-{i.Key}"
+        | GradBCD a -> $"gradbcd{a}" | RandomBCD a -> $"randbcd{a}" | GDMoFO a -> $"gdmofo{a}" | Replay (n, i) -> $"replay{n}-{i.Key}" | GEM (n, i) -> $"gem{n}-{i.Key}"
         | MTL -> "mtl"
 
     /// The continual strategy's memory: (replayed examples per earlier task, GEM memory per earlier task).
