@@ -1,0 +1,286 @@
+using System.Globalization;
+using MoFO.Models;
+
+namespace MoFO.Training;
+
+/// <summary>The dtype the weights and activations of a run are kept in.</summary>
+public enum Precision
+{
+    /// <summary>float32 weights, gradients and activations.</summary>
+    Float32,
+    /// <summary>bfloat16 weights, gradients and activations; float32 loss and optimizer moments.</summary>
+    BFloat16,
+}
+
+/// <summary>What a memory plan is computed for: a model's shape and a run's settings.</summary>
+/// <param name="Config">the model's config (its shape: no weights are read).</param>
+/// <param name="Method">the method (its member decides the optimizer state; its loss terms keep a copy of θ0).</param>
+/// <param name="MicroBatch">examples per forward/backward pass.</param>
+/// <param name="SequenceLength">tokens per example (the padded length of a batch, at most the run's max length).</param>
+/// <param name="MasterWeights">bfloat16 runs keep a float32 copy of the weights in the optimizer.</param>
+/// <param name="TrackTouched">the optimizer keeps a byte per entry for the fraction of entries ever updated.</param>
+/// <param name="Ranks">data-parallel processes on one device's memory (1: a single process).</param>
+public sealed record PlanInput(ModelConfig Config, MethodSpec Method, Precision Precision, int MicroBatch, int SequenceLength,
+                               bool GradientCheckpointing, bool MasterWeights = false, bool TrackTouched = false, int Ranks = 1);
+
+/// <summary>One component of a plan, in bytes.</summary>
+public sealed record PlanPart(string Name, long Bytes, string Detail);
+
+/// <summary>
+/// The predicted peak memory of a fine-tuning run by component (weights, gradients, optimizer state, activations,
+/// logits and loss, runtime), computed before anything is loaded. <see cref="Peak"/> is the largest of the phases: loading
+/// (the weights plus the largest tensor being read), a training step (everything resident plus the step's activations)
+/// and a checkpoint (tensors are streamed to disk, one at a time).
+/// </summary>
+public sealed record MemoryPlan(PlanInput Input, long Parameters, IReadOnlyList<PlanPart> Parts, long LoadPeak, long StepPeak, long CheckpointPeak)
+{
+    public long Peak => Math.Max(LoadPeak, Math.Max(StepPeak, CheckpointPeak));
+
+    public long Part(string name) => Parts.Where(p => p.Name == name).Sum(p => p.Bytes);
+
+    /// <summary>A table: one line per component, then the peak.</summary>
+    public string Describe()
+    {
+        var lines = Parts.Select(p => $"  {p.Name,-18} {Gb(p.Bytes),10}  {p.Detail}").ToList();
+        lines.Add($"  {"peak (step)",-18} {Gb(StepPeak),10}  loading {Gb(LoadPeak)}, checkpoint {Gb(CheckpointPeak)}");
+        return string.Join(Environment.NewLine, lines);
+    }
+
+    public static string Gb(long bytes) => (bytes / 1e9).ToString("F2", CultureInfo.InvariantCulture) + " GB";
+}
+
+/// <summary>
+/// Plans the memory of a run from the model's shape (<see cref="MemoryPlanner.Plan"/>) and compares it with the memory a
+/// device has free (<see cref="Available"/>). The constants below were measured on this project's CPU build (README,
+/// "Memory"): the process's runtime (the .NET runtime, libtorch, tokenizer and data), and the activations autograd keeps
+/// per token and layer.
+/// </summary>
+public static class MemoryPlanner
+{
+    /// <summary>The process before any model: .NET, libtorch's CPU library, the tokenizer, the data.</summary>
+    public const long RuntimeBytes = 700L << 20;
+
+    /// <summary>Activations kept for the backward pass per token and decoder layer, in units of the activation dtype's
+    /// size, as coefficients of the hidden size, the intermediate size and the key/value width.</summary>
+    public const double ActHidden = 12, ActIntermediate = 5, ActKv = 4;
+
+    static int Bytes(Precision p) => p == Precision.BFloat16 ? 2 : 4;
+
+    /// <summary>Every parameter tensor of a config, by HF name, with its shape (the modules' own parameters).</summary>
+    public static IReadOnlyList<(string Name, long[] Shape)> ParameterShapes(ModelConfig config)
+    {
+        var list = new List<(string, long[])>();
+        long v = config.VocabSize, h = config.HiddenSize;
+        switch (config)
+        {
+            case LlamaConfig c:
+            {
+                long hd = c.HeadDim, q = c.NumAttentionHeads * hd, kv = c.NumKeyValueHeads * hd, inter = c.IntermediateSize;
+                list.Add(("model.embed_tokens.weight", [v, h]));
+                for (int i = 0; i < c.NumHiddenLayers; i++)
+                {
+                    var p = $"model.layers.{i}.";
+                    list.Add((p + "self_attn.q_proj.weight", [q, h]));
+                    list.Add((p + "self_attn.k_proj.weight", [kv, h]));
+                    list.Add((p + "self_attn.v_proj.weight", [kv, h]));
+                    list.Add((p + "self_attn.o_proj.weight", [h, q]));
+                    if (c.AttentionBias)
+                    {
+                        list.Add((p + "self_attn.q_proj.bias", [q])); list.Add((p + "self_attn.k_proj.bias", [kv]));
+                        list.Add((p + "self_attn.v_proj.bias", [kv])); list.Add((p + "self_attn.o_proj.bias", [h]));
+                    }
+                    list.Add((p + "mlp.gate_proj.weight", [inter, h]));
+                    list.Add((p + "mlp.up_proj.weight", [inter, h]));
+                    list.Add((p + "mlp.down_proj.weight", [h, inter]));
+                    if (c.MlpBias)
+                    {
+                        list.Add((p + "mlp.gate_proj.bias", [inter])); list.Add((p + "mlp.up_proj.bias", [inter])); list.Add((p + "mlp.down_proj.bias", [h]));
+                    }
+                    list.Add((p + "input_layernorm.weight", [h]));
+                    list.Add((p + "post_attention_layernorm.weight", [h]));
+                }
+                list.Add(("model.norm.weight", [h]));
+                if (!c.TieWordEmbeddings) list.Add(("lm_head.weight", [v, h]));
+                break;
+            }
+            case GptNeoXConfig c:
+            {
+                long inter = c.IntermediateSize;
+                list.Add(("gpt_neox.embed_in.weight", [v, h]));
+                for (int i = 0; i < c.NumHiddenLayers; i++)
+                {
+                    var p = $"gpt_neox.layers.{i}.";
+                    list.Add((p + "input_layernorm.weight", [h])); list.Add((p + "input_layernorm.bias", [h]));
+                    list.Add((p + "post_attention_layernorm.weight", [h])); list.Add((p + "post_attention_layernorm.bias", [h]));
+                    list.Add((p + "attention.query_key_value.weight", [3 * h, h]));
+                    if (c.AttentionBias) list.Add((p + "attention.query_key_value.bias", [3 * h]));
+                    list.Add((p + "attention.dense.weight", [h, h]));
+                    if (c.AttentionBias) list.Add((p + "attention.dense.bias", [h]));
+                    list.Add((p + "mlp.dense_h_to_4h.weight", [inter, h])); list.Add((p + "mlp.dense_h_to_4h.bias", [inter]));
+                    list.Add((p + "mlp.dense_4h_to_h.weight", [h, inter])); list.Add((p + "mlp.dense_4h_to_h.bias", [h]));
+                }
+                list.Add(("gpt_neox.final_layer_norm.weight", [h])); list.Add(("gpt_neox.final_layer_norm.bias", [h]));
+                if (!c.TieWordEmbeddings) list.Add(("embed_out.weight", [v, h]));
+                break;
+            }
+            default:
+                throw new OptionException("Config", $"Config {config.ModelType}: no memory model for this architecture");
+        }
+        return list;
+    }
+
+    static long Numel(long[] shape) => shape.Aggregate(1L, (a, b) => a * b);
+
+    /// <summary>The plan of a run.</summary>
+    public static MemoryPlan Plan(PlanInput x)
+    {
+        var c = x.Config;
+        var shapes = ParameterShapes(c);
+        long n = shapes.Sum(s => Numel(s.Shape));
+        long largest = shapes.Max(s => Numel(s.Shape));
+        int wb = Bytes(x.Precision);
+        var member = Methods.Member(x.Method.Optimizer);
+        int moments = member.Name switch { "lion" => 1, "gd-mofo" => 0, _ => 2 };
+        var parts = new List<PlanPart>
+        {
+            new("weights", n * wb, $"{n:N0} parameters × {wb} B ({x.Precision})"),
+            new("gradients", n * wb, $"one per parameter, {x.Precision}"),
+        };
+        long state = n * 4L * moments;
+        string stateDetail = $"{moments} float32 moment{(moments == 1 ? "" : "s")} per entry ({member.Name})";
+        if (x.Precision == Precision.BFloat16 && x.MasterWeights) { state += n * 4L; stateDetail += " + float32 master weights"; }
+        if (x.TrackTouched) { state += n; stateDetail += " + a touched byte per entry"; }
+        if (member.UsesAlpha && moments > 0)
+        {
+            // the fused kernel's pooled buffers for the largest filtered tensor: a 1/64 key sample, the candidates and
+            // the speculative record (≈ 1.25·α·numel floats and 2 bits per entry)
+            long buffers = largest / 64 * 4 + (long)(1.25 * x.Method.Alpha * largest) * 8 + largest / 4;
+            state += buffers;
+        }
+        parts.Add(new("optimizer state", state, stateDetail));
+        if (x.Method.Terms.Count > 0)
+            parts.Add(new("θ0 for loss terms", n * (long)wb, $"a {x.Precision} copy of the initial weights ({string.Join(", ", x.Method.Terms.Select(t => t.Term))})"));
+
+        long tokens = (long)x.MicroBatch * x.SequenceLength;
+        int ab = wb;
+        long kvWidth = c is LlamaConfig l ? 2L * l.NumKeyValueHeads * l.HeadDim : 2L * c.HiddenSize;
+        long inter = c switch { LlamaConfig lc => lc.IntermediateSize, GptNeoXConfig gc => gc.IntermediateSize, _ => 4L * c.HiddenSize };
+        double perTokenLayer = (ActHidden * c.HiddenSize + ActIntermediate * inter + ActKv * kvWidth) * ab;
+        long activations;
+        string actDetail;
+        if (x.GradientCheckpointing)
+        {
+            // each layer keeps its input; the backward recomputes one layer at a time
+            activations = (long)(tokens * c.NumHiddenLayers * (double)c.HiddenSize * ab + tokens * perTokenLayer);
+            actDetail = $"checkpointed: {c.NumHiddenLayers} layer inputs + one layer's activations, {tokens:N0} tokens";
+        }
+        else
+        {
+            activations = (long)(tokens * c.NumHiddenLayers * perTokenLayer);
+            actDetail = $"{c.NumHiddenLayers} layers × {tokens:N0} tokens";
+        }
+        // attention probabilities where the kernel materialises them (an explicit mask): heads × T² per example, per layer
+        long attention = (long)x.MicroBatch * c.NumAttentionHeads * (long)x.SequenceLength * x.SequenceLength * 4L
+                         * (x.GradientCheckpointing ? 2 : c.NumHiddenLayers);
+        parts.Add(new("activations", activations + attention, actDetail + $" (+ attention {MemoryPlan.Gb(attention)})"));
+        // the logits in the model's dtype, their float32 copy, log-softmax and their gradients
+        long logits = tokens * c.VocabSize * (ab + 4L * 3);
+        parts.Add(new("logits and loss", logits, $"{tokens:N0} tokens × {c.VocabSize:N0} vocabulary"));
+        parts.Add(new("runtime", RuntimeBytes, ".NET, libtorch, tokenizer, data"));
+
+        long resident = parts.Where(p => p.Name is "weights" or "optimizer state" or "θ0 for loss terms" or "runtime").Sum(p => p.Bytes);
+        long step = parts.Sum(p => p.Bytes);
+        long load = n * wb + largest * 4L + RuntimeBytes;
+        long checkpoint = resident + largest * 4L;
+        return new MemoryPlan(x, n, parts, load, step, checkpoint);
+    }
+
+    /// <summary>
+    /// The plan, or a <see cref="MemoryPlanException"/> when its peak exceeds <paramref name="available"/>: the message
+    /// names the need by component, what is available, and the smallest change of settings that would fit.
+    /// </summary>
+    public static MemoryPlan Check(PlanInput x, long available)
+    {
+        var plan = Plan(x);
+        if (plan.Peak <= available) return plan;
+        // candidate changes, least intrusive first; each is a list of (Core field, value) and the input it gives
+        var changes = new List<(IReadOnlyList<(string Field, string Value)> Fields, PlanInput Input)>();
+        void Add(PlanInput y, params (string, string)[] fields) { if (y != x) changes.Add((fields, y)); }
+        var ckpt = x with { GradientCheckpointing = true };
+        var bf16 = x with { Precision = Precision.BFloat16, MasterWeights = false };
+        Add(x with { TrackTouched = false }, ("TrackTouched", "false"));
+        Add(x with { MasterWeights = false }, ("MasterWeights", "false"));
+        Add(ckpt, ("GradientCheckpointing", "true"));
+        Add(bf16, ("Precision", "bf16"));
+        Add(bf16 with { GradientCheckpointing = true }, ("Precision", "bf16"), ("GradientCheckpointing", "true"));
+        Add(bf16 with { GradientCheckpointing = true, TrackTouched = false }, ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"));
+        for (var mb = x.MicroBatch / 2; mb >= 1; mb /= 2)
+            Add(bf16 with { GradientCheckpointing = true, TrackTouched = false, MicroBatch = mb },
+                ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"), ("MicroBatchSize", mb.ToString(CultureInfo.InvariantCulture)));
+        for (var len = x.SequenceLength / 2; len >= 128; len /= 2)
+            Add(bf16 with { GradientCheckpointing = true, TrackTouched = false, MicroBatch = 1, SequenceLength = len },
+                ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"), ("MicroBatchSize", "1"), ("MaxLength", len.ToString(CultureInfo.InvariantCulture)));
+        var fit = changes.Select(ch => (ch.Fields, Plan: Plan(ch.Input))).FirstOrDefault(ch => ch.Plan.Peak <= available);
+        var need = string.Join(", ", plan.Parts.Select(p => $"{p.Name} {MemoryPlan.Gb(p.Bytes)}"));
+        var advice = fit.Plan is null
+            ? "no setting of precision, checkpointing, micro-batch or length fits: use a device with more memory (or several, when data parallelism lands)"
+            : $"it would fit with {string.Join(", ", fit.Fields.Select(f => $"{f.Field} = {f.Value}"))} ({MemoryPlan.Gb(fit.Plan.Peak)})";
+        throw new MemoryPlanException(
+            $"the run needs {MemoryPlan.Gb(plan.Peak)} ({need}) but {MemoryPlan.Gb(available)} is available; {advice}",
+            plan, fit.Fields ?? []);
+    }
+
+    /// <summary>
+    /// The memory this process may still use on a device: on the CPU, the smaller of the kernel's available memory
+    /// (MemAvailable) and the cgroup's limit minus its usage; on CUDA, the caller gives it (<paramref name="override"/>).
+    /// </summary>
+    public static long Available(long? @override = null)
+    {
+        if (@override is long o) return o;
+        long avail = long.MaxValue;
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/meminfo"))
+                if (line.StartsWith("MemAvailable:", StringComparison.Ordinal))
+                    avail = long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
+        }
+        catch (IOException) { }
+        foreach (var (limitFile, usageFile) in new[] { ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                                      ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes") })
+        {
+            try
+            {
+                var limit = File.ReadAllText(limitFile).Trim();
+                if (limit == "max" || !long.TryParse(limit, out var l) || l > (1L << 50)) continue;
+                var used = long.Parse(File.ReadAllText(usageFile).Trim(), CultureInfo.InvariantCulture);
+                avail = Math.Min(avail, l - used);
+            }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+        }
+        return avail == long.MaxValue ? 0 : avail;
+    }
+
+    /// <summary>The peak resident memory of this process so far (VmHWM), or 0 where the kernel does not report it.</summary>
+    public static long PeakResident()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/status"))
+                if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+                    return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
+        }
+        catch (IOException) { }
+        return 0;
+    }
+}
+
+/// <summary>A run that its memory plan says cannot fit: refused before anything is loaded (exit code 7 on the
+/// command line). The message names the need, the memory available and settings that would fit.</summary>
+public sealed class MemoryPlanException(string message, MemoryPlan plan, IReadOnlyList<(string Field, string Value)> fit)
+    : OutOfMemoryException(message)
+{
+    public MemoryPlan Plan { get; } = plan;
+    /// <summary>The settings (Core fields and values) that would fit; empty when none does.</summary>
+    public IReadOnlyList<(string Field, string Value)> Fit { get; } = fit;
+}
