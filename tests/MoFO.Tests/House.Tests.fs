@@ -28,7 +28,7 @@ let private truncatedCheckpoint (dir: string) =
 
 [<Tests>]
 let vocabulary =
-    testList "House.vocabulary" [
+    testSequenced <| testList "House.vocabulary" [
         test "House.vocabulary.parse: every name builds its member, presets add their loss term, a λ adds a term to any member" {
             for m in Methods.Members do
                 let spec = Methods.Parse m.Name
@@ -146,7 +146,7 @@ let fields =
 
 [<Tests>]
 let measures =
-    testList "House.measures" [
+    testSequenced <| testList "House.measures" [
         test "House.measures.table: each measure declared once, with a unique key and task; suites and eval tasks derive from it" {
             let declared = Evals.table |> List.map (fun i -> i.Measure)
             Expect.equal declared.Length (List.distinct declared).Length "one declaration per measure"
@@ -173,7 +173,7 @@ let measures =
             let cli = using (Text.Json.JsonDocument.Parse(File.ReadAllText json)) (fun d -> d.RootElement.GetProperty("metrics").GetProperty("mean_token_nll").GetDouble())
             use lm = MoFO.Models.ModelLoader.Load(stories ())
             let s = { Settings.Paper with Data = Map.ofList [ "perplexity", corpus ] }
-            let o = Evals.measure { Base = lazy lm; Task = None; Settings = s } lm Measure.Perplexity
+            let o, _, _ = captureConsole (fun () -> Evals.measure { Base = lazy lm; Task = None; Settings = s } lm Measure.Perplexity)
             Expect.floatClose Accuracy.veryHigh o.Value cli "the same number"
             Expect.equal (Evals.command "m" "b" s Measure.Perplexity) (Some $"mofo eval --model m --task perplexity --data {corpus}") "the equivalent command"
         }

@@ -131,6 +131,23 @@ public static class MemoryPlanner
 
     static long Numel(long[] shape) => shape.Aggregate(1L, (a, b) => a * b);
 
+    /// <summary>The config of a model path without reading its weights: an HF folder's config.json, or a llama2.c
+    /// .bin's header.</summary>
+    public static ModelConfig ConfigOf(string path)
+    {
+        if (Directory.Exists(path))
+        {
+            var file = Path.Combine(path, "config.json");
+            if (!File.Exists(file)) throw new Checkpoints.CheckpointException($"{file}: missing (an HF model folder holds config.json)");
+            return ModelConfig.Load(file);
+        }
+        if (!File.Exists(path)) throw new MissingAssetException($"{path}: not found (expected an HF model folder or a llama2.c .bin file)");
+        using var r = new BinaryReader(File.OpenRead(path));
+        if (r.BaseStream.Length < 28) throw new Checkpoints.CheckpointException($"{path}: shorter than llama2.c's 28-byte header");
+        var h = Enumerable.Range(0, 7).Select(_ => r.ReadInt32()).ToArray();
+        return LlamaConfig.FromLlama2c(new Checkpoints.Llama2cHeader(h[0], h[1], h[2], h[3], h[4], Math.Abs(h[5]), h[6], h[5] > 0));
+    }
+
     /// <summary>The plan of a run.</summary>
     public static MemoryPlan Plan(PlanInput x)
     {
@@ -229,6 +246,22 @@ public static class MemoryPlanner
             $"the run needs {MemoryPlan.Gb(plan.Peak)} ({need}) but {MemoryPlan.Gb(available)} is available; {advice}",
             plan, fit.Fields ?? []);
     }
+
+    /// <summary>The plan input of a training run on a model (its config read from <paramref name="modelPath"/>): the
+    /// options' micro-batch at the full max length (the worst case), precision, checkpointing, master weights and
+    /// touched mask (auto: only below <see cref="Defaults.SmallModel"/> parameters).</summary>
+    public static PlanInput InputOf(string modelPath, TrainingOptions o, int ranks = 1)
+    {
+        var config = ConfigOf(modelPath);
+        var n = ParameterShapes(config).Sum(s => Numel(s.Shape));
+        return new PlanInput(config, o.Method, o.Precision, o.MicroBatch, o.MaxLength, o.GradientCheckpointing,
+                             o.MasterWeights, o.TrackTouched ?? n < Defaults.SmallModel, ranks);
+    }
+
+    /// <summary>Checks a training run before its model is loaded: its plan, or a <see cref="MemoryPlanException"/>.
+    /// <paramref name="available"/>: the memory to plan against (default: what the device has free now).</summary>
+    public static MemoryPlan CheckRun(string modelPath, TrainingOptions o, long? available = null) =>
+        Check(InputOf(modelPath, o), Available(available));
 
     /// <summary>
     /// The memory this process may still use on a device: on the CPU, the smaller of the kernel's available memory

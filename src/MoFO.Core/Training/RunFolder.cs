@@ -17,9 +17,10 @@ public sealed record StepMetrics(int Step, int Epoch, double Loss, double Learni
 /// <param name="Distance">L2 distance of the weights from the initial ones.</param>
 /// <param name="TouchedFraction">entries updated at least once ÷ all entries.</param>
 /// <param name="ModelDir">the final HF folder (null when interrupted).</param>
+/// <param name="PeakResidentBytes">the process's peak resident memory at the end of the run (VmHWM; 0 where unknown).</param>
 public sealed record TrainResult(string Method, TrainingOptions Options, int Steps, int TotalSteps, bool Interrupted,
                                  double? FinalLoss, double? EvalLoss, double Distance, int Examples, int DroppedExamples,
-                                 double TouchedFraction, double ElapsedSeconds, string OutputDir, string? ModelDir);
+                                 double TouchedFraction, double ElapsedSeconds, string OutputDir, string? ModelDir, long PeakResidentBytes = 0);
 
 /// <summary>
 /// A training run's folder and the one way its files are written and read: <c>metrics.jsonl</c> (one

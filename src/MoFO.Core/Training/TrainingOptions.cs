@@ -38,6 +38,16 @@ public sealed record TrainingOptions
     /// <summary>Stop after this many consecutive steps with a non-finite loss or gradient.</summary>
     public int MaxBadSteps { get; init; } = Defaults.MaxBadSteps;
     public bool ShowProgress { get; init; } = true;
+    /// <summary>The dtype of weights, gradients and activations; the model must be loaded in it (the loss and the
+    /// optimizer moments stay float32).</summary>
+    public Precision Precision { get; init; } = Precision.Float32;
+    /// <summary>bfloat16 runs: float32 master weights in the optimizer instead of stochastic rounding of the update.</summary>
+    public bool MasterWeights { get; init; }
+    /// <summary>Recompute each decoder layer's activations in the backward pass instead of keeping them.</summary>
+    public bool GradientCheckpointing { get; init; }
+    /// <summary>Keep a byte per entry to report the fraction of entries ever updated; null: only for models below
+    /// <see cref="Defaults.SmallModel"/> parameters.</summary>
+    public bool? TrackTouched { get; init; }
 
     /// <summary>Checks every field; an <see cref="OptionException"/> names the first bad one and its value.</summary>
     public void Validate()
@@ -59,6 +69,10 @@ public sealed record TrainingOptions
     }
 
     public int AccumulationSteps => BatchSize / MicroBatch;
+
+    /// <summary>A copy with the scale settings (for callers without C#'s <c>with</c>, such as F#).</summary>
+    public TrainingOptions WithScale(Precision precision, bool masterWeights, bool gradientCheckpointing, bool? trackTouched) =>
+        this with { Precision = precision, MasterWeights = masterWeights, GradientCheckpointing = gradientCheckpointing, TrackTouched = trackTouched };
 
     /// <summary>The defaults (for F# record-copy expressions).</summary>
     public static TrainingOptions Default { get; } = new();

@@ -15,12 +15,27 @@ let flags =
            "SaveEvery", "--save-every"; "EvalEvery", "--eval-every"; "Schedule", "--schedule"; "Format", "--format"
            "Lambda", "--l1-lambda / --l2-lambda"; "Resume", "--resume"; "skipEmpty", "--skip-empty"; "tokenizerPath", "--tokenizer"
            "DataRoot", "--data-root"; "allowUnsandboxed", "--unsafe-no-sandbox"; "Device", "--device"; "Task", "--task"
-           "Data", "--data"; "Name", "mofo repro <name>" ]
+           "Data", "--data"; "Name", "mofo repro <name>"; "Precision", "--precision"; "GradientCheckpointing", "--gradient-checkpointing"
+           "TrackTouched", "--track-touched"; "MasterWeights", "--master-weights" ]
 
 /// An error as the command line says it: an option's field becomes its flag, a remedy names the flag that applies it.
 let render (e: exn) =
     let e = match e with :? AggregateException as a when a.InnerExceptions.Count = 1 -> a.InnerExceptions[0] | e -> e
     match e with
+    | :? MemoryPlanException as m when m.Fit.Count > 0 ->
+        let flag (f: string, v: string) =
+            match f, v with
+            | "Precision", v -> $"--precision {v}"
+            | "GradientCheckpointing", _ -> "--gradient-checkpointing"
+            | "TrackTouched", _ -> "without --track-touched"
+            | "MasterWeights", _ -> "without --master-weights"
+            | "MicroBatchSize", v -> $"--micro-batch-size {v}"
+            | "MaxLength", v -> $"--max-len {v}"
+            | f, v -> $"{f} = {v}"
+        let cut = m.Message.IndexOf "; it would fit with "
+        let head = if cut >= 0 then m.Message.Substring(0, cut) else m.Message
+        let tail = m.Message.Substring(m.Message.LastIndexOf " (")
+        $"""{head}; it would fit with {String.Join(" ", m.Fit |> Seq.map (fun struct (f, v) -> flag (f, v)))}{tail}"""
     | :? OptionException as o ->
         match flags.TryGetValue o.Field with
         | true, flag when o.Message.StartsWith(o.Field + " ") -> flag + o.Message.Substring o.Field.Length
@@ -48,3 +63,31 @@ let methodUsage () =
 /// The method of `--method`, `--alpha`, `--l1-lambda`, `--l2-lambda` (a λ with a member adds its loss term).
 let methodSpec (name: string option) (alpha: float option) (l1: float option) (l2: float option) =
     Methods.Parse(defaultArg name Defaults.Method, defaultArg alpha Defaults.Alpha, Option.toNullable l1, Option.toNullable l2)
+
+/// `--precision`: the dtype of weights, gradients and activations.
+[<RequireQualifiedAccess>]
+type PrecisionArg =
+    | Fp32
+    | Bf16
+
+/// The dtype of a precision.
+let dtype (p: Precision) = if p = Precision.BFloat16 then TorchSharp.torch.ScalarType.BFloat16 else TorchSharp.torch.ScalarType.Float32
+
+/// The scale settings of a run: precision (default bf16 on CUDA, fp32 on the CPU), master weights, gradient
+/// checkpointing, the touched mask (default: auto by model size).
+let withScale (o: TrainingOptions) (device: TorchSharp.torch.Device) (precision: PrecisionArg option) (masterWeights: bool)
+              (checkpointing: bool) (trackTouched: bool) =
+    let p =
+        match precision with
+        | Some PrecisionArg.Bf16 -> Precision.BFloat16
+        | Some PrecisionArg.Fp32 -> Precision.Float32
+        | None -> if device.``type`` = TorchSharp.DeviceType.CUDA then Precision.BFloat16 else Precision.Float32
+    if masterWeights && p <> Precision.BFloat16 then raise (ArgumentException "--master-weights applies to --precision bf16")
+    o.WithScale(p, masterWeights, checkpointing, (if trackTouched then Nullable true else o.TrackTouched))
+
+/// Refuses a run whose memory plan does not fit (before its model is loaded); prints the plan's peak otherwise.
+let checkMemory (modelPath: string) (o: TrainingOptions) (budget: string option) (parseSize: string -> int64) =
+    let plan = MemoryPlanner.CheckRun(modelPath, o, budget |> Option.map parseSize |> Option.toNullable)
+    eprintfn "memory plan: peak %s (weights %s, optimizer state %s, activations %s)" (MemoryPlan.Gb plan.Peak)
+        (MemoryPlan.Gb (plan.Part "weights")) (MemoryPlan.Gb (plan.Part "optimizer state")) (MemoryPlan.Gb (plan.Part "activations"))
+    plan

@@ -30,6 +30,10 @@ type ContinualArgs =
     | Eval_Limit of n: int
     | Tokenizer of path: string
     | Device of name: string
+    | Precision of Common.PrecisionArg
+    | Master_Weights
+    | Gradient_Checkpointing
+    | Memory_Budget of size: string
     interface IArgParserTemplate with
         member this.Usage =
             match this with
@@ -52,7 +56,11 @@ type ContinualArgs =
             | Metric _ -> "accuracy (greedy exact match; default) or likelihood (geometric-mean answer-token probability)."
             | Eval_Limit _ -> "evaluate on at most N test examples per task."
             | Tokenizer _ -> "the tokenizer file, if it is not beside the model."
-            | Device _ -> "cpu (default) or cuda (float32 weights)."
+            | Device _ -> "cpu (default) or cuda (CUDA builds)."
+            | Precision _ -> "fp32 (default on the CPU) or bf16 (default on CUDA)."
+            | Master_Weights -> "bf16: float32 master weights instead of stochastic rounding."
+            | Gradient_Checkpointing -> "recompute each decoder layer's activations in the backward pass."
+            | Memory_Budget _ -> "plan against this much memory (e.g. 16GiB); the run is refused (exit 7) when it cannot fit."
 
 let run (a: ParseResults<ContinualArgs>) =
     let dirs = a.GetResult(Tasks).Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries)
@@ -73,6 +81,8 @@ let run (a: ParseResults<ContinualArgs>) =
             MicroBatchSize = a.GetResult(Micro_Batch_Size, batch),
             MaxLength = a.GetResult(Max_Len, Defaults.MaxLength),
             Seed = a.GetResult(Seed, Defaults.Seed))
+    let device = MoFO.Runtime.device (a.TryGetResult Device)
+    let o = Common.withScale o device (a.TryGetResult Precision) (a.Contains Master_Weights) (a.Contains Gradient_Checkpointing) false
     o.Validate()
     let tasks =
         [ for i, d in Array.indexed dirs ->
@@ -83,7 +93,8 @@ let run (a: ParseResults<ContinualArgs>) =
         | "accuracy" -> TaskMetric.Accuracy
         | "likelihood" -> TaskMetric.AnswerLikelihood
         | m -> raise (ArgumentException $"--metric {m}: expected accuracy or likelihood")
-    use model = ModelLoader.Load(a.GetResult Model, Option.toObj (a.TryGetResult Tokenizer), MoFO.Runtime.device (a.TryGetResult Device), TorchSharp.torch.ScalarType.Float32)
+    Common.checkMemory (a.GetResult Model) o (a.TryGetResult Memory_Budget) (Plan.parseSize "--memory-budget") |> ignore
+    use model = ModelLoader.Load(a.GetResult Model, Option.toObj (a.TryGetResult Tokenizer), device, Common.dtype o.Precision)
     let runner =
         ContinualRunner(
             Model = model, Tasks = tasks, Options = o, OutputDir = a.GetResult Output, Metric = metric,

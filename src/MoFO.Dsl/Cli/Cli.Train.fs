@@ -41,6 +41,11 @@ type TrainArgs =
     | Eval_Every of n: int
     | Tokenizer of path: string
     | Device of name: string
+    | Precision of Common.PrecisionArg
+    | Master_Weights
+    | Gradient_Checkpointing
+    | Track_Touched
+    | Memory_Budget of size: string
     | Skip_Empty
     | Resume
     | Report
@@ -77,7 +82,12 @@ type TrainArgs =
             | Save_Every _ -> "write a checkpoint every N steps (default: at the end and on Ctrl-C)."
             | Eval_Every _ -> "log the held-out loss every N steps."
             | Tokenizer _ -> "the tokenizer file, if it is not beside the model."
-            | Device _ -> "cpu (default) or cuda: weights and optimizer state in float32 on that device (no bfloat16 autocast yet)."
+            | Device _ -> "cpu (default) or cuda (CUDA builds)."
+            | Precision _ -> "fp32 (default on the CPU) or bf16 (default on CUDA): bfloat16 weights, gradients and activations; float32 loss and moments; stochastic rounding of the update."
+            | Master_Weights -> "bf16: keep float32 master weights in the optimizer instead of stochastic rounding."
+            | Gradient_Checkpointing -> "recompute each decoder layer's activations in the backward pass (less memory, one more forward)."
+            | Track_Touched -> "report the fraction of entries ever updated (a byte per entry; on by default below 100M parameters)."
+            | Memory_Budget _ -> "plan against this much memory (e.g. 16GiB) instead of what the machine has free; the run is refused (exit 7) when it cannot fit."
             | Skip_Empty -> "drop records whose answer is empty (Code-Alpaca has two) instead of stopping at them."
             | Resume -> "continue the run in --output from its checkpoint (same settings required)."
             | Report -> "after training, evaluate the base and the fine-tuned model and write report.json and report.html into --output."
@@ -157,13 +167,16 @@ let reportSettings (a: ParseResults<TrainArgs>) (suite: ForgettingReport.Suite) 
         UnsafeNoSandbox = a.Contains Unsafe_No_Sandbox }
 
 let run (a: ParseResults<TrainArgs>) =
-    let o: TrainingOptions = options a
+    let device = MoFO.Runtime.device (a.TryGetResult Device)
+    let o: TrainingOptions =
+        Common.withScale (options a) device (a.TryGetResult Precision) (a.Contains Master_Weights) (a.Contains Gradient_Checkpointing) (a.Contains Track_Touched)
     o.Validate()
     let suite = reportSuite a
     let train, eval = data a o
     let task = suite |> Option.bind (fun _ -> reportTask a o)
+    Common.checkMemory (a.GetResult Model) o (a.TryGetResult Memory_Budget) (Plan.parseSize "--memory-budget") |> ignore
     let r, metricsFile, report =
-        use model = ModelLoader.Load(a.GetResult Model, Option.toObj (a.TryGetResult Tokenizer), MoFO.Runtime.device (a.TryGetResult Device), TorchSharp.torch.ScalarType.Float32)
+        use model = ModelLoader.Load(a.GetResult Model, Option.toObj (a.TryGetResult Tokenizer), device, Common.dtype o.Precision)
         // The report's suite and data are settled before training: a missing benchmark fails now, not after the run.
         let report =
             suite |> Option.map (fun s ->

@@ -41,6 +41,7 @@ type MofoArgs =
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
     | [<CliPrefix(CliPrefix.None)>] Repro of ParseResults<Repro.ReproArgs>
     | [<CliPrefix(CliPrefix.None)>] Methods of ParseResults<MethodsArgs>
+    | [<CliPrefix(CliPrefix.None)>] Plan of ParseResults<Plan.PlanArgs>
     | [<CliPrefix(CliPrefix.None); Hidden>] Point of file: string
     | [<AltCommandLine("-d"); Inherit>] Data_Root of path: string
     interface IArgParserTemplate with
@@ -56,6 +57,7 @@ type MofoArgs =
             | Eval _ -> "evaluate a model on a benchmark (mmlu, arc-easy, arc-challenge, hellaswag, mc, gsm8k, humaneval) or a forgetting measure (perplexity, pretrain-proxy, story-cloze, distance)."
             | Eval_Samples _ -> "score a samples file of generated code ({task_id, completion} jsonl) in the sandbox: pass@k."
             | Methods _ -> "list the fine-tuning methods (optimizer members and loss terms) with their defaults."
+            | Plan _ -> "the memory a fine-tuning run will need, by component, against the memory available (exit 7 when it does not fit)."
             | Point _ -> "run one point of a sweep (internal: sweeps start these processes)."
             | Data_Root _ -> "the folder with the real models, tokenizers and datasets (default: $MOFO_DATA, else ../shared/data beside the repository)."
 
@@ -97,6 +99,7 @@ let run (argv: string[]) =
         | Some (MofoArgs.Convert c) -> Convert.run c
         | Some (MofoArgs.Repro r) -> Repro.run r
         | Some (MofoArgs.Methods _) -> methods ()
+        | Some (MofoArgs.Plan p) -> Plan.run p
         | Some (MofoArgs.Bench b) ->
             (match b.TryGetSubCommand() with
              | Some (BenchArgs.Model m) -> Bench.Model.run m

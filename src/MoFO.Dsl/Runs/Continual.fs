@@ -61,11 +61,14 @@ let run (showProgress: bool) (j: Job) =
     if File.Exists file then outcome e.Method (ContinualSummary.Read file)
     else
         if Directory.Exists dir then Directory.Delete(dir, true)
-        use model = MoFO.Models.ModelLoader.Load(e.Model.Path, null, e.Scale.Device, TorchSharp.torch.ScalarType.Float32)
+        let o = Identity.options e showProgress
+        MemoryPlanner.CheckRun(e.Model.Path, o) |> ignore
+        let dtype = if o.Precision = Precision.BFloat16 then TorchSharp.torch.ScalarType.BFloat16 else TorchSharp.torch.ScalarType.Float32
+        use model = MoFO.Models.ModelLoader.Load(e.Model.Path, null, e.Scale.Device, dtype)
         let replay, gem = e.Method.Continual
         let runner =
             ContinualRunner(
-                Model = model, Tasks = ResizeArray tasks, Options = Identity.options e showProgress, OutputDir = dir, Metric = j.Metric,
+                Model = model, Tasks = ResizeArray tasks, Options = o, OutputDir = dir, Metric = j.Metric,
                 ReplayPerTask = replay, GemMemoryPerTask = gem, EvalLimit = Nullable())
         if e.Method = Method.MTL then runner.RunMultiTask() |> ignore else runner.Run() |> ignore
         outcome e.Method (ContinualSummary.Read file)

@@ -58,7 +58,9 @@ let train (e: Experiment) (showProgress: bool) =
     | null ->
         let trainSet, task = data e
         let o = Identity.options e showProgress
-        use model = ModelLoader.Load(e.Model.Path, null, e.Scale.Device, TorchSharp.torch.ScalarType.Float32)
+        MemoryPlanner.CheckRun(e.Model.Path, o) |> ignore
+        let dtype = if o.Precision = Precision.BFloat16 then TorchSharp.torch.ScalarType.BFloat16 else TorchSharp.torch.ScalarType.Float32
+        use model = ModelLoader.Load(e.Model.Path, null, e.Scale.Device, dtype)
         let trainer = Trainer(model, ResizeArray trainSet, ResizeArray task.HeldOut, o, folder.Dir)
         let resume = File.Exists(Path.Combine(folder.CheckpointDir, "trainer_state.json")) || Directory.Exists(folder.CheckpointDir + ".old")
         if resume then eprintfn "resuming %s from its checkpoint" folder.Dir

@@ -69,10 +69,17 @@ type Recipe =
       /// train on at most this many examples (None: all)
       TrainLimit: int option
       /// MetaMathQA at paper scale: the paper trains on a seeded 10 %
-      SampleFraction: float option }
+      SampleFraction: float option
+      /// the dtype of weights, gradients and activations (bf16: float32 loss and moments)
+      Precision: Precision
+      /// bf16: float32 master weights instead of stochastic rounding of the update
+      MasterWeights: bool
+      /// recompute each decoder layer's activations in the backward pass
+      GradientCheckpointing: bool }
     static member Default =
         { Lr = Defaults.LearningRate; Steps = None; Epochs = 2; BatchSize = 128; MicroBatchSize = 4; MaxLength = 1024; Schedule = Defaults.Schedule
-          WarmupRatio = Defaults.WarmupRatio; WeightDecay = Defaults.WeightDecay; MaxGradNorm = Defaults.MaxGradNorm; TrainLimit = None; SampleFraction = None }
+          WarmupRatio = Defaults.WarmupRatio; WeightDecay = Defaults.WeightDecay; MaxGradNorm = Defaults.MaxGradNorm; TrainLimit = None; SampleFraction = None
+          Precision = Precision.Float32; MasterWeights = false; GradientCheckpointing = false }
 
 module Recipe =
     /// The learning rate a method runs at under a recipe: `Lr` times the member's factor (Lion: 0.2).

@@ -1,0 +1,67 @@
+/// `mofo plan`: the memory a fine-tuning run will need, by component, against the memory the device has.
+module MoFO.Dsl.Cli.Plan
+
+open System
+open Argu
+open MoFO
+open MoFO.Training
+
+type PrecisionArg = Common.PrecisionArg
+
+type PlanArgs =
+    | Model of path: string
+    | Method of name: string
+    | Alpha of a: float
+    | Precision of PrecisionArg
+    | Master_Weights
+    | Batch_Size of n: int
+    | Micro_Batch_Size of n: int
+    | Max_Len of n: int
+    | Gradient_Checkpointing
+    | Track_Touched
+    | Memory of size: string
+    interface IArgParserTemplate with
+        member this.Usage =
+            match this with
+            | Model _ -> "the model (an HF folder's config.json or a llama2.c .bin header; no weights are read)."
+            | Method _ -> Common.methodUsage ()
+            | Alpha _ -> $"the update fraction of members that filter (default {Defaults.Alpha})."
+            | Precision _ -> "fp32 (default on CPU) or bf16 (bfloat16 weights, gradients and activations; float32 moments)."
+            | Master_Weights -> "bf16: float32 master weights in the optimizer instead of stochastic rounding."
+            | Batch_Size _ -> $"examples per step (default {Defaults.BatchSize})."
+            | Micro_Batch_Size _ -> "examples per forward/backward pass (default: the batch size)."
+            | Max_Len _ -> $"tokens per example (default {Defaults.MaxLength})."
+            | Gradient_Checkpointing -> "recompute each decoder layer's activations in the backward pass."
+            | Track_Touched -> "keep the touched mask (a byte per entry)."
+            | Memory _ -> "the memory to plan against, e.g. 80GB, 141GB, 24GiB (default: what this machine has available)."
+
+/// A size such as 80GB, 141GB, 24GiB, 512MB (decimal units; GiB/MiB binary).
+let parseSize (flag: string) (text: string) =
+    let t = text.Trim().ToUpperInvariant()
+    let units = [ "GIB", 1L <<< 30; "MIB", 1L <<< 20; "GB", 1_000_000_000L; "MB", 1_000_000L; "G", 1_000_000_000L; "B", 1L ]
+    match units |> List.tryFind (fun (u, _) -> t.EndsWith u) with
+    | Some (u, scale) ->
+        match Double.TryParse(t.Substring(0, t.Length - u.Length), Globalization.NumberStyles.Float, Globalization.CultureInfo.InvariantCulture) with
+        | true, x when x > 0.0 -> int64 (x * float scale)
+        | _ -> raise (ArgumentException $"{flag} {text}: expected a size such as 80GB or 24GiB")
+    | None -> raise (ArgumentException $"{flag} {text}: expected a size such as 80GB or 24GiB")
+
+let run (a: ParseResults<PlanArgs>) =
+    let path = a.TryGetResult Model |> Option.defaultWith (fun () -> raise (ArgumentException "mofo plan: pass --model PATH"))
+    let config = MemoryPlanner.ConfigOf path
+    let batch = a.GetResult(Batch_Size, Defaults.BatchSize)
+    let input =
+        PlanInput(config, Common.methodSpec (a.TryGetResult Method) (a.TryGetResult Alpha) None None,
+                  (match a.TryGetResult Precision with Some PrecisionArg.Bf16 -> Training.Precision.BFloat16 | _ -> Training.Precision.Float32),
+                  a.GetResult(Micro_Batch_Size, batch), a.GetResult(Max_Len, Defaults.MaxLength), a.Contains Gradient_Checkpointing,
+                  MasterWeights = a.Contains Master_Weights, TrackTouched = a.Contains Track_Touched)
+    let available = MemoryPlanner.Available(a.TryGetResult Memory |> Option.map (parseSize "--memory") |> Option.toNullable)
+    let plan = MemoryPlanner.Plan input
+    printfn "memory plan: %s (%s, %s parameters), %s, %O, micro-batch %d × %d tokens%s"
+        path config.ModelType (plan.Parameters.ToString("N0")) (string input.Method) input.Precision input.MicroBatch input.SequenceLength
+        (if input.GradientCheckpointing then ", gradient checkpointing" else "")
+    printfn "%s" (plan.Describe())
+    printfn "  %-18s %10s  %s" "available" (MemoryPlan.Gb available) (if a.Contains Memory then "(--memory)" else "(this machine, now)")
+    MemoryPlanner.Check(input, available) |> ignore
+    printfn "fits: %.0f %% of the available memory" (100.0 * float plan.Peak / float available)
+    0

@@ -1,0 +1,86 @@
+/// The memory plan: parameter shapes from a config, components, refusal with the out-of-memory exit code.
+module MoFO.Tests.Scale.Plan
+
+open System
+open System.IO
+open Expecto
+open MoFO
+open MoFO.Models
+open MoFO.Training
+open MoFO.Tests.Fixtures
+open MoFO.Tests.ModelFixtures
+
+let private mofo (args: string list) = captureConsole (fun () -> MoFO.Dsl.Cli.Main.run (List.toArray args))
+
+[<Tests>]
+let tests =
+    testSequenced <| testList "Scale.plan" [
+        test "Scale.plan.shapes: the planned parameter shapes are the modules' own, for Llama and GPT-NeoX variants" {
+            let configs : ModelConfig list =
+                [ tinyLlama true; tinyLlama false
+                  LlamaConfig(VocabSize = 64, HiddenSize = 32, IntermediateSize = 48, NumHiddenLayers = 2, NumAttentionHeads = 4,
+                              NumKeyValueHeads = 2, MaxPositionEmbeddings = 64, AttentionBias = true, MlpBias = true)
+                  tinyNeoX true; tinyNeoX false ]
+            for c in configs do
+                use m = ModelLoader.Create c
+                let actual = m.named_parameters() |> Seq.map (fun struct (n, p) -> n, p.shape) |> Map.ofSeq
+                let planned = MemoryPlanner.ParameterShapes c |> Seq.map (fun struct (n, s) -> n, s) |> Map.ofSeq
+                Expect.equal (planned |> Map.toList |> List.map fst) (actual |> Map.toList |> List.map fst) $"{c.ModelType}: the same tensors"
+                for KeyValue (n, s) in actual do Expect.equal planned[n] s $"{n}: shape"
+        }
+
+        test "Scale.plan.components: counts of TinyLlama-1.1B; bf16 halves weights and gradients, checkpointing shrinks activations, moments stay float32" {
+            let tl =
+                LlamaConfig(VocabSize = 32000, HiddenSize = 2048, IntermediateSize = 5632, NumHiddenLayers = 22, NumAttentionHeads = 32,
+                            NumKeyValueHeads = 4, MaxPositionEmbeddings = 2048, RmsNormEps = 1e-5)
+            let input p ck = PlanInput(tl, Methods.Parse "mofo", p, 1, 512, ck)
+            let fp32 = MemoryPlanner.Plan(input Precision.Float32 false)
+            let bf16 = MemoryPlanner.Plan(input Precision.BFloat16 true)
+            Expect.equal fp32.Parameters 1_100_048_384L "TinyLlama-1.1B's parameter count"
+            Expect.equal (fp32.Part "weights") (4L * fp32.Parameters) "float32 weights"
+            Expect.equal (bf16.Part "weights") (2L * bf16.Parameters) "bfloat16 weights"
+            Expect.equal (bf16.Part "gradients") (2L * bf16.Parameters) "bfloat16 gradients"
+            Expect.isGreaterThanOrEqual (bf16.Part "optimizer state") (8L * bf16.Parameters) "two float32 moments"
+            Expect.isLessThan (bf16.Part "activations") (fp32.Part "activations" / 4L) "checkpointed bf16 activations"
+            let lion = MemoryPlanner.Plan(PlanInput(tl, Methods.Parse "lion", Precision.Float32, 1, 512, false))
+            Expect.equal (lion.Part "optimizer state") (4L * lion.Parameters) "Lion keeps one moment"
+            let l2 = MemoryPlanner.Plan(PlanInput(tl, Methods.Parse "l2", Precision.Float32, 1, 512, false))
+            Expect.equal (l2.Part "θ0 for loss terms") (4L * l2.Parameters) "L2 keeps a copy of θ0"
+        }
+
+        test "Scale.plan.config: a llama2.c header and an HF config.json give the model's shape without reading weights" {
+            let c = MemoryPlanner.ConfigOf(requireAsset DataRoot.Assets.Stories260K)
+            use lm = ModelLoader.Load(requireAsset DataRoot.Assets.Stories260K)
+            let n = lm.Module.parameters() |> Seq.sumBy (fun p -> p.numel())
+            let planned = MemoryPlanner.ParameterShapes c |> Seq.sumBy (fun struct (_, s) -> Array.fold (*) 1L s)
+            Expect.equal planned n "stories260K's parameter count from its header"
+            use dir = new TempDir()
+            (tinyLlama false).Save(dir.File "config.json")
+            Expect.equal (MemoryPlanner.ConfigOf dir.Path).HiddenSize 32 "config.json"
+            let e = throwsWith<MissingAssetException> (fun () -> MemoryPlanner.ConfigOf(dir.File "nope.bin") |> ignore)
+            Expect.stringContains e.Message "nope.bin" "a missing model names the path"
+        }
+
+        test "Scale.plan.refuse: a run whose plan exceeds the budget is refused before loading, with exit code 7, the need, the budget and settings that fit" {
+            use dir = new TempDir()
+            let cfg =
+                LlamaConfig(VocabSize = 32000, HiddenSize = 2048, IntermediateSize = 5632, NumHiddenLayers = 22, NumAttentionHeads = 32,
+                            NumKeyValueHeads = 4, MaxPositionEmbeddings = 2048, RmsNormEps = 1e-5)
+            cfg.Save(dir.File "config.json")     // a config alone: a refused run must not get as far as the (absent) weights
+            let data = dir.File "d.jsonl"
+            File.WriteAllText(data, "{\"prompt\":\"p\",\"completion\":\"c\"}\n")
+            let out = dir.File "run"
+            let code, _, err = mofo [ "train"; "--model"; dir.Path; "--data"; data; "--format"; "jsonl"; "--output"; out; "--batch-size"; "1"; "--max-len"; "512"; "--memory-budget"; "16GiB" ]
+            Expect.equal code (int MoFO.Dsl.ExitCode.OutOfMemory) $"out of memory; {err}"
+            Expect.stringContains err "needs" "names the need"
+            Expect.stringContains err "17.18 GB is available" "names the budget"
+            Expect.stringContains err "--precision bf16" "names settings that fit"
+            Expect.isFalse (Directory.Exists out) "nothing written"
+            let code2, out2, err2 = mofo [ "plan"; "--model"; dir.Path; "--batch-size"; "1"; "--max-len"; "512"; "--precision"; "bf16"; "--gradient-checkpointing"; "--memory"; "16GiB" ]
+            Expect.equal code2 0 $"fits; {err2}"
+            Expect.stringContains out2 "optimizer state" "prints the components"
+            let code3, _, err3 = mofo [ "plan"; "--model"; dir.Path; "--memory"; "1GB" ]
+            Expect.equal code3 7 "does not fit"
+            Expect.stringContains err3 "no setting" "and nothing would"
+        }
+    ]
