@@ -294,6 +294,15 @@ public static class MemoryPlanner
         return avail == long.MaxValue ? 0 : avail;
     }
 
+    /// <summary>Resets the kernel's peak-resident mark of this process (VmHWM) to the current resident size, so that the
+    /// peak of a phase can be read after it; false where the kernel does not allow it.</summary>
+    public static bool ResetPeak()
+    {
+        try { File.WriteAllText("/proc/self/clear_refs", "5"); return true; }
+        catch (IOException) { return false; }
+        catch (UnauthorizedAccessException) { return false; }
+    }
+
     /// <summary>The peak resident memory of this process so far (VmHWM), or 0 where the kernel does not report it.</summary>
     public static long PeakResident()
     {

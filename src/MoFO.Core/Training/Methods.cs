@@ -173,7 +173,8 @@ public static class Methods
     {
         var named = module.named_parameters().ToList();
         var member = Member(o.Method.Optimizer);
-        var opt = member.Create(new OptimizerArgs(named, o.LearningRate, o.WeightDecay, o.Method.Alpha, o.Seed, TrackTouched: true));
+        var track = o.TrackTouched ?? named.Sum(p => p.parameter.numel()) < Defaults.SmallModel;
+        var opt = member.Create(new OptimizerArgs(named, o.LearningRate, o.WeightDecay, o.Method.Alpha, o.Seed, track));
         var tensors = named.Select(p => (Tensor)p.parameter).ToList();
         var terms = o.Method.Terms.Select(t => Term(t.Term).Create(tensors, t.Lambda)).ToList();
         return (opt, terms);

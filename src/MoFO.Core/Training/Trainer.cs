@@ -34,6 +34,10 @@ public sealed class Trainer
     /// <summary>Called after every step (tests use it to simulate a crash).</summary>
     public Action<StepMetrics>? OnStep { get; set; }
 
+    /// <summary>Called as a step enters each phase: "forward", "backward", "step", and "checkpoint", "final" (the
+    /// memory benchmark measures the peak of each).</summary>
+    public Action<string>? OnPhase { get; set; }
+
     /// <summary>Called after the backward pass of a step, before clipping and the optimizer step: may rewrite the
     /// gradients (GEM projects them here).</summary>
     public Action<CausalLMModule>? AfterBackward { get; set; }
@@ -41,6 +45,10 @@ public sealed class Trainer
     public Trainer(CausalLM model, IReadOnlyList<TrainingExample> train, IReadOnlyList<TrainingExample>? eval, TrainingOptions options, string outputDir)
     {
         options.Validate();
+        var expected = options.Precision == Precision.BFloat16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        if (model.Module.DType != expected)
+            throw new OptionException(nameof(TrainingOptions.Precision),
+                $"Precision {options.Precision}: the model's weights are {model.Module.DType}; load it in {expected} (ModelLoader.Load(path, dtype: {expected}))");
         _lm = model;
         _o = options;
         _out = Path.GetFullPath(outputDir);
@@ -148,7 +156,9 @@ public sealed class Trainer
             {
                 using var scope = NewDisposeScope();
                 using var b = Tokenized.Pad(batch.Skip(m).Take(_o.MicroBatch).ToList(), pad);
+                OnPhase?.Invoke("forward");
                 var (sum, _) = LossSum(_lm, b);
+                OnPhase?.Invoke("backward");
                 using (Scalar denominator = ((double)tokens).ToScalar()) (sum / denominator).backward();
                 lossSum += sum.item<float>();
             }
@@ -171,6 +181,7 @@ public sealed class Trainer
             {
                 bad = 0;
                 if (_o.MaxGradNorm > 0 && norm > _o.MaxGradNorm) ScaleGrads(module, _o.MaxGradNorm / (norm + 1e-6));
+                OnPhase?.Invoke("step");
                 opt.step();
                 lastLoss = loss;
             }
@@ -198,6 +209,7 @@ public sealed class Trainer
             }
         }
         log.Dispose();
+        OnPhase?.Invoke("checkpoint");
         SaveCheckpoint(opt, step);
         string? modelDir = null;
         if (!interrupted)
@@ -205,6 +217,7 @@ public sealed class Trainer
             evalLoss = _eval.Count > 0 ? EvalLoss() : null;
             modelDir = Path.Combine(_out, "model");
             var tmp = Path.Combine(_out, $".model-{Guid.NewGuid():N}");
+            OnPhase?.Invoke("final");
             HfFolder.Save(_lm, tmp);
             if (Directory.Exists(modelDir)) Directory.Delete(modelDir, true);
             Directory.Move(tmp, modelDir);
@@ -217,6 +230,11 @@ public sealed class Trainer
         return result;
     }
 
+    /// <summary>Elements per slice when the gradient norm is accumulated in float64 (larger gradients are read in slices
+    /// of this size, so that no full-size float64 copy is made).</summary>
+    const long NormSlice = 1 << 20;
+
+    /// <summary>The global L2 norm of the gradients, accumulated in float64 slice by slice.</summary>
     static double GradNorm(CausalLMModule module)
     {
         using var _ = no_grad();
@@ -225,9 +243,14 @@ public sealed class Trainer
         {
             using var g = p.grad;
             if (g is null) continue;
-            using var scope = NewDisposeScope();
-            var g64 = g.to(ScalarType.Float64);
-            sq += (g64 * g64).sum().item<double>();
+            using var flat = g.contiguous().view(-1);
+            long n = flat.numel();
+            for (long i = 0; i < n; i += NormSlice)
+            {
+                using var scope = NewDisposeScope();
+                var g64 = (n <= NormSlice ? flat : flat.narrow(0, i, Math.Min(NormSlice, n - i))).to(ScalarType.Float64);
+                sq += (g64 * g64).sum().item<double>();
+            }
         }
         return Math.Sqrt(sq);
     }

@@ -23,11 +23,13 @@ type MethodsArgs =
 type BenchArgs =
     | [<CliPrefix(CliPrefix.None)>] Model of ParseResults<Bench.Model.BenchModelArgs>
     | [<CliPrefix(CliPrefix.None)>] Optim of ParseResults<Bench.Optim.BenchOptimArgs>
+    | [<CliPrefix(CliPrefix.None)>] Memory of ParseResults<Bench.Memory.BenchMemoryArgs>
     interface IArgParserTemplate with
         member this.Usage =
             match this with
             | Model _ -> "forward tokens/s of stories260K and a ~20M-parameter random Llama."
             | Optim _ -> "step time of AdamW, MoFO and gradient-filtered BCD on a ~30M-parameter transformer-shaped set (and PyTorch's AdamW with --pytorch)."
+            | Memory _ -> "a few fine-tuning steps with the peak memory of each phase (load, forward, backward, step, checkpoint) beside the plan."
 
 [<RequireQualifiedAccess>]
 type MofoArgs =
@@ -104,6 +106,7 @@ let run (argv: string[]) =
             (match b.TryGetSubCommand() with
              | Some (BenchArgs.Model m) -> Bench.Model.run m
              | Some (BenchArgs.Optim o) -> Bench.Optim.run o
+             | Some (BenchArgs.Memory m) -> Bench.Memory.run m
              | None ->
                  eprintfn "%s" (b.Parser.PrintUsage(message = "mofo bench: a benchmark is required."))
                  2)
