@@ -26,9 +26,10 @@ let private leftPadded (vocab: int) (t: int) (lengths: int list) (seed: int64) =
     let labels = ids.masked_fill(mask.eq(torch.tensor 0L), -100L)
     ids, mask, labels
 
-/// Two micro-batches with left padding (gradient accumulation as the trainer does it).
+/// Three micro-batches whose gradients accumulate (as in the trainer): two left-padded, one without a mask (causal).
 let private microBatches (vocab: int) (seed: int64) =
-    [ leftPadded vocab 12 [ 12; 8; 5 ] seed; leftPadded vocab 10 [ 7; 10 ] (seed + 1L) ]
+    let ids = randomIds vocab 2 9 (seed + 2L)
+    [ leftPadded vocab 12 [ 12; 8; 5 ] seed; leftPadded vocab 10 [ 7; 10 ] (seed + 1L); ids, null, ids ]
 
 /// The loss of each micro-batch and every parameter's gradient accumulated over them, each micro-batch's forward
 /// and backward in a dispose scope of its own (as the trainer's). The gradients are copies that outlive the scopes.
@@ -112,7 +113,7 @@ let tests =
 
         testList "Scale.Checkpointing.float32" [
             for name, config in configs ->
-                test $"Scale.Checkpointing.float32.{name}: loss and every gradient equal the plain backward's (left padding, two micro-batches)" {
+                test $"Scale.Checkpointing.float32.{name}: loss and every gradient equal the plain backward's (left padding and none, three micro-batches)" {
                     let m = randomModel config 31L
                     expectSame 1e-6 m (microBatches config.VocabSize 7L) |> ignore
                 }
@@ -139,7 +140,7 @@ let tests =
             let text = lm.Tokenizer.Encode("Once upon a time, there was a little girl named Lily. She loved to play outside.", true) |> Seq.map int64 |> Seq.toArray
             let n = int64 text.Length
             let real = torch.tensor(text).view(1L, n)
-            let batches = [ real, torch.ones([| 1L; n |], dtype = torch.int64), real.clone (); leftPadded vocab 24 [ 24; 16; 9 ] 12L ]
+            let batches = [ real, null, real.clone (); leftPadded vocab 24 [ 24; 16; 9 ] 12L ]
             expectSame 1e-6 lm.Module batches |> ignore
         }
 
