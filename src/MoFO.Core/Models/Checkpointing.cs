@@ -16,12 +16,17 @@ public delegate Tensor LayerForward(Tensor hidden, Tensor cos, Tensor sin, Tenso
 /// which accumulates the gradients of the layer's parameters into their <c>.grad</c> (as a plain backward would) and
 /// yields the gradient of the layer's input, handed on to the layers below.
 /// <para>Activation memory of a forward pass is then one hidden state [B, T, H] per layer, plus the intermediates of
-/// one layer at a time during the backward; the price is one more forward pass per layer (≈ a third more compute).</para>
+/// one layer at a time during the backward; the price is one more forward pass of each layer (at most a third more
+/// compute: backward ≈ twice a forward).</para>
 /// <para>Disposal: the layer's intermediates live in a dispose scope of their own and are freed as soon as the layer
 /// has run (forward) or has been backpropagated (backward); what autograd needs later (the layer's input) is held by
 /// the graph itself, not by a managed handle, so a caller's scope that ends before <c>backward()</c> takes nothing
 /// the graph still needs. The managed handles of the gradients passing between layers are released as soon as
 /// libtorch holds its own reference, instead of living until the caller's scope ends.</para>
+/// <para>As with PyTorch's reentrant variant, the layers' parameter gradients are accumulated into <c>.grad</c> by the
+/// inner backward, not routed through the outer graph: <c>backward()</c> works (also accumulating over micro-batches),
+/// but <c>torch.autograd.grad</c> or <c>backward(inputs: …)</c> naming a layer's parameters does not (they are not
+/// inputs of the checkpointed node).</para>
 /// </summary>
 public static class Checkpointing
 {

@@ -144,7 +144,7 @@ public sealed class GPTNeoXForCausalLM : CausalLMModule
         var h = gpt_neox.embed_in.forward(inputIds);
         var (cos, sin) = rotary.Tables(pos, h.dtype);
         var mask = Mask(attentionMask, t, past, h.device);
-        if (Checkpoints(cache))
+        if (UsesCheckpointing(cache))
             foreach (var layer in gpt_neox.layers)
                 h = Checkpointing.Run(layer, (x, c, s, m) => layer.Forward(x, c, s, m, null, 0), h, cos, sin, mask);
         else

@@ -150,7 +150,7 @@ public sealed class LlamaForCausalLM : CausalLMModule
         var h = model.embed_tokens.forward(inputIds);
         var (cos, sin) = rotary.Tables(pos, h.dtype);
         var mask = CausalLMModule.Mask(attentionMask, t, past, h.device);
-        if (Checkpoints(cache))
+        if (UsesCheckpointing(cache))
             foreach (var layer in model.layers)
                 h = Checkpointing.Run(layer, (x, c, s, m) => layer.Forward(x, c, s, m, null, 0), h, cos, sin, mask);
         else
