@@ -18,6 +18,17 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
 
     public abstract KVCache CreateCache(long batch, long capacity);
 
+    /// <summary>Gradient (activation) checkpointing per decoder layer (default off): in training mode with gradients
+    /// enabled, each layer keeps only its input during the forward pass and recomputes its activations during the
+    /// backward (<see cref="Checkpointing"/>): activation memory of one hidden state per layer, for one more forward
+    /// pass of the layers (at most a third more compute). Losses and gradients equal those without it. No effect in
+    /// eval mode, under <c>no_grad</c>, or with a <see cref="KVCache"/> (generation: nothing to backpropagate, and a
+    /// recomputation would write the cache twice).</summary>
+    public bool GradientCheckpointing { get; set; }
+
+    /// <summary>Whether this forward pass checkpoints its decoder layers (see <see cref="GradientCheckpointing"/>).</summary>
+    protected bool UsesCheckpointing(KVCache? cache) => GradientCheckpointing && training && cache is null && torch.is_grad_enabled();
+
     /// <summary>The dtype of the parameters (float32 on CPU, bfloat16 on CUDA by default).</summary>
     public ScalarType DType => parameters().First().dtype;
 

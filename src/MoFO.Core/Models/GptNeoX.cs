@@ -144,7 +144,11 @@ public sealed class GPTNeoXForCausalLM : CausalLMModule
         var h = gpt_neox.embed_in.forward(inputIds);
         var (cos, sin) = rotary.Tables(pos, h.dtype);
         var mask = Mask(attentionMask, t, past, h.device);
-        for (var i = 0; i < gpt_neox.layers.Count; i++) h = gpt_neox.layers[i].Forward(h, cos, sin, mask, cache, i);
+        if (UsesCheckpointing(cache))
+            foreach (var layer in gpt_neox.layers)
+                h = Checkpointing.Run(layer, (x, c, s, m) => layer.Forward(x, c, s, m, null, 0), h, cos, sin, mask);
+        else
+            for (var i = 0; i < gpt_neox.layers.Count; i++) h = gpt_neox.layers[i].Forward(h, cos, sin, mask, cache, i);
         cache?.Advance(t);
         h = gpt_neox.final_layer_norm.forward(h);
         return embed_out is not null ? embed_out.forward(h) : nn.functional.linear(h, gpt_neox.embed_in.weight!);

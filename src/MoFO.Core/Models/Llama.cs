@@ -150,7 +150,11 @@ public sealed class LlamaForCausalLM : CausalLMModule
         var h = model.embed_tokens.forward(inputIds);
         var (cos, sin) = rotary.Tables(pos, h.dtype);
         var mask = CausalLMModule.Mask(attentionMask, t, past, h.device);
-        for (var i = 0; i < model.layers.Count; i++) h = model.layers[i].Forward(h, cos, sin, mask, cache, i);
+        if (UsesCheckpointing(cache))
+            foreach (var layer in model.layers)
+                h = Checkpointing.Run(layer, (x, c, s, m) => layer.Forward(x, c, s, m, null, 0), h, cos, sin, mask);
+        else
+            for (var i = 0; i < model.layers.Count; i++) h = model.layers[i].Forward(h, cos, sin, mask, cache, i);
         cache?.Advance(t);
         h = model.norm.forward(h);
         return lm_head is not null ? lm_head.forward(h) : nn.functional.linear(h, model.embed_tokens.weight!);
