@@ -114,6 +114,7 @@ public sealed class Trainer
     public TrainResult Run(bool resume = false, CancellationToken cancel = default)
     {
         var module = _lm.Module;
+        module.GradientCheckpointing = _o.GradientCheckpointing;
         module.train();
         var (opt, terms) = CreateOptimizer(module, _o);
         // The L1/L2 terms already hold a copy of the initial weights: measure the distance with it rather than a second copy.
