@@ -5,7 +5,8 @@ using static TorchSharp.torch;
 namespace MoFO.Optim;
 
 /// <summary>
-/// Fused CPU float32 kernels of the masked Adam step over raw tensor memory (SIMD via <see cref="Vector{T}"/>,
+/// Fused CPU kernels of the masked Adam step over raw tensor memory (float32 moments; float32 or bfloat16 weights and
+/// gradients, the update computed in float32; see <see cref="IWeights"/>) (SIMD via <see cref="Vector{T}"/>,
 /// chunks in parallel). The ranking key of an entry is |m| (or |g|) as the bit pattern of a non-negative float, which
 /// orders like an integer; with the flat index as the tie-breaker (lower index wins) every entry has a distinct
 /// composite key key·2³² + (2³² − 1 − index), and the selection is exactly the k largest composites.
@@ -32,40 +33,44 @@ internal static unsafe partial class AdamKernels
 
     /// <summary>
     /// The filtered step: exactly k entries (1 ≤ k &lt; numel) with the largest key (|m|, or |g| when
-    /// <paramref name="byGradient"/>) get the update; ties at the threshold go to the lower flat index.
+    /// <paramref name="byGradient"/>; then g must be float32) get the update; ties at the threshold go to the lower flat
+    /// index. With the previous step's threshold of this block as a guess: when the window around it brackets the k-th
+    /// key, the moment pass itself counts and collects, and no separate pass over the keys is needed. The guess only
+    /// decides how the exact threshold is found, never which entries are selected; neither does the weights' dtype.
     /// </summary>
-    public static void Filtered(Tensor pt, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram = false)
+    public static void Filtered(in WeightTarget t, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram, ThresholdGuess guess)
     {
-        var guess = new ThresholdGuess();
-        Filtered(pt, gt, mt, vt, touchedT, k, byGradient, s, forceHistogram, guess);
+        if (byGradient && gt.dtype != ScalarType.Float32)
+            throw new ArgumentException($"the gradient-ranked kernel reads |g| as float32 bits (got {gt.dtype})", nameof(gt));
+        var body = new FilteredBody(gt, mt, vt, touchedT, k, byGradient, s, forceHistogram, guess);
+        Dispatch(ref body, t, gt);
     }
 
-    /// <summary>
-    /// As above, with the previous step's threshold of this block as a guess: when the window around it brackets the
-    /// k-th key, the moment pass itself counts and collects, and no separate pass over the keys is needed. The guess
-    /// only decides how the exact threshold is found, never which entries are selected.
-    /// </summary>
-    public static void Filtered(Tensor pt, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram, ThresholdGuess guess)
+    readonly struct FilteredBody(Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram, ThresholdGuess guess) : IKernelBody
     {
-        if (!forceHistogram && guess.Valid && pt.numel() >= (1 << 14) && FilteredWithGuess(pt, gt, mt, vt, touchedT, k, byGradient, s, guess)) return;
-        FilteredCold(pt, gt, mt, vt, touchedT, k, byGradient, s, forceHistogram, guess);
+        public void Run<TW, TG>(TW w, TG g) where TW : struct, IWeights where TG : struct, IGrad
+        {
+            long n = mt.numel();
+            nint m = (nint)Ptr(mt), v = (nint)Ptr(vt);
+            nint touched = touchedT is null ? 0 : (nint)BytePtr(touchedT);
+            nint keyP = byGradient ? (nint)Ptr(gt) : m;
+            if (!forceHistogram && guess.Valid && n >= (1 << 14)
+                && FilteredWithGuess(w, g, m, v, keyP, touched, n, k, byGradient, s, guess)) return;
+            FilteredCold(w, g, m, v, keyP, touched, n, k, s, forceHistogram, guess);
+        }
     }
 
-    static void FilteredCold(Tensor pt, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram, ThresholdGuess guess)
+    static void FilteredCold<TW, TG>(TW w, TG g, nint m, nint v, nint keyP, nint touched, long n, long k, AdamScalars s, bool forceHistogram, ThresholdGuess guess)
+        where TW : struct, IWeights where TG : struct, IGrad
     {
-        long n = pt.numel();
-        nint p = (nint)Ptr(pt), g = (nint)Ptr(gt), m = (nint)Ptr(mt), v = (nint)Ptr(vt);
-        nint touched = touchedT is null ? 0 : (nint)BytePtr(touchedT);
         var sc = s;
-        nint keyP = byGradient ? g : m;
-
         // pass 1: moments, and every 64th key as a sample
         long ns = (n + (1 << SampleShift) - 1) >> SampleShift;
         var sample = ArrayPool<uint>.Shared.Rent((int)ns);
         fixed (uint* sp = sample)
         {
             nint spn = (nint)sp;
-            ForChunks(n, (lo, hi) => MomentsRange((float*)g, (float*)m, (float*)v, lo, hi, sc, (uint*)spn, byGradient));
+            ForChunks(n, (lo, hi) => MomentsRange(g, (float*)m, (float*)v, lo, hi, sc, (uint*)spn, (uint*)keyP));
         }
         // pass 2: count the keys above a window guessed from the sample, collect those inside it, select exactly
         var (T, lastTie, ok) = forceHistogram ? (0u, 0L, false) : SelectGuided((uint*)keyP, n, k, sample, ns);
@@ -75,6 +80,6 @@ internal static unsafe partial class AdamKernels
 
         // pass 3: the masked update
         int tInt = (int)T, lastInt = (int)lastTie;
-        ForChunks(n, (lo, hi) => ApplyRange((float*)p, (float*)m, (float*)v, (uint*)keyP, (byte*)touched, lo, hi, tInt, lastInt, sc, false));
+        ForChunks(n, (lo, hi) => ApplyRange(w, (float*)m, (float*)v, (uint*)keyP, (byte*)touched, lo, hi, tInt, lastInt, sc, false));
     }
 }
