@@ -33,10 +33,15 @@ internal interface IGrad
 internal readonly unsafe struct F32Weights(float* p) : IWeights
 {
     public static bool Rounds => false;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public Vector<float> Load(long i) => Unsafe.ReadUnaligned<Vector<float>>(p + i);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public float Load1(long i) => p[i];
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Store(long i, Vector<float> x) => Unsafe.WriteUnaligned(p + i, x);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Store1(long i, float x) => p[i] = x;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Prefetch(long i) { if (Sse.IsSupported) Sse.Prefetch0(p + i); }
 }
 
@@ -44,20 +49,30 @@ internal readonly unsafe struct F32Weights(float* p) : IWeights
 internal readonly unsafe struct MasterWeights(float* master, ushort* p) : IWeights
 {
     public static bool Rounds => false;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public Vector<float> Load(long i) => Unsafe.ReadUnaligned<Vector<float>>(master + i);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public float Load1(long i) => master[i];
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Store(long i, Vector<float> x) { Unsafe.WriteUnaligned(master + i, x); Bf16.StoreNearest(p + i, x); }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Store1(long i, float x) { master[i] = x; p[i] = BFloat16Rounding.Nearest(x); }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Prefetch(long i) { if (Sse.IsSupported) { Sse.Prefetch0(master + i); Sse.Prefetch0(p + i); } }
 }
 
 internal readonly unsafe struct NearestBf16(ushort* p) : IWeights
 {
     public static bool Rounds => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public Vector<float> Load(long i) => Bf16.Load(p + i);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public float Load1(long i) => BFloat16Rounding.ToSingle(p[i]);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Store(long i, Vector<float> x) => Bf16.StoreNearest(p + i, x);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Store1(long i, float x) => p[i] = BFloat16Rounding.Nearest(x);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Prefetch(long i) { if (Sse.IsSupported) Sse.Prefetch0(p + i); }
 }
 
@@ -65,22 +80,31 @@ internal readonly unsafe struct NearestBf16(ushort* p) : IWeights
 internal readonly unsafe struct StochasticBf16(ushort* p, uint key) : IWeights
 {
     public static bool Rounds => true;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public Vector<float> Load(long i) => Bf16.Load(p + i);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public float Load1(long i) => BFloat16Rounding.ToSingle(p[i]);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Store(long i, Vector<float> x) => Bf16.StoreStochastic(p + i, x, Bf16.Random16(key, i));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Store1(long i, float x) => p[i] = BFloat16Rounding.Stochastic(x, BFloat16Rounding.Random16(key, i));
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Prefetch(long i) { if (Sse.IsSupported) Sse.Prefetch0(p + i); }
 }
 
 internal readonly unsafe struct F32Grad(float* g) : IGrad
 {
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public Vector<float> Load(long i) => Unsafe.ReadUnaligned<Vector<float>>(g + i);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public float Load1(long i) => g[i];
 }
 
 internal readonly unsafe struct Bf16Grad(ushort* g) : IGrad
 {
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public Vector<float> Load(long i) => Bf16.Load(g + i);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public float Load1(long i) => BFloat16Rounding.ToSingle(g[i]);
 }
 
@@ -137,6 +161,7 @@ internal static unsafe class Bf16
         for (int j = 0; j < Vector<uint>.Count; j++) p[j] = (ushort)hi[j];
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector<uint> Hash(Vector<uint> x)
     {
         x ^= Vector.ShiftRightLogical(x, 16); x *= new Vector<uint>(BFloat16Rounding.HashC1);
