@@ -213,24 +213,22 @@ internal static unsafe partial class AdamKernels
                 else
                 {
                     specMask[(i - lo0) / W] = (ushort)bits;
-                    // float32 (and a master) with weight decay: every p becomes p·decay here; else only the entries above
-                    // the window change. Storing a bfloat16 rounds, so there the others stay untouched until Finish and
-                    // the record keeps the original p of the updated ones.
-                    if (bits != 0 || (decayOn && !rounds))
+                    // float32 (and a master): every p becomes p·decay here, the entries above the window p·decay + upd.
+                    // Storing a bfloat16 rounds, so there only the entries above the window change (the others are
+                    // stored back as they were, which rounding leaves alone) and the record keeps their original p.
+                    // Branch-free: about 3/4 of the vectors hold an entry above the window at α = 15 %.
+                    var p0 = w.Load(i);
+                    var pdv = decayOn ? p0 * dc : p0;
+                    if (touched != null)
                     {
-                        var p0 = w.Load(i);
-                        var pdv = decayOn ? p0 * dc : p0;
-                        if (touched != null && bits != 0)
-                        {
-                            // the old touched bytes in order; the new ones set
-                            int o = sc;
-                            for (int j = 0; j < W; j++)
-                                if ((bits & (1u << j)) != 0) { specTouched[o++] = touched[i + j]; touched[i + j] = 1; }
-                        }
-                        Pack(Vector.AsVectorInt32(rounds ? p0 : pdv), bits, (int*)specOld + sc, table);
-                        sc += cnt;
-                        w.Store(i, Vector.ConditionalSelect(up, pdv + upd, rounds ? p0 : pdv));
+                        // the old touched bytes in order; the new ones set
+                        int o = sc;
+                        for (int j = 0; j < W; j++)
+                            if ((bits & (1u << j)) != 0) { specTouched[o++] = touched[i + j]; touched[i + j] = 1; }
                     }
+                    Pack(Vector.AsVectorInt32(rounds ? p0 : pdv), bits, (int*)specOld + sc, table);
+                    sc += cnt;
+                    w.Store(i, Vector.ConditionalSelect(up, pdv + upd, rounds ? p0 : pdv));
                 }
             }
             // the window: lo <= x <= hi  ⇔  signed((x - lo) ^ 2³¹) <= signed((hi - lo) ^ 2³¹)

@@ -162,15 +162,14 @@ internal static unsafe partial class AdamKernels
         }
     }
 
-    /// <summary>The masked update: p·decay for every entry (skipped when decay is 1), plus the Adam step for the entries
-    /// with key &gt; T, or key = T and index ≤ lastTie.</summary>
+    /// <summary>The masked update: p·decay for every entry, plus the Adam step for the entries with key &gt; T, or key = T
+    /// and index ≤ lastTie (an entry stored back unchanged stays: rounding leaves a bfloat16 value alone).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void ApplyRange<TW>(TW w, float* m, float* v, uint* key, byte* touched, long lo, long hi, int T, int lastTie, in AdamScalars s, bool decayDone)
         where TW : struct, IWeights
     {
         int W = Vector<float>.Count;
         float decay = decayDone ? 1f : s.Decay;
-        bool decayOn = decay != 1f;
         var ns = new Vector<float>(s.NegStep); var isb = new Vector<float>(s.InvSqrtBc2);
         var ep = new Vector<float>(s.Eps); var dc = new Vector<float>(decay);
         var absMask = new Vector<int>(0x7FFFFFFF);
@@ -187,7 +186,6 @@ internal static unsafe partial class AdamKernels
             var kv = Unsafe.ReadUnaligned<Vector<int>>(key + i) & absMask;
             var sel = allTies ? Vector.GreaterThan(kv, tm1)
                               : Vector.GreaterThan(kv, tv) | (Vector.Equals(kv, tv) & Vector.LessThanOrEqual(new Vector<int>((int)i) + iota, lastV));
-            if (!decayOn && sel == Vector<int>.Zero) continue; // nothing changes here
             var pd = w.Load(i) * dc;
             var mv = Unsafe.ReadUnaligned<Vector<float>>(m + i);
             var vv = Unsafe.ReadUnaligned<Vector<float>>(v + i);
@@ -200,7 +198,6 @@ internal static unsafe partial class AdamKernels
         {
             int kx = (int)(key[i] & 0x7FFFFFFFu);
             bool selected = kx > T || (kx == T && i <= lastTie);
-            if (!decayOn && !selected) continue;
             float pd = w.Load1(i) * decay;
             if (selected)
             {
