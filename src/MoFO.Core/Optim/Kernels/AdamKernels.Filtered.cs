@@ -5,9 +5,10 @@ using static TorchSharp.torch;
 namespace MoFO.Optim;
 
 /// <summary>
-/// Fused CPU kernels of the masked Adam step over raw tensor memory (float32 moments; float32 or bfloat16 weights and
-/// gradients, the update computed in float32; see <see cref="IWeights"/>) (SIMD via <see cref="Vector{T}"/>,
-/// chunks in parallel). The ranking key of an entry is |m| (or |g|) as the bit pattern of a non-negative float, which
+/// Fused CPU kernels of the masked Adam step over raw tensor memory (SIMD via <see cref="Vector{T}"/>, chunks in
+/// parallel), generic over where the weights live (<see cref="IWeights"/>: float32; a float32 master with its bfloat16
+/// copy; bfloat16 rounded stochastically or to nearest) and the gradient's dtype (float32 or bfloat16). The moments
+/// are float32 and every update is computed in float32, in one order of roundings that the ops route repeats. The ranking key of an entry is |m| (or |g|) as the bit pattern of a non-negative float, which
 /// orders like an integer; with the flat index as the tie-breaker (lower index wins) every entry has a distinct
 /// composite key key·2³² + (2³² − 1 − index), and the selection is exactly the k largest composites.
 /// <list type="bullet">
@@ -24,6 +25,12 @@ namespace MoFO.Optim;
 /// pass over the keys; if that misses too, two histogram passes (upper 15, then lower 16 bits inside the threshold's
 /// bin) and, when ties straddle the cut, a scan for I*. Every route gives the same, exact selection.</item>
 /// </list>
+/// bfloat16 without a master: a stored value is rounded, so no entry may be stored twice in a step. The speculative
+/// pass stores only the entries above the window (the others go back unchanged, which rounding leaves alone) and keeps
+/// their original value; after a hit, weight decay is applied to the others of the range and each selected candidate
+/// is rounded once from p·decay + update; after a miss, p is restored and the plain update runs with the decay. Every
+/// route writes each entry's final value through the same rounding (stochastic: the bits of entry i depend only on
+/// the key and i), so the routes, the chunking and the ops route agree bit for bit.
 /// Beyond the two moments (and the optional byte mask) only pooled buffers are used (the sample, 1/64 of the block as
 /// uint; the candidates; the speculative record, about 1.25·α·numel floats and 2 bits per entry).
 /// </summary>
