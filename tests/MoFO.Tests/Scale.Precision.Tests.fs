@@ -199,9 +199,11 @@ let precision =
         }
 
         test "Scale.Precision.paths: fused kernel = ops route bit for bit (bf16 in every mode and float32; MoFO, GD-BCD, AdamW, HFT; wd on/off; touched on/off; window hits and misses)" {
-            // 150 000 entries (3 chunks), 16 899 (one chunk, a scalar tail), a small block (no speculation), a dense vector
-            let shapes = [ [| 300L; 500L |]; [| 129L; 131L |]; [| 37L; 53L |]; [| 64L |] ]
-            let names = [ "model.layers.0.self_attn.q_proj.weight"; "model.layers.0.self_attn.k_proj.weight"; "model.layers.0.mlp.up_proj.weight"; "model.norm.weight" ]
+            // 150 000 entries (3 chunks), 16 899 (one chunk, a scalar tail), a small block (no speculation), a dense
+            // vector, and a block smaller than 1/α (k = 0: moments and decay only)
+            let shapes = [ [| 300L; 500L |]; [| 129L; 131L |]; [| 37L; 53L |]; [| 64L |]; [| 2L; 3L |] ]
+            let names = [ "model.layers.0.self_attn.q_proj.weight"; "model.layers.0.self_attn.k_proj.weight"; "model.layers.0.mlp.up_proj.weight"
+                          "model.norm.weight"; "model.layers.0.mlp.down_proj.weight" ]
             // integer-valued gradients at step 8 (massive ties); jumps make the speculative window miss
             let scales = [ 1.0; 1.0; 1.0; 100.0; 1.0; 0.01; 1.0; 0.0; 1.02 ]
             let grads =
