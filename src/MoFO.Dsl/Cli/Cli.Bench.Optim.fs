@@ -22,7 +22,7 @@ type BenchOptimArgs =
             | Repetitions _ -> "timed steps per optimizer (default 9; the median is reported)."
             | Warmup _ -> "untimed rounds first (default 10), each with fresh random gradients."
             | Alpha _ -> "MoFO's and gradient-filtered BCD's update fraction (default 0.15)."
-            | Bf16 -> "also time AdamW and MoFO on bfloat16 copies of the parameters (float32 moments; stochastic rounding, and MoFO with float32 master weights) and print bf16 ÷ float32 ratios."
+            | Bf16 -> "also time AdamW and MoFO on bfloat16 copies of the parameters (float32 moments; stochastic rounding, and MoFO with float32 master weights) and print bf16 ÷ float32 ratios (TorchSharp's AdamW is left out then: its memory grows over the rounds)."
             | Pytorch -> "also time PyTorch's AdamW (bench/adamw_peer.py; needs python3-torch) on the same shapes."
             | Python _ -> "the python interpreter for --pytorch (default: python3, then /usr/bin/python3)."
 
@@ -122,19 +122,20 @@ let run (args: ParseResults<BenchOptimArgs>) =
               $"MoFO α={alpha} bf16 (stochastic rounding)", new MoFOOptimizer(groupB (), lr = 1e-5, alpha = alpha) :> BlockOptimizer
               $"MoFO α={alpha} bf16 (master weights)",
               new MoFOOptimizer(groupB (), lr = 1e-5, alpha = alpha) :> BlockOptimizer |> withUpdate BFloat16Update.MasterWeights ]
-    let tsParams = ps |> List.map (fun p -> new TorchSharp.Modules.Parameter(p.detach().clone()))
-    for p, q in List.zip tsParams ps do p.grad <- q.grad.clone()
-    let libtorch = torch.optim.AdamW(tsParams, lr = 1e-5)
+    let tsParams = if bf16 then [] else ps |> List.map (fun p -> new TorchSharp.Modules.Parameter(p.detach().clone()))
+    for p, q in List.zip tsParams (List.truncate tsParams.Length ps) do p.grad <- q.grad.clone()
+    let libtorch = if bf16 then None else Some (torch.optim.AdamW(tsParams, lr = 1e-5))
     let steppers : (string * (unit -> unit)) list =
         ((ours @ oursB) |> List.map (fun (n, o) -> n, (fun () -> o.step())))
-        @ [ "AdamW (TorchSharp → libtorch 2.10)", (fun () -> libtorch.step() |> ignore) ]
+        @ [ match libtorch with
+            | Some l -> yield "AdamW (TorchSharp → libtorch 2.10)", (fun () -> l.step() |> ignore)
+            | None -> () ]
     // fresh random gradients before every round (untimed), as in training: the moments reach their steady state and
     // MoFO's threshold drifts as it does in practice; every optimizer of a round sees the same gradients
     let freshGradients () =
         use _ = torch.no_grad ()
-        for p, q in List.zip ps tsParams do
-            p.grad.normal_(generator = gen) |> ignore
-            q.grad.copy_(p.grad) |> ignore
+        for p in ps do p.grad.normal_(generator = gen) |> ignore
+        for p, q in List.zip (List.truncate tsParams.Length ps) tsParams do q.grad.copy_(p.grad) |> ignore
         for p, b in List.zip (List.truncate psB.Length ps) psB do b.grad.copy_(p.grad) |> ignore
     for _ in 1 .. warmup do
         freshGradients ()
@@ -206,5 +207,5 @@ let run (args: ParseResults<BenchOptimArgs>) =
                     eprintfn "mofo bench optim --pytorch: %s" e
                     code <- 1
     for _, o in ours @ oursB do o.Dispose()
-    libtorch.Dispose()
+    libtorch |> Option.iter (fun l -> l.Dispose())
     code
