@@ -114,7 +114,8 @@ public static class AdamOps
 
     /// <summary>
     /// One masked AdamW step in place (the authors' order): p *= 1 - lr·wd; m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²;
-    /// denom = sqrt(v)/sqrtBc2 + eps; p += -step · (m ⊙ mask) / denom. Returns the number of entries updated.
+    /// denom = sqrt(v)/sqrtBc2 + eps; p += -step · (m ⊙ mask) / denom (computed as the internal overload below does; a
+    /// bfloat16 p is rounded stochastically with key 0). Returns the number of entries updated.
     /// </summary>
     public static long Step(Tensor p, Tensor g, Tensor m, Tensor v, Tensor? touched, double lr, double beta1, double beta2,
                             double eps, double weightDecay, double step, double sqrtBc2, Selection sel, long k, Tensor? randomMask)
