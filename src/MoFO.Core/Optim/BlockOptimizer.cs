@@ -24,11 +24,15 @@ public sealed class Block
     public long Step { get; internal set; }
     /// <summary>Entries that received the update in the last step that touched this block.</summary>
     public long LastUpdated { get; internal set; }
-    /// <summary>The optimizer's moment tensors (Adam: exp_avg, exp_avg_sq; Lion: exp_avg; GD: none).</summary>
+    /// <summary>The optimizer's moment tensors (Adam: exp_avg, exp_avg_sq; Lion: exp_avg; GD: none); float32 for a
+    /// bfloat16 parameter, else the parameter's dtype.</summary>
     public IReadOnlyList<Tensor> Moments => _moments;
     internal Tensor[] _moments = Array.Empty<Tensor>();
     /// <summary>A byte per entry, 1 once the entry has received an update (only when touch tracking is on).</summary>
     public Tensor? Touched { get; internal set; }
+    /// <summary>The float32 master of a bfloat16 parameter under <see cref="BFloat16Update.MasterWeights"/> (created at
+    /// the block's first step from the bfloat16 weight, or by a state load); null otherwise.</summary>
+    public Tensor? Master { get; internal set; }
     /// <summary>The fast path's guess of the next threshold (speed only; never changes the selection).</summary>
     internal ThresholdGuess Guess { get; } = new();
 }
@@ -87,7 +91,8 @@ public abstract class BlockOptimizer : IDisposable
                 var kind = g.Kind == BlockKind.Auto ? rule(g.Names[j], p) : g.Kind;
                 if (kind == BlockKind.Auto) kind = BlockKind.Dense;
                 var b = new Block(_blocks.Count, g.Names[j], p, gi, kind);
-                b._moments = Enumerable.Range(0, moments).Select(_ => zeros_like(p).DetachFromDisposeScope()).ToArray();
+                var momentType = p.dtype == ScalarType.BFloat16 ? ScalarType.Float32 : p.dtype;
+                b._moments = Enumerable.Range(0, moments).Select(_ => zeros_like(p, dtype: momentType).DetachFromDisposeScope()).ToArray();
                 if (trackTouched) b.Touched = zeros(p.shape, ScalarType.Byte, p.device).DetachFromDisposeScope();
                 _blocks.Add(b);
             }
@@ -107,6 +112,44 @@ public abstract class BlockOptimizer : IDisposable
     /// <summary>Calls of <see cref="step"/> so far.</summary>
     public long StepCount { get; private set; }
     public bool TrackTouched { get; }
+
+    BFloat16Update _bf16Update = BFloat16Update.StochasticRounding;
+
+    /// <summary>
+    /// How bfloat16 parameters take their float32 update (default <see cref="BFloat16Update.StochasticRounding"/>);
+    /// float32 parameters ignore it. The moments are float32 in every mode. Switching to
+    /// <see cref="BFloat16Update.MasterWeights"/> starts each master from the bfloat16 weight at the block's next step;
+    /// switching away drops the masters.
+    /// </summary>
+    public BFloat16Update BFloat16Update
+    {
+        get => _bf16Update;
+        set
+        {
+            if (!Enum.IsDefined(value)) throw new ArgumentException($"BFloat16Update = {(int)value}: not a defined value", nameof(value));
+            if (value != BFloat16Update.MasterWeights)
+                foreach (var b in _blocks) { b.Master?.Dispose(); b.Master = null; }
+            _bf16Update = value;
+        }
+    }
+
+    /// <summary>The seed of stochastic rounding's counter-based random bits (default 0; saved and restored with the
+    /// state). Entry i of block b in its step t rounds with <see cref="BFloat16Rounding.Random16"/>(
+    /// <see cref="BFloat16Rounding.StepKey"/>(seed, t, b), i).</summary>
+    public long RoundingSeed { get; set; }
+
+    /// <summary>The parameter of a block as this step updates it (its master created if needed; its rounding key).</summary>
+    private protected WeightTarget Target(Block b)
+    {
+        var p = b.Parameter;
+        if (p.dtype != ScalarType.BFloat16) return new WeightTarget(p, null, _bf16Update, 0);
+        if (_bf16Update == BFloat16Update.MasterWeights && b.Master is null)
+        {
+            using var noGrad = no_grad();
+            b.Master = p.detach().to(ScalarType.Float32).contiguous().DetachFromDisposeScope();
+        }
+        return new WeightTarget(p, b.Master, _bf16Update, BFloat16Rounding.StepKey(RoundingSeed, b.Step, b.Index));
+    }
 
     /// <summary>The learning rate of the first group (all groups, when set).</summary>
     public double LearningRate
@@ -170,7 +213,8 @@ public abstract class BlockOptimizer : IDisposable
 
     /// <summary>
     /// The optimizer state as CPU tensors (copies), so that a trainer checkpoint can embed it: the step counters, each
-    /// block's moments and touched mask, each group's learning rate, and the member's extra state.
+    /// block's moments, touched mask and float32 master (bfloat16 parameters under master weights), each group's
+    /// learning rate, the stochastic-rounding seed, and the member's extra state.
     /// </summary>
     public Dictionary<string, Tensor> state_dict()
     {
@@ -178,6 +222,7 @@ public abstract class BlockOptimizer : IDisposable
         var d = new Dictionary<string, Tensor>
         {
             ["step"] = tensor(StepCount),
+            ["rounding.seed"] = tensor(RoundingSeed),
         };
         for (int gi = 0; gi < _groups.Count; gi++)
             d[$"group.{gi}.lr"] = tensor(_groups[gi].LearningRate, ScalarType.Float64);
@@ -186,13 +231,17 @@ public abstract class BlockOptimizer : IDisposable
             d[$"block.{b.Index}.step"] = tensor(b.Step);
             for (int i = 0; i < b._moments.Length; i++) d[$"block.{b.Index}.moment{i}"] = b._moments[i].cpu().clone();
             if (b.Touched is not null) d[$"block.{b.Index}.touched"] = b.Touched.cpu().clone();
+            if (b.Master is not null) d[$"block.{b.Index}.master"] = b.Master.cpu().clone();
         }
         foreach (var (k, v) in ExtraState()) d[k] = v.cpu().clone();
         return d;
     }
 
     /// <summary>Restores a state from <see cref="state_dict"/>; throws <see cref="ArgumentException"/> naming a missing or
-    /// mismatched entry.</summary>
+    /// mismatched entry. Under <see cref="BFloat16Update.MasterWeights"/> a saved master replaces the block's master and
+    /// its bfloat16 parameter is set to it rounded to nearest; without a saved master the block starts its master from
+    /// the bfloat16 weight at its next step. Saved masters are ignored in the other modes. A state without a rounding
+    /// seed (saved before there was one) keeps <see cref="RoundingSeed"/>.</summary>
     public void load_state_dict(IReadOnlyDictionary<string, Tensor> state)
     {
         using var noGrad = no_grad();
@@ -200,6 +249,7 @@ public abstract class BlockOptimizer : IDisposable
             => state.TryGetValue(key, out var t) ? t
                : throw new ArgumentException($"optimizer state: the entry '{key}' is missing (was it saved by a different optimizer or parameter list?)", nameof(state));
         StepCount = Get("step").item<long>();
+        if (state.TryGetValue("rounding.seed", out var seed)) RoundingSeed = seed.item<long>();
         for (int gi = 0; gi < _groups.Count; gi++) _groups[gi].LearningRate = Get($"group.{gi}.lr").item<double>();
         foreach (var b in _blocks)
         {
@@ -215,6 +265,18 @@ public abstract class BlockOptimizer : IDisposable
             {
                 if (state.TryGetValue($"block.{b.Index}.touched", out var tm)) b.Touched.copy_(tm);
                 else b.Touched.zero_();
+            }
+            if (b.Parameter.dtype == ScalarType.BFloat16 && _bf16Update == BFloat16Update.MasterWeights)
+            {
+                b.Master?.Dispose();
+                b.Master = null;
+                if (state.TryGetValue($"block.{b.Index}.master", out var ms))
+                {
+                    if (!ms.shape.SequenceEqual(b.Parameter.shape) || ms.dtype != ScalarType.Float32)
+                        throw new ArgumentException($"optimizer state: block.{b.Index}.master ({b.Name}) has shape [{string.Join(",", ms.shape)}] {ms.dtype}, the parameter needs [{string.Join(",", b.Parameter.shape)}] Float32", nameof(state));
+                    b.Master = ms.to(ScalarType.Float32, b.Parameter.device, copy: true).contiguous().DetachFromDisposeScope();
+                    b.Parameter.copy_(b.Master);
+                }
             }
         }
         LoadExtraState(state);
@@ -336,6 +398,7 @@ public abstract class BlockOptimizer : IDisposable
         {
             foreach (var m in b._moments) m.Dispose();
             b.Touched?.Dispose();
+            b.Master?.Dispose();
         }
         GC.SuppressFinalize(this);
     }

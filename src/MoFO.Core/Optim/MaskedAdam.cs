@@ -22,8 +22,11 @@ public enum Selection
 /// <c>p -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + eps)</c> (the mask multiplies the numerator only).
 /// A filtered block updates exactly k = ⌊α·numel⌋ entries (see <see cref="BlockOptimizer.SelectedCount"/>); ties
 /// in the ranking key go to the lower flat index; k = 0 means no Adam update for that block in that step.
-/// On CPU float32 the fused C# kernels run; on other devices/dtypes (or with <see cref="UseFastPath"/> off) the same
-/// step runs as TorchSharp ops.
+/// On CPU float32 and bfloat16 the fused C# kernels run; on other devices/dtypes (or with <see cref="UseFastPath"/> off)
+/// the same step runs as TorchSharp ops, with the same float32 roundings in the same order (so on CPU the two paths
+/// agree bit for bit). bfloat16 parameters keep float32 moments; the update is computed in float32 and written back as
+/// <see cref="BlockOptimizer.BFloat16Update"/> says. The selection ranks the float32 moments (or the gradient as float32),
+/// so it does not depend on the parameters' precision.
 /// </summary>
 public abstract class MaskedAdam : BlockOptimizer
 {
@@ -40,7 +43,7 @@ public abstract class MaskedAdam : BlockOptimizer
     public double Beta2 { get; }
     public double Eps { get; }
 
-    /// <summary>Use the fused C# kernels where they apply (CPU, float32, contiguous). On by default.</summary>
+    /// <summary>Use the fused C# kernels where they apply (CPU, float32 or bfloat16, contiguous). On by default.</summary>
     public bool UseFastPath { get; set; } = true;
 
     /// <summary>
@@ -64,12 +67,19 @@ public abstract class MaskedAdam : BlockOptimizer
         if (k == n) sel = Selection.All;
         var s = new AdamScalars(group.LearningRate, Beta1, Beta2, Eps, group.WeightDecay, b.Step);
         var p = b.Parameter; var m = b._moments[0]; var v = b._moments[1];
+        var target = Target(b);
         b.LastUpdated = k;
-        if (sel != Selection.Random && UseFastPath && AdamKernels.Eligible(p, grad, m, v))
+        if (sel != Selection.Random && UseFastPath && AdamKernels.Eligible(target, grad, m, v))
         {
-            if (sel == Selection.All) { AdamKernels.Dense(p, grad, m, v, s); MarkTouched(b, null); }
-            else if (k == 0) AdamKernels.MomentsOnly(p, grad, m, v, s);
-            else AdamKernels.Filtered(p, grad, m, v, b.Touched, k, sel == Selection.TopGradient, s, HistogramSelection, b.Guess);
+            if (sel == Selection.All) { AdamKernels.Dense(target, grad, m, v, s); MarkTouched(b, null); }
+            else if (k == 0) AdamKernels.MomentsOnly(target, grad, m, v, s);
+            else
+            {
+                bool byGradient = sel == Selection.TopGradient;
+                // the gradient-ranked kernel reads |g| as float32 bits: a bfloat16 gradient is widened (exactly) first
+                var g = byGradient && grad.dtype != ScalarType.Float32 ? grad.to(ScalarType.Float32) : grad;
+                AdamKernels.Filtered(target, g, m, v, b.Touched, k, byGradient, s, HistogramSelection, b.Guess);
+            }
             return;
         }
         Tensor? mask = sel switch
@@ -78,7 +88,7 @@ public abstract class MaskedAdam : BlockOptimizer
             Selection.Random => k == 0 ? null : RandomMask(b, k).view(p.shape),
             _ => null,
         };
-        AdamOps.Step(p, grad, m, v, b.Touched, s, sel, k, mask);
+        AdamOps.Step(target, grad, m, v, b.Touched, s, sel, k, mask);
     }
 }
 
@@ -102,43 +112,64 @@ public static class AdamOps
         return mask.view(x.shape).MoveToOuterDisposeScope();
     }
 
-    internal static void Step(Tensor p, Tensor g, Tensor m, Tensor v, Tensor? touched, AdamScalars s, Selection sel, long k, Tensor? randomMask)
-    {
-        Step(p, g, m, v, touched, s.Lr, s.Beta1D, s.Beta2D, s.EpsD, s.WeightDecay, s.StepD, s.SqrtBc2D, sel, k, randomMask);
-    }
-
     /// <summary>
     /// One masked AdamW step in place (the authors' order): p *= 1 - lr·wd; m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²;
-    /// denom = sqrt(v)/sqrtBc2 + eps; p += -step · (m ⊙ mask) / denom. Returns the number of entries updated.
+    /// denom = sqrt(v)/sqrtBc2 + eps; p += -step · (m ⊙ mask) / denom (computed as the internal overload below does; a
+    /// bfloat16 p is rounded stochastically with key 0). Returns the number of entries updated.
     /// </summary>
     public static long Step(Tensor p, Tensor g, Tensor m, Tensor v, Tensor? touched, double lr, double beta1, double beta2,
                             double eps, double weightDecay, double step, double sqrtBc2, Selection sel, long k, Tensor? randomMask)
     {
+        var s = new AdamScalars(lr, beta1, beta2, eps, weightDecay, step, sqrtBc2);
+        return Step(new WeightTarget(p, null, BFloat16Update.StochasticRounding, 0), g, m, v, touched, s, sel, k, randomMask);
+    }
+
+    /// <summary>
+    /// sqrt, correctly rounded as the kernels' (and CUDA's) is: libtorch's CPU float32 sqrt (through MKL's vector math)
+    /// is not, in about 0.5 % of entries, so on the CPU a float32 sqrt goes through float64 (exact after rounding back).
+    /// </summary>
+    static Tensor Sqrt(Tensor v)
+        => v.dtype == ScalarType.Float32 && v.device_type == DeviceType.CPU
+            ? v.to(ScalarType.Float64).sqrt_().to(ScalarType.Float32)
+            : v.sqrt();
+
+    /// <summary>
+    /// The step of one block as ops, in the fused kernel's order of float32 roundings (each op rounds once; the scalars
+    /// are the kernel's float32 constants): m = m·β1 + g·(1-β1); v = v·β2 + (g·(1-β2))·g; p = p·decay; then for the
+    /// selected entries p + (m·(-step))/(sqrt(v)·(1/sqrtBc2) + eps). A bfloat16 parameter is updated through a float32
+    /// working copy (or its master) and written back as the target's mode says.
+    /// </summary>
+    internal static long Step(in WeightTarget t, Tensor g, Tensor m, Tensor v, Tensor? touched, AdamScalars s, Selection sel, long k, Tensor? randomMask)
+    {
         using var scope = NewDisposeScope();
-        // Scalars held in locals: TorchSharp's implicit conversions can be finalized during the native call.
-        using Scalar decay = (1 - lr * weightDecay).ToScalar(), b1 = beta1.ToScalar(), ob1 = (1 - beta1).ToScalar(),
-                     b2 = beta2.ToScalar(), ob2 = (1 - beta2).ToScalar(), sb = sqrtBc2.ToScalar(), ep = eps.ToScalar(),
-                     ns = (-step).ToScalar();
-        if (weightDecay != 0) p.mul_(decay);
-        m.mul_(b1).add_(g, alpha: ob1);
-        v.mul_(b2).addcmul_(g, g, value: ob2);
-        if (sel != Selection.All && k == 0) return 0;
-        var denom = v.sqrt().div_(sb).add_(ep);
+        // Scalars held in locals: TorchSharp's implicit conversions can be finalized during the native call. For float32
+        // tensors libtorch rounds each to float32, which gives the kernel's constants.
+        using Scalar decay = (1 - s.Lr * s.WeightDecay).ToScalar(), b1 = s.Beta1D.ToScalar(), ob1 = (1 - s.Beta1D).ToScalar(),
+                     b2 = s.Beta2D.ToScalar(), ob2 = (1 - s.Beta2D).ToScalar(), isb = (1 / s.SqrtBc2D).ToScalar(),
+                     ep = s.EpsD.ToScalar(), ns = (-s.StepD).ToScalar();
+        var gw = g.dtype == m.dtype ? g : g.to(m.dtype);
+        var w = t.Working();
+        m.mul_(b1).add_(gw.mul(ob1));
+        v.mul_(b2).add_(gw.mul(ob2).mul_(gw));
+        if (s.WeightDecay != 0) w.mul_(decay);
+        if (sel != Selection.All && k == 0) { t.WriteBack(w); return 0; }
+        var upd = m.mul(ns).div_(Sqrt(v).mul_(isb).add_(ep));
         Tensor? mask = sel switch
         {
             Selection.All => null,
             Selection.TopMomentum => TopKMask(m, k),
-            Selection.TopGradient => TopKMask(g, k),
+            Selection.TopGradient => TopKMask(gw, k),
             Selection.Random => randomMask ?? throw new ArgumentException("randomized selection needs a mask", nameof(randomMask)),
             _ => throw new ArgumentException($"unknown selection {sel}", nameof(sel)),
         };
-        var num = mask is null ? m : m.mul(mask);
-        p.addcdiv_(num, denom, value: ns);
+        if (mask is null) w.add_(upd);
+        else w.copy_(where(mask, upd.add_(w), w));
+        t.WriteBack(w);
         if (touched is not null)
         {
             if (mask is null) touched.fill_(Scalars.OneL);
             else touched.bitwise_or_(mask.to(ScalarType.Byte));
         }
-        return mask is null ? p.numel() : k;
+        return mask is null ? w.numel() : k;
     }
 }

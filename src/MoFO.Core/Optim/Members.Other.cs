@@ -24,15 +24,19 @@ public sealed class GDMoFO : BlockOptimizer
 
     protected override void StepBlock(Block b, ParamGroup group, Tensor grad)
     {
-        var p = b.Parameter;
+        // a bfloat16 parameter steps through a float32 working copy (or its master), written back as BFloat16Update says
+        var t = Target(b);
+        var p = t.Working();
+        var g = grad.dtype == p.dtype ? grad : grad.to(p.dtype);
         using Scalar decay = (1 - group.LearningRate * group.WeightDecay).ToScalar(), nlr = (-group.LearningRate).ToScalar();
         if (group.WeightDecay != 0) p.mul_(decay);
         long k = b.Kind == BlockKind.Filtered ? SelectedCount(b.Numel, group.Alpha) : b.Numel;
         b.LastUpdated = k;
-        if (k == b.Numel) { p.add_(grad, alpha: nlr); MarkTouched(b, null); return; }
-        if (k == 0) return;
-        var mask = AdamOps.TopKMask(grad, k);
-        p.add_(grad.mul(mask), alpha: nlr);
+        if (k == b.Numel) { p.add_(g, alpha: nlr); t.WriteBack(p); MarkTouched(b, null); return; }
+        if (k == 0) { t.WriteBack(p); return; }
+        var mask = AdamOps.TopKMask(g, k);
+        p.add_(g.mul(mask), alpha: nlr);
+        t.WriteBack(p);
         MarkTouched(b, mask);
     }
 }
@@ -64,13 +68,17 @@ public sealed class Lion : BlockOptimizer
 
     protected override void StepBlock(Block b, ParamGroup group, Tensor grad)
     {
-        var p = b.Parameter; var m = b._moments[0];
+        // a bfloat16 parameter steps through a float32 working copy (or its master) with a float32 moment
+        var t = Target(b);
+        var p = t.Working(); var m = b._moments[0];
+        var g = grad.dtype == m.dtype ? grad : grad.to(m.dtype);
         using Scalar decay = (1 - group.LearningRate * group.WeightDecay).ToScalar(), nlr = (-group.LearningRate).ToScalar(),
                      b1 = Beta1.ToScalar(), ob1 = (1 - Beta1).ToScalar(), b2 = Beta2.ToScalar(), ob2 = (1 - Beta2).ToScalar();
         if (group.WeightDecay != 0) p.mul_(decay);
-        var c = m.mul(b1).add_(grad, alpha: ob1);
+        var c = m.mul(b1).add_(g, alpha: ob1);
         p.add_(c.sign_(), alpha: nlr);
-        m.mul_(b2).add_(grad, alpha: ob2);
+        m.mul_(b2).add_(g, alpha: ob2);
+        t.WriteBack(p);
         b.LastUpdated = b.Numel;
         MarkTouched(b, null);
     }

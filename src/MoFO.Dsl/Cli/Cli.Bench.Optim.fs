@@ -13,6 +13,7 @@ type BenchOptimArgs =
     | [<AltCommandLine("-r")>] Repetitions of int
     | Warmup of int
     | Alpha of float
+    | Bf16
     | Pytorch
     | Python of path: string
     interface IArgParserTemplate with
@@ -21,6 +22,7 @@ type BenchOptimArgs =
             | Repetitions _ -> "timed steps per optimizer (default 9; the median is reported)."
             | Warmup _ -> "untimed rounds first (default 10), each with fresh random gradients."
             | Alpha _ -> "MoFO's and gradient-filtered BCD's update fraction (default 0.15)."
+            | Bf16 -> "also time AdamW and MoFO on bfloat16 copies of the parameters (float32 moments; stochastic rounding, and MoFO with float32 master weights) and print bf16 ÷ float32 ratios (TorchSharp's AdamW is left out then: its memory grows over the rounds)."
             | Pytorch -> "also time PyTorch's AdamW (bench/adamw_peer.py; needs python3-torch) on the same shapes."
             | Python _ -> "the python interpreter for --pytorch (default: python3, then /usr/bin/python3)."
 
@@ -107,19 +109,34 @@ let run (args: ParseResults<BenchOptimArgs>) =
         [ "AdamW (ours, fused)", new AdamW(group (), lr = 1e-5) :> BlockOptimizer
           $"MoFO α={alpha}", new MoFOOptimizer(group (), lr = 1e-5, alpha = alpha) :> BlockOptimizer
           $"gradient-filtered BCD α={alpha}", new GradientFilteredBCD(group (), lr = 1e-5, alpha = alpha) :> BlockOptimizer ]
-    let tsParams = ps |> List.map (fun p -> new TorchSharp.Modules.Parameter(p.detach().clone()))
-    for p, q in List.zip tsParams ps do p.grad <- q.grad.clone()
-    let libtorch = torch.optim.AdamW(tsParams, lr = 1e-5)
+    // --bf16: the same optimizers on bfloat16 copies of the parameters (gradients in bfloat16, moments in float32)
+    let bf16 = args.Contains Bf16
+    let psB = if bf16 then ps |> List.map (fun p -> p.detach().to_type(torch.ScalarType.BFloat16).requires_grad_(true)) else []
+    for p in psB do p.grad <- torch.zeros(p.shape, dtype = torch.ScalarType.BFloat16)
+    let groupB () = [ ParamGroup(Seq.ofList psB, named |> List.map fst) ]
+    let withUpdate (mode: BFloat16Update) (o: BlockOptimizer) = o.BFloat16Update <- mode; o
+    let oursB : (string * BlockOptimizer) list =
+        if not bf16 then []
+        else
+            [ "AdamW bf16 (stochastic rounding)", new AdamW(groupB (), lr = 1e-5) :> BlockOptimizer
+              $"MoFO α={alpha} bf16 (stochastic rounding)", new MoFOOptimizer(groupB (), lr = 1e-5, alpha = alpha) :> BlockOptimizer
+              $"MoFO α={alpha} bf16 (master weights)",
+              new MoFOOptimizer(groupB (), lr = 1e-5, alpha = alpha) :> BlockOptimizer |> withUpdate BFloat16Update.MasterWeights ]
+    let tsParams = if bf16 then [] else ps |> List.map (fun p -> new TorchSharp.Modules.Parameter(p.detach().clone()))
+    for p, q in List.zip tsParams (List.truncate tsParams.Length ps) do p.grad <- q.grad.clone()
+    let libtorch = if bf16 then None else Some (torch.optim.AdamW(tsParams, lr = 1e-5))
     let steppers : (string * (unit -> unit)) list =
-        (ours |> List.map (fun (n, o) -> n, (fun () -> o.step())))
-        @ [ "AdamW (TorchSharp → libtorch 2.10)", (fun () -> libtorch.step() |> ignore) ]
+        ((ours @ oursB) |> List.map (fun (n, o) -> n, (fun () -> o.step())))
+        @ [ match libtorch with
+            | Some l -> yield "AdamW (TorchSharp → libtorch 2.10)", (fun () -> l.step() |> ignore)
+            | None -> () ]
     // fresh random gradients before every round (untimed), as in training: the moments reach their steady state and
     // MoFO's threshold drifts as it does in practice; every optimizer of a round sees the same gradients
     let freshGradients () =
         use _ = torch.no_grad ()
-        for p, q in List.zip ps tsParams do
-            p.grad.normal_(generator = gen) |> ignore
-            q.grad.copy_(p.grad) |> ignore
+        for p in ps do p.grad.normal_(generator = gen) |> ignore
+        for p, q in List.zip (List.truncate tsParams.Length ps) tsParams do q.grad.copy_(p.grad) |> ignore
+        for p, b in List.zip (List.truncate psB.Length ps) psB do b.grad.copy_(p.grad) |> ignore
     for _ in 1 .. warmup do
         freshGradients ()
         for _, f in steppers do f ()
@@ -143,20 +160,34 @@ let run (args: ParseResults<BenchOptimArgs>) =
     let bytesFiltered = 28.0 * dense + (20.0 + 12.0 * alpha) * filt
     // libtorch's unfused AdamW: lerp m (r g,m w m), v (r v,g w v), p*=decay is skipped at wd 0, sqrt(v) (r v w t),
     // t/=c (r w), t+=eps (r w), p.addcdiv (r p,m,t w p) = 80 bytes per entry at least
+    // bfloat16 weights and gradients, float32 moments: AdamW reads g, p (2 + 2) and m, v, writes p (2) and m, v (22);
+    // a filtered block reads g (2) and m, v, writes m, v (18), and for the ≈ α selected also reads and writes p and keeps
+    // its old value (8); with master weights p is the float32 master (8 + 4 kept) plus its bfloat16 copy (2)
     let bytesOf (name: string) =
         if name.StartsWith "AdamW (ours" then bytesAdam
         elif name.StartsWith "AdamW (TorchSharp" then 80.0 * float total
+        elif name.StartsWith "AdamW bf16" then 22.0 * float total
+        elif name.EndsWith "bf16 (stochastic rounding)" then 22.0 * dense + (18.0 + 8.0 * alpha) * filt
+        elif name.EndsWith "bf16 (master weights)" then 28.0 * dense + (18.0 + 14.0 * alpha) * filt
         else bytesFiltered
     let adamMs = median times.[fst ours.Head]
     printfn "copy bandwidth (read+write, measured now): %.1f GB/s" (bw)
-    printfn "%-38s %10s %10s %12s %10s" "optimizer" "median ms" "min ms" "bound ms" "÷ AdamW"
+    printfn "%-42s %10s %10s %12s %10s" "optimizer" "median ms" "min ms" "bound ms" "÷ AdamW"
     for n, _ in steppers do
         let ms = median times.[n]
         let bound = bytesOf n / (bw * 1e9) * 1e3
-        printfn "%-38s %10.1f %10.1f %12.1f %10.2f" n ms (List.min times.[n]) bound (ms / adamMs)
+        printfn "%-42s %10.1f %10.1f %12.1f %10.2f" n ms (List.min times.[n]) bound (ms / adamMs)
     let mofoMs = median times.[fst ours.[1]]
     printfn "ratio MoFO / AdamW (ours): %.2f by medians, %.2f by minima (target <= 1.25)" (mofoMs / adamMs) (List.min times.[fst ours.[1]] / List.min times.[fst ours.Head])
     printfn "bound = bytes moved per step ÷ copy bandwidth: ours AdamW 28 B/entry, filtered blocks %.1f B/entry, libtorch AdamW >= 80 B/entry" (20.0 + 12.0 * alpha)
+    if bf16 then
+        let ratio (a: string) (b: string) = median times.[a] / median times.[b], List.min times.[a] / List.min times.[b]
+        printfn "bf16 ÷ float32 (same run, interleaved; medians, minima):"
+        for (nb, _), (nf, _) in [ oursB.[0], ours.[0]; oursB.[1], ours.[1]; oursB.[2], ours.[1] ] do
+            let rm, rmin = ratio nb nf
+            printfn "  %-44s ÷ %-22s %6.2f %6.2f" nb nf rm rmin
+        let rm, rmin = ratio (fst oursB.[1]) (fst oursB.[0])
+        printfn "  %-44s ÷ %-22s %6.2f %6.2f" (fst oursB.[1]) (fst oursB.[0]) rm rmin
     let mutable code = 0
     if args.Contains Pytorch then
         match findPython (args.TryGetResult Python) with
@@ -171,10 +202,10 @@ let run (args: ParseResults<BenchOptimArgs>) =
                 match runPeer py ([ "--shapes"; shapeArg; "--reps"; string reps; "--warmup"; string warmup; "--threads"; string threads ] @ extra) with
                 | Ok (ms, version) ->
                     let label = $"""PyTorch {version} AdamW ({if foreachFlag then "foreach" else "for-loop"})"""
-                    printfn "%-38s %10.1f %10s %12s %10.2f   (ours AdamW ÷ PyTorch = %.2f)" label ms "" "" (ms / adamMs) (adamMs / ms)
+                    printfn "%-42s %10.1f %10s %12s %10.2f   (ours AdamW ÷ PyTorch = %.2f)" label ms "" "" (ms / adamMs) (adamMs / ms)
                 | Error e ->
                     eprintfn "mofo bench optim --pytorch: %s" e
                     code <- 1
-    for _, o in ours do o.Dispose()
-    libtorch.Dispose()
+    for _, o in ours @ oursB do o.Dispose()
+    libtorch |> Option.iter (fun l -> l.Dispose())
     code

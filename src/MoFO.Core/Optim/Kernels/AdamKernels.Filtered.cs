@@ -5,8 +5,10 @@ using static TorchSharp.torch;
 namespace MoFO.Optim;
 
 /// <summary>
-/// Fused CPU float32 kernels of the masked Adam step over raw tensor memory (SIMD via <see cref="Vector{T}"/>,
-/// chunks in parallel). The ranking key of an entry is |m| (or |g|) as the bit pattern of a non-negative float, which
+/// Fused CPU kernels of the masked Adam step over raw tensor memory (SIMD via <see cref="Vector{T}"/>, chunks in
+/// parallel), generic over where the weights live (<see cref="IWeights"/>: float32; a float32 master with its bfloat16
+/// copy; bfloat16 rounded stochastically or to nearest) and the gradient's dtype (float32 or bfloat16). The moments
+/// are float32 and every update is computed in float32, in one order of roundings that the ops route repeats. The ranking key of an entry is |m| (or |g|) as the bit pattern of a non-negative float, which
 /// orders like an integer; with the flat index as the tie-breaker (lower index wins) every entry has a distinct
 /// composite key key·2³² + (2³² − 1 − index), and the selection is exactly the k largest composites.
 /// <list type="bullet">
@@ -23,6 +25,12 @@ namespace MoFO.Optim;
 /// pass over the keys; if that misses too, two histogram passes (upper 15, then lower 16 bits inside the threshold's
 /// bin) and, when ties straddle the cut, a scan for I*. Every route gives the same, exact selection.</item>
 /// </list>
+/// bfloat16 without a master: a stored value is rounded, so no entry may be stored twice in a step. The speculative
+/// pass stores only the entries above the window (the others go back unchanged, which rounding leaves alone) and keeps
+/// their original value; after a hit, weight decay is applied to the others of the range and each selected candidate
+/// is rounded once from p·decay + update; after a miss, p is restored and the plain update runs with the decay. Every
+/// route writes each entry's final value through the same rounding (stochastic: the bits of entry i depend only on
+/// the key and i), so the routes, the chunking and the ops route agree bit for bit.
 /// Beyond the two moments (and the optional byte mask) only pooled buffers are used (the sample, 1/64 of the block as
 /// uint; the candidates; the speculative record, about 1.25·α·numel floats and 2 bits per entry).
 /// </summary>
@@ -32,40 +40,44 @@ internal static unsafe partial class AdamKernels
 
     /// <summary>
     /// The filtered step: exactly k entries (1 ≤ k &lt; numel) with the largest key (|m|, or |g| when
-    /// <paramref name="byGradient"/>) get the update; ties at the threshold go to the lower flat index.
+    /// <paramref name="byGradient"/>; then g must be float32) get the update; ties at the threshold go to the lower flat
+    /// index. With the previous step's threshold of this block as a guess: when the window around it brackets the k-th
+    /// key, the moment pass itself counts and collects, and no separate pass over the keys is needed. The guess only
+    /// decides how the exact threshold is found, never which entries are selected; neither does the weights' dtype.
     /// </summary>
-    public static void Filtered(Tensor pt, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram = false)
+    public static void Filtered(in WeightTarget t, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram, ThresholdGuess guess)
     {
-        var guess = new ThresholdGuess();
-        Filtered(pt, gt, mt, vt, touchedT, k, byGradient, s, forceHistogram, guess);
+        if (byGradient && gt.dtype != ScalarType.Float32)
+            throw new ArgumentException($"the gradient-ranked kernel reads |g| as float32 bits (got {gt.dtype})", nameof(gt));
+        var body = new FilteredBody(gt, mt, vt, touchedT, k, byGradient, s, forceHistogram, guess);
+        Dispatch(ref body, t, gt);
     }
 
-    /// <summary>
-    /// As above, with the previous step's threshold of this block as a guess: when the window around it brackets the
-    /// k-th key, the moment pass itself counts and collects, and no separate pass over the keys is needed. The guess
-    /// only decides how the exact threshold is found, never which entries are selected.
-    /// </summary>
-    public static void Filtered(Tensor pt, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram, ThresholdGuess guess)
+    readonly struct FilteredBody(Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram, ThresholdGuess guess) : IKernelBody
     {
-        if (!forceHistogram && guess.Valid && pt.numel() >= (1 << 14) && FilteredWithGuess(pt, gt, mt, vt, touchedT, k, byGradient, s, guess)) return;
-        FilteredCold(pt, gt, mt, vt, touchedT, k, byGradient, s, forceHistogram, guess);
+        public void Run<TW, TG>(TW w, TG g) where TW : struct, IWeights where TG : struct, IGrad
+        {
+            long n = mt.numel();
+            nint m = (nint)Ptr(mt), v = (nint)Ptr(vt);
+            nint touched = touchedT is null ? 0 : (nint)BytePtr(touchedT);
+            nint keyP = byGradient ? (nint)Ptr(gt) : m;
+            if (!forceHistogram && guess.Valid && n >= (1 << 14)
+                && FilteredWithGuess(w, g, m, v, keyP, touched, n, k, byGradient, s, guess)) return;
+            FilteredCold(w, g, m, v, keyP, touched, n, k, s, forceHistogram, guess);
+        }
     }
 
-    static void FilteredCold(Tensor pt, Tensor gt, Tensor mt, Tensor vt, Tensor? touchedT, long k, bool byGradient, AdamScalars s, bool forceHistogram, ThresholdGuess guess)
+    static void FilteredCold<TW, TG>(TW w, TG g, nint m, nint v, nint keyP, nint touched, long n, long k, AdamScalars s, bool forceHistogram, ThresholdGuess guess)
+        where TW : struct, IWeights where TG : struct, IGrad
     {
-        long n = pt.numel();
-        nint p = (nint)Ptr(pt), g = (nint)Ptr(gt), m = (nint)Ptr(mt), v = (nint)Ptr(vt);
-        nint touched = touchedT is null ? 0 : (nint)BytePtr(touchedT);
         var sc = s;
-        nint keyP = byGradient ? g : m;
-
         // pass 1: moments, and every 64th key as a sample
         long ns = (n + (1 << SampleShift) - 1) >> SampleShift;
         var sample = ArrayPool<uint>.Shared.Rent((int)ns);
         fixed (uint* sp = sample)
         {
             nint spn = (nint)sp;
-            ForChunks(n, (lo, hi) => MomentsRange((float*)g, (float*)m, (float*)v, lo, hi, sc, (uint*)spn, byGradient));
+            ForChunks(n, (lo, hi) => MomentsRange(g, (float*)m, (float*)v, lo, hi, sc, (uint*)spn, (uint*)keyP));
         }
         // pass 2: count the keys above a window guessed from the sample, collect those inside it, select exactly
         var (T, lastTie, ok) = forceHistogram ? (0u, 0L, false) : SelectGuided((uint*)keyP, n, k, sample, ns);
@@ -75,6 +87,6 @@ internal static unsafe partial class AdamKernels
 
         // pass 3: the masked update
         int tInt = (int)T, lastInt = (int)lastTie;
-        ForChunks(n, (lo, hi) => ApplyRange((float*)p, (float*)m, (float*)v, (uint*)keyP, (byte*)touched, lo, hi, tInt, lastInt, sc, false));
+        ForChunks(n, (lo, hi) => ApplyRange(w, (float*)m, (float*)v, (uint*)keyP, (byte*)touched, lo, hi, tInt, lastInt, sc, false));
     }
 }
