@@ -207,7 +207,14 @@ public static class SafeTensors
     /// <summary>Writes tensors to one file atomically, in the given order, each made when its turn comes (see
     /// <see cref="TensorWrite"/>) and streamed to disk; <paramref name="written"/> is told after each.</summary>
     public static void Save(string file, IReadOnlyList<TensorWrite> tensors, IReadOnlyDictionary<string, string>? metadata = null,
-        Action<TensorWrite>? written = null)
+        Action<TensorWrite>? written = null) =>
+        AtomicFile.Write(file, fs => Write(fs, tensors, metadata, written, file));
+
+    /// <summary>Writes a safetensors file to a stream: the header, then each tensor made when its turn comes and
+    /// streamed (see <see cref="Save(string, IReadOnlyList{TensorWrite}, IReadOnlyDictionary{string, string}?, Action{TensorWrite}?)"/>).
+    /// <paramref name="file"/> names the destination in errors.</summary>
+    public static void Write(Stream stream, IReadOnlyList<TensorWrite> tensors, IReadOnlyDictionary<string, string>? metadata = null,
+        Action<TensorWrite>? written = null, string file = "stream")
     {
         var header = new JsonObject();
         if (metadata is { Count: > 0 })
@@ -233,24 +240,21 @@ public static class SafeTensors
         var headerBytes = new byte[padded];
         Array.Fill(headerBytes, (byte)' ');
         json.CopyTo(headerBytes, 0);
-        AtomicFile.Write(file, fs =>
+        stream.Write(BitConverter.GetBytes((long)padded));
+        stream.Write(headerBytes);
+        foreach (var w in tensors)
         {
-            fs.Write(BitConverter.GetBytes((long)padded));
-            fs.Write(headerBytes);
-            foreach (var w in tensors)
+            var t = w.Make();
+            try
             {
-                var t = w.Make();
-                try
-                {
-                    if (t.dtype != w.DType || !t.shape.SequenceEqual(w.Shape))
-                        throw new InvalidOperationException(
-                            $"{file}: {w.Name}: made a {t.dtype} tensor of shape [{string.Join(", ", t.shape)}], declared {w.DType} [{string.Join(", ", w.Shape)}]");
-                    TensorBytes.Write(fs, t);
-                }
-                finally { if (w.DisposeAfterWrite) t.Dispose(); }
-                written?.Invoke(w);
+                if (t.dtype != w.DType || !t.shape.SequenceEqual(w.Shape))
+                    throw new InvalidOperationException(
+                        $"{file}: {w.Name}: made a {t.dtype} tensor of shape [{string.Join(", ", t.shape)}], declared {w.DType} [{string.Join(", ", w.Shape)}]");
+                TensorBytes.Write(stream, t);
             }
-        });
+            finally { if (w.DisposeAfterWrite) t.Dispose(); }
+            written?.Invoke(w);
+        }
     }
 
     static List<TensorWrite> Sorted(IReadOnlyDictionary<string, Tensor> tensors) =>
