@@ -12,6 +12,7 @@ namespace MoFO.Checkpoints;
 public sealed class SafeTensorFile : ITensorSource
 {
     readonly FileStream _stream;
+    readonly Dictionary<ScalarType, Tensor> _staging = new();
 
     public string File { get; }
     public IReadOnlyDictionary<string, SafeTensorEntry> Entries { get; }
@@ -51,7 +52,17 @@ public sealed class SafeTensorFile : ITensorSource
         if (!destination.shape.SequenceEqual(e.Shape))
             throw new ArgumentException($"{File}: {name}: the destination has shape [{string.Join(", ", destination.shape)}], the tensor [{string.Join(", ", e.Shape)}]");
         _stream.Seek(DataStart + e.Begin, SeekOrigin.Begin);
-        TensorBytes.Read(_stream, destination, DType(name), File, name);
+        TensorBytes.Read(_stream, destination, DType(name), File, name, StagingFor(DType(name), destination));
+    }
+
+    /// <summary>The file's one staging buffer per stored dtype, made on the first read that converts or moves (sized for
+    /// the file's largest tensor, at most one chunk) and kept until the file is closed.</summary>
+    Tensor? StagingFor(ScalarType stored, Tensor destination)
+    {
+        if (destination.device_type == DeviceType.CPU && destination.dtype == stored) return null;
+        if (!_staging.TryGetValue(stored, out var s))
+            _staging[stored] = s = TensorBytes.Staging(stored, Entries.Values.Max(x => x.Shape.Aggregate(1L, (a, b) => a * b)));
+        return s;
     }
 
     /// <summary>Elements [<paramref name="first"/>, <paramref name="first"/> + <paramref name="count"/>) of the tensor in
@@ -67,11 +78,16 @@ public sealed class SafeTensorFile : ITensorSource
         try
         {
             _stream.Seek(DataStart + e.Begin + first * stored.ElementSize(), SeekOrigin.Begin);
-            TensorBytes.Read(_stream, result, stored, File, name);
+            TensorBytes.Read(_stream, result, stored, File, name, StagingFor(stored, result));
             return result;
         }
         catch { result.Dispose(); throw; }
     }
 
-    public void Dispose() => _stream.Dispose();
+    public void Dispose()
+    {
+        _stream.Dispose();
+        foreach (var s in _staging.Values) s.Dispose();
+        _staging.Clear();
+    }
 }

@@ -44,10 +44,18 @@ public static class TensorBytes
         finally { if (!ReferenceEquals(src, tensor)) src.Dispose(); }
     }
 
+    /// <summary>A CPU buffer of one chunk of <paramref name="stored"/> for reads that convert or move, to be reused
+    /// across tensors: a buffer allocated and freed per tensor, its size varying, leaves holes in the heap between the
+    /// parameters being loaded (measured: +0.6 GB when loading TinyLlama into float32).</summary>
+    public static Tensor Staging(ScalarType stored, long atMost = long.MaxValue) =>
+        torch.empty(Math.Max(1, Math.Min(ChunkElements(stored.ElementSize()), atMost)), stored);
+
     /// <summary>Fills <paramref name="destination"/> (any dtype and device) with its numel() elements of
-    /// <paramref name="stored"/> read from the stream's position, converting as it goes. <paramref name="file"/> and
-    /// <paramref name="name"/> name a short read in the error.</summary>
-    public static void Read(Stream stream, Tensor destination, ScalarType stored, string file, string name)
+    /// <paramref name="stored"/> read from the stream's position, converting as it goes. A conversion or a move goes
+    /// through <paramref name="staging"/> (a 1-D CPU tensor of <paramref name="stored"/>; see <see cref="Staging"/>;
+    /// default: one made for this read). <paramref name="file"/> and <paramref name="name"/> name a short read in the
+    /// error.</summary>
+    public static void Read(Stream stream, Tensor destination, ScalarType stored, string file, string name, Tensor? staging = null)
     {
         var n = destination.numel();
         if (n == 0) return;
@@ -60,21 +68,33 @@ public static class TensorBytes
             return;
         }
         using var flat = destination.view(-1);
-        var direct = destination.device_type == DeviceType.CPU && destination.dtype == stored;
-        var per = ChunkElements(stored.ElementSize());
-        using var staging = direct ? null : torch.empty(Math.Min(per, n), stored);
-        for (long i = 0; i < n; i += per)
+        if (destination.device_type == DeviceType.CPU && destination.dtype == stored)
         {
-            var k = Math.Min(per, n - i);
-            using var part = flat.narrow(0, i, k);
-            if (direct) ReadExactly(stream, part.bytes, file, name);
-            else
+            var per = ChunkElements(stored.ElementSize());
+            for (long i = 0; i < n; i += per)
             {
-                using var chunk = staging!.narrow(0, 0, k);
+                using var part = flat.narrow(0, i, Math.Min(per, n - i));
+                ReadExactly(stream, part.bytes, file, name);
+            }
+            return;
+        }
+        if (staging is not null && (staging.dtype != stored || staging.device_type != DeviceType.CPU || staging.dim() != 1))
+            throw new ArgumentException($"staging must be a 1-D CPU {stored} tensor, got {staging.dtype} [{string.Join(", ", staging.shape)}] on {staging.device}");
+        var own = staging is null ? Staging(stored, n) : null;
+        var buffer = staging ?? own!;
+        try
+        {
+            var per = Math.Min(buffer.numel(), ChunkElements(stored.ElementSize()));
+            for (long i = 0; i < n; i += per)
+            {
+                var k = Math.Min(per, n - i);
+                using var part = flat.narrow(0, i, k);
+                using var chunk = buffer.narrow(0, 0, k);
                 ReadExactly(stream, chunk.bytes, file, name);
                 part.copy_(chunk);
             }
         }
+        finally { own?.Dispose(); }
     }
 
     static void ReadExactly(Stream stream, Span<byte> into, string file, string name)
