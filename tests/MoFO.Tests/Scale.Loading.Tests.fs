@@ -221,6 +221,19 @@ let tests =
             Expect.equal (RandomCheckpoint.Make("x.weight", [| 4L |], torch.bfloat16, 0.02, 5L).``to``(torch.float32).sum().item<float32>()) 4.0f "norm weights 1"
         }
 
+        test "Scale.init.atomic: a rehearsal folder appears complete or not at all" {
+            use dir = new TempDir()
+            let out = Path.Combine(dir.Path, "m")
+            let stop = Action<string, int64>(fun name _ -> if name.Contains "layers.1" then failwith "disk full")
+            Expect.throws (fun () -> RandomCheckpoint.Write(out, tinyLlama false, torch.bfloat16, 0L, written = stop) |> ignore) "the failure propagates"
+            Expect.isFalse (Directory.Exists out) "no partial folder"
+            Expect.isEmpty (Directory.GetFileSystemEntries dir.Path) "no temporary folder left"
+            let files = RandomCheckpoint.Write(out, tinyLlama false, torch.bfloat16, 0L)
+            Expect.isTrue (files |> Seq.forall File.Exists) "the files it lists exist"
+            let e = throwsWith<OptionException> (fun () -> RandomCheckpoint.Write(out, tinyLlama false, torch.bfloat16, 0L) |> ignore)
+            Expect.stringContains e.Message "not empty" "never writes over a folder"
+        }
+
         testSequenced <| testList "sequenced" [
             test "Scale.loading.noRandomInit: loading draws nothing from the default generator (HF folder, GPT-NeoX, llama2.c), creating a model does" {
                 use dir = new TempDir()

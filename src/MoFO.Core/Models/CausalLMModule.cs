@@ -18,7 +18,7 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
 
     public abstract KVCache CreateCache(long batch, long capacity);
 
-    /// <summary>The dtype of the parameters (float32 on CPU, bfloat16 on CUDA by default).</summary>
+    /// <summary>The dtype of the parameters (by default float32 on CPU unless the checkpoint is bfloat16, bfloat16 on CUDA).</summary>
     public ScalarType DType => parameters().First().dtype;
 
     public Device Device => parameters().First().device;

@@ -13,7 +13,8 @@ namespace MoFO.Models;
 /// and embedding N(0, initializer_range) — each tensor drawn from its own generator seeded by (seed, tensor name), so
 /// a tensor's values do not depend on the shard layout or the layer count (a 6-layer variant holds the first 6 layers
 /// of the full model), and a bfloat16 folder is the float32 folder of the same seed rounded. Tensors are made one at a
-/// time and streamed to disk: writing a 7B float32 folder holds one tensor in memory.
+/// time and streamed to disk: writing a 7B float32 folder holds one tensor in memory. The folder is written beside its
+/// destination and renamed when complete, so an interrupted write leaves no partial folder.
 /// </summary>
 public static class RandomCheckpoint
 {
@@ -40,15 +41,30 @@ public static class RandomCheckpoint
                 .Select(p => new TensorWrite(p.name, dtype, p.shape, () => Make(p.name, p.shape, dtype, config.InitializerRange, seed), DisposeAfterWrite: true))
                 .ToList();
         var bytes = tensors.Sum(t => t.ByteLength);
-        Directory.CreateDirectory(folder);
-        var free = new DriveInfo(Path.GetFullPath(folder)).AvailableFreeSpace;
+        var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(folder));
+        if (Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any())
+            throw new OptionException("folder", $"the folder {folder} is not empty (choose a new folder or delete this one)");
+        var parent = Path.GetDirectoryName(full)!;
+        Directory.CreateDirectory(parent);
+        var free = new DriveInfo(parent).AvailableFreeSpace;
         if (free < bytes)
             throw new OptionException("folder", $"the folder {folder} needs {bytes / 1e9:F1} GB for the weights but its disk has {free / 1e9:F1} GB free");
 
-        var files = new List<string> { HfFolder.WriteConfig(folder, config) };
-        files.AddRange(SafeTensors.SaveCheckpoint(folder, tensors, maxShardBytes, w => written?.Invoke(w.Name, w.ByteLength)));
-        files.AddRange(HfFolder.WriteCompanions(folder, config, config.EosTokenIds, tokenizer));
-        return files;
+        // Written beside the destination and renamed at the end: the folder appears complete or not at all.
+        var tmp = Path.Combine(parent, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            var files = new List<string> { HfFolder.WriteConfig(tmp, config) };
+            files.AddRange(SafeTensors.SaveCheckpoint(tmp, tensors, maxShardBytes, w => written?.Invoke(w.Name, w.ByteLength)));
+            files.AddRange(HfFolder.WriteCompanions(tmp, config, config.EosTokenIds, tokenizer));
+            if (Directory.Exists(full)) Directory.Delete(full);   // empty (checked above)
+            Directory.Move(tmp, full);
+            return files.Select(f => Path.Combine(full, Path.GetFileName(f))).ToList();
+        }
+        finally
+        {
+            if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
+        }
     }
 
     /// <summary>One tensor as HF initializes it (see the class summary), drawn in float32 a chunk at a time and

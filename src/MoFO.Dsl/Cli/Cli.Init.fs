@@ -41,7 +41,7 @@ let private config (args: ParseResults<InitArgs>) =
     match args.TryGetResult Layers with
     | None -> name.ToLowerInvariant(), preset
     | Some n when n < 1 -> raise (ArgumentException $"--layers {n}: must be at least 1")
-    | Some n -> $"{name.ToLowerInvariant()} ({n} layers)", ModelPresets.WithLayers(preset, n)
+    | Some n -> $"{name.ToLowerInvariant()} with --layers {n}", ModelPresets.WithLayers(preset, n)
 
 let run (args: ParseResults<InitArgs>) =
     MoFO.Runtime.init ()
@@ -73,8 +73,9 @@ let run (args: ParseResults<InitArgs>) =
         progress.Advance(written / mib - before)
     let files = RandomCheckpoint.Write(folder, config, dtype, args.GetResult(Seed, 0L), Option.toObj tokenizer, shard, Action<string, int64> onTensor)
     (progress :> IDisposable).Dispose()
-    printfn "wrote %s: random weights in the shape of %s (%s, %d layers, %s parameters, %s, %.2f GB)"
-        folder shape config.ModelType config.NumHiddenLayers (parameters.ToString("N0", Globalization.CultureInfo.InvariantCulture))
+    let layers = if config.NumHiddenLayers = 1 then "1 layer" else $"{config.NumHiddenLayers} layers"
+    printfn "wrote %s: random weights in the shape of %s (%s, %s, %s parameters, %s, %.2f GB)"
+        folder shape config.ModelType layers (parameters.ToString("N0", Globalization.CultureInfo.InvariantCulture))
         (HfFolder.TorchDtypeName dtype) (float bytes / 1e9)
     for f in files do printfn "  %s" (Path.GetFileName f)
     printfn "%s" tokenizerNote
