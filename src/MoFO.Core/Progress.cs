@@ -14,7 +14,7 @@ public sealed class ConsoleProgress : IDisposable
     readonly Stopwatch _clock = Stopwatch.StartNew();
     readonly bool _interactive = !Console.IsErrorRedirected;
     readonly object _gate = new();
-    readonly TextWriter _out;
+    readonly TextWriter? _output;
     long _done;
     long _drawn = -1;
     TimeSpan _lastDraw = TimeSpan.FromDays(-1);
@@ -28,7 +28,7 @@ public sealed class ConsoleProgress : IDisposable
         _label = label;
         _total = Math.Max(0, total);
         _unit = unit;
-        _out = output ?? Console.Error;
+        _output = output;
     }
 
     public long Done => Interlocked.Read(ref _done);
@@ -66,8 +66,11 @@ public sealed class ConsoleProgress : IDisposable
         if (final && !_interactive && done == _drawn) return;   // the last line is already out
         _drawn = done;
         var text = Describe(done);
-        if (_interactive) _out.Write("\r" + text.PadRight(Console.IsErrorRedirected ? 0 : 100) + (final ? "\n" : ""));
-        else _out.WriteLine(text);
+        // Console.Error as it is now, not as it was when the display was made: a caller that swaps the console for a
+        // while (tests capturing output) must not leave this display writing into its closed writer.
+        var @out = _output ?? Console.Error;
+        if (_interactive) @out.Write("\r" + text.PadRight(Console.IsErrorRedirected ? 0 : 100) + (final ? "\n" : ""));
+        else @out.WriteLine(text);
     }
 
     static string Fmt(TimeSpan t) => t.TotalHours >= 1 ? t.ToString(@"h\:mm\:ss") : t.ToString(@"m\:ss");

@@ -48,12 +48,12 @@ public static class Llama2c
         Tensor Read(string what, params long[] shape)
         {
             var n = shape.Aggregate(1L, (a, b) => a * b);
-            var bytes = br.ReadBytes(checked((int)(n * 4)));
-            if (bytes.Length != n * 4)
+            var remaining = fs.Length - fs.Position;
+            if (remaining < n * 4)
                 throw CheckpointException.For(file, what,
-                    $"truncated: needs {n * 4} bytes at offset {fs.Position - bytes.Length} but only {bytes.Length} remain (file {fs.Length} bytes, expected {expectedBytes})");
+                    $"truncated: needs {n * 4} bytes at offset {fs.Position} but only {remaining} remain (file {fs.Length} bytes, expected {expectedBytes})");
             var t = torch.empty(shape, ScalarType.Float32);
-            t.bytes = bytes;
+            TensorBytes.Read(fs, t, ScalarType.Float32, file, what);   // in chunks: a stacked tensor may pass 2 GB
             return t;
         }
         Tensor Permute(Tensor w, int nHeads) =>   // Meta interleaved pairs -> HF rotate_half halves, per head

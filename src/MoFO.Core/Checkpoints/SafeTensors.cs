@@ -14,6 +14,9 @@ public sealed record SafeTensorEntry(string Name, string DType, long[] Shape, lo
 /// <c>{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}</c>, then the data section
 /// (offsets are relative to it). Tensors are row-major, little-endian. Sharded checkpoints add
 /// <c>model.safetensors.index.json</c> with a <c>weight_map</c> from tensor name to shard file.
+/// Reading (<see cref="SafeTensorFile"/>) and writing (<see cref="Save(string, IReadOnlyList{TensorWrite}, IReadOnlyDictionary{string, string}?, Action{TensorWrite}?)"/>)
+/// go tensor by tensor and chunk by chunk (<see cref="TensorBytes"/>): offsets and sizes are 64-bit, so tensors and
+/// shards over 2 GB are read and written like small ones, and no copy of a whole shard or state is ever made.
 /// </summary>
 public static class SafeTensors
 {
@@ -30,6 +33,14 @@ public static class SafeTensors
 
     public static string DTypeName(ScalarType t) =>
         DTypes.FirstOrDefault(kv => kv.Value.Type == t).Key ?? throw new ArgumentException($"safetensors: no dtype name for {t}");
+
+    /// <summary>The ScalarType of a safetensors dtype name (F32, BF16, …).</summary>
+    public static ScalarType ScalarTypeOf(string dtype) =>
+        DTypes.TryGetValue(dtype, out var d) ? d.Type : throw new ArgumentException($"safetensors: unsupported dtype '{dtype}'");
+
+    /// <summary>Bytes per element of a dtype that safetensors can hold.</summary>
+    public static int ElementSize(ScalarType t) =>
+        DTypes.Values.FirstOrDefault(d => d.Type == t) is { Size: > 0 } d ? d.Size : throw new ArgumentException($"safetensors: no dtype name for {t}");
 
     /// <summary>Reads and validates the header of one file; returns its entries, metadata and the data section's start.</summary>
     public static (IReadOnlyDictionary<string, SafeTensorEntry> Entries, IReadOnlyDictionary<string, string> Metadata, long DataStart)
@@ -68,7 +79,9 @@ public static class SafeTensors
                 var off = o["data_offsets"]!.AsArray().Select(x => x!.GetValue<long>()).ToArray();
                 if (off.Length != 2) throw new FormatException("data_offsets must be [begin, end]");
                 if (!DTypes.TryGetValue(dtype, out var dt)) throw CheckpointException.For(file, name, $"unsupported dtype '{dtype}' (expected one of {string.Join(", ", DTypes.Keys)})");
-                var expected = shape.Aggregate(1L, (a, b) => a * b) * dt.Size;
+                if (shape.Any(d => d < 0)) throw new FormatException($"negative dimension in shape [{string.Join(", ", shape)}]");
+                if (off[0] < 0 || off[1] < off[0]) throw new FormatException($"data_offsets [{off[0]}, {off[1]}] must satisfy 0 <= begin <= end");
+                var expected = checked(shape.Aggregate(1L, (a, b) => checked(a * b)) * dt.Size);
                 if (off[1] - off[0] != expected)
                     throw CheckpointException.For(file, name, $"data_offsets [{off[0]}, {off[1]}] hold {off[1] - off[0]} bytes, but dtype {dtype} shape [{string.Join(", ", shape)}] needs {expected}");
                 if (off[1] > dataLength)
@@ -81,23 +94,27 @@ public static class SafeTensors
         return (entries, meta, 8 + n);
     }
 
-    /// <summary>Loads every tensor of one file to CPU (in its stored dtype). The caller owns the tensors.</summary>
+    /// <summary>Loads every tensor of one file to CPU (in its stored dtype), each read straight into its own memory.
+    /// The caller owns the tensors.</summary>
     public static Dictionary<string, Tensor> Load(string file, Func<string, bool>? select = null)
     {
-        var (entries, _, start) = ReadHeader(file);
+        using var f = SafeTensorFile.Open(file, select);
         var result = new Dictionary<string, Tensor>();
-        using var fs = File.OpenRead(file);
-        foreach (var e in entries.Values.OrderBy(e => e.Begin))
+        try
         {
-            if (select is not null && !select(e.Name)) continue;
-            var bytes = new byte[e.End - e.Begin];
-            fs.Seek(start + e.Begin, SeekOrigin.Begin);
-            fs.ReadExactly(bytes);
-            var t = torch.empty(e.Shape, DTypes[e.DType].Type);
-            if (bytes.Length > 0) t.bytes = bytes;
-            result[e.Name] = t;
+            foreach (var name in f.Names)
+            {
+                var t = torch.empty(f.Shape(name), f.DType(name));
+                result[name] = t;
+                f.ReadInto(name, t);
+            }
+            return result;
         }
-        return result;
+        catch
+        {
+            foreach (var t in result.Values) t.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Loads a checkpoint folder or file: <c>model.safetensors.index.json</c> (sharded) or <c>model.safetensors</c>.</summary>
@@ -123,10 +140,37 @@ public static class SafeTensors
     /// disposes each part's tensors. A sharded index is checked: every listed shard exists and holds its tensors.</summary>
     public static IEnumerable<(string File, IReadOnlyDictionary<string, Tensor> Tensors)> EnumerateCheckpoint(string path)
     {
+        foreach (var f in OpenCheckpoint(path))
+        {
+            var part = new Dictionary<string, Tensor>();
+            try
+            {
+                foreach (var name in f.Names)
+                {
+                    var t = torch.empty(f.Shape(name), f.DType(name));
+                    part[name] = t;
+                    f.ReadInto(name, t);
+                }
+            }
+            catch
+            {
+                foreach (var t in part.Values) t.Dispose();
+                throw;
+            }
+            yield return (f.File, part);
+        }
+    }
+
+    /// <summary>The files (shards) of a checkpoint, opened one at a time for reading tensor by tensor: each is valid
+    /// until the enumeration moves on (then it is closed). A sharded index is checked: every listed shard exists and
+    /// holds the tensors listed for it; a shard's other tensors are not offered.</summary>
+    public static IEnumerable<SafeTensorFile> OpenCheckpoint(string path)
+    {
         var file = CheckpointFile(path);
         if (!file.EndsWith(IndexFileName, StringComparison.Ordinal))
         {
-            yield return (file, Load(file));
+            using var single = SafeTensorFile.Open(file);
+            yield return single;
             yield break;
         }
         var dir = Path.GetDirectoryName(file)!;
@@ -135,14 +179,11 @@ public static class SafeTensors
         {
             var shardFile = Path.Combine(dir, shard);
             if (!File.Exists(shardFile)) throw CheckpointException.For(file, "weight_map", $"shard '{shard}' is listed but {shardFile} does not exist");
-            var part = Load(shardFile, name => map.TryGetValue(name, out var s) && s == shard);
+            using var part = SafeTensorFile.Open(shardFile, name => map.TryGetValue(name, out var s) && s == shard);
             foreach (var (name, s) in map)
-                if (s == shard && !part.ContainsKey(name))
-                {
-                    foreach (var t in part.Values) t.Dispose();
+                if (s == shard && !part.Entries.ContainsKey(name))
                     throw CheckpointException.For(shardFile, name, $"listed in {IndexFileName} for this shard but absent from it");
-                }
-            yield return (shardFile, part);
+            yield return part;
         }
     }
 
@@ -158,10 +199,23 @@ public static class SafeTensors
         catch (JsonException e) { throw CheckpointException.For(indexFile, "index", $"invalid JSON ({e.Message})"); }
     }
 
-    /// <summary>Writes tensors to one file atomically (a temporary file in the same folder, then a rename).</summary>
-    public static void Save(string file, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    /// <summary>Writes tensors to one file atomically (a temporary file in the same folder, then a rename), in name
+    /// order, each streamed from its own memory (no copy of the state; see <see cref="TensorBytes"/>).</summary>
+    public static void Save(string file, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null) =>
+        Save(file, Sorted(tensors), metadata);
+
+    /// <summary>Writes tensors to one file atomically, in the given order, each made when its turn comes (see
+    /// <see cref="TensorWrite"/>) and streamed to disk; <paramref name="written"/> is told after each.</summary>
+    public static void Save(string file, IReadOnlyList<TensorWrite> tensors, IReadOnlyDictionary<string, string>? metadata = null,
+        Action<TensorWrite>? written = null) =>
+        AtomicFile.Write(file, fs => Write(fs, tensors, metadata, written, file));
+
+    /// <summary>Writes a safetensors file to a stream: the header, then each tensor made when its turn comes and
+    /// streamed (see <see cref="Save(string, IReadOnlyList{TensorWrite}, IReadOnlyDictionary{string, string}?, Action{TensorWrite}?)"/>).
+    /// <paramref name="file"/> names the destination in errors.</summary>
+    public static void Write(Stream stream, IReadOnlyList<TensorWrite> tensors, IReadOnlyDictionary<string, string>? metadata = null,
+        Action<TensorWrite>? written = null, string file = "stream")
     {
-        var names = tensors.Keys.OrderBy(k => k, StringComparer.Ordinal).ToList();
         var header = new JsonObject();
         if (metadata is { Count: > 0 })
         {
@@ -170,73 +224,100 @@ public static class SafeTensors
             header["__metadata__"] = m;
         }
         long offset = 0;
-        var cpu = new List<Tensor>();
-        try
+        foreach (var t in tensors)
         {
-            foreach (var name in names)
+            var size = t.ByteLength;
+            header[t.Name] = new JsonObject
             {
-                var t = tensors[name].detach().cpu().contiguous();
-                cpu.Add(t);
-                var size = t.numel() * t.ElementSize;
-                header[name] = new JsonObject
-                {
-                    ["dtype"] = DTypeName(t.dtype),
-                    ["shape"] = new JsonArray(t.shape.Select(s => (JsonNode)s).ToArray()),
-                    ["data_offsets"] = new JsonArray(offset, offset + size),
-                };
-                offset += size;
-            }
-            var json = Encoding.UTF8.GetBytes(header.ToJsonString());
-            var padded = (json.Length + 7) / 8 * 8;
-            var headerBytes = new byte[padded];
-            Array.Fill(headerBytes, (byte)' ');
-            json.CopyTo(headerBytes, 0);
-            AtomicFile.Write(file, fs =>
-            {
-                fs.Write(BitConverter.GetBytes((long)padded));
-                fs.Write(headerBytes);
-                foreach (var t in cpu) if (t.numel() > 0) fs.Write(t.bytes);
-            });
+                ["dtype"] = DTypeName(t.DType),
+                ["shape"] = new JsonArray(t.Shape.Select(s => (JsonNode)s).ToArray()),
+                ["data_offsets"] = new JsonArray(offset, offset + size),
+            };
+            offset += size;
         }
-        finally { foreach (var t in cpu) t.Dispose(); }
+        var json = Encoding.UTF8.GetBytes(header.ToJsonString());
+        var padded = (json.Length + 7) / 8 * 8;
+        var headerBytes = new byte[padded];
+        Array.Fill(headerBytes, (byte)' ');
+        json.CopyTo(headerBytes, 0);
+        stream.Write(BitConverter.GetBytes((long)padded));
+        stream.Write(headerBytes);
+        foreach (var w in tensors)
+        {
+            var t = w.Make();
+            try
+            {
+                if (t.dtype != w.DType || !t.shape.SequenceEqual(w.Shape))
+                    throw new InvalidOperationException(
+                        $"{file}: {w.Name}: made a {t.dtype} tensor of shape [{string.Join(", ", t.shape)}], declared {w.DType} [{string.Join(", ", w.Shape)}]");
+                TensorBytes.Write(stream, t);
+            }
+            finally { if (w.DisposeAfterWrite) t.Dispose(); }
+            written?.Invoke(w);
+        }
     }
 
+    static List<TensorWrite> Sorted(IReadOnlyDictionary<string, Tensor> tensors) =>
+        tensors.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => TensorWrite.Of(kv.Key, kv.Value)).ToList();
+
     /// <summary>Writes tensors as shards of at most <paramref name="maxShardBytes"/> (whole tensors) with an index, or as
-    /// one <c>model.safetensors</c> when they fit in one shard. Returns the files written.</summary>
-    public static IReadOnlyList<string> SaveCheckpoint(string folder, IReadOnlyDictionary<string, Tensor> tensors, long maxShardBytes = 5L << 30)
+    /// one <c>model.safetensors</c> when they fit in one shard; in name order. Returns the files written.</summary>
+    public static IReadOnlyList<string> SaveCheckpoint(string folder, IReadOnlyDictionary<string, Tensor> tensors, long maxShardBytes = 5L << 30) =>
+        SaveCheckpoint(folder, Sorted(tensors), maxShardBytes);
+
+    /// <summary>Writes tensors, in the given order, as shards of at most <paramref name="maxShardBytes"/> (whole tensors;
+    /// <c>model-0000k-of-0000n.safetensors</c>) with <c>model.safetensors.index.json</c>, or as one
+    /// <c>model.safetensors</c> when they fit in one shard. Each tensor is made when its turn comes and streamed to disk
+    /// (see <see cref="TensorWrite"/>); <paramref name="written"/> is told after each. Returns the files written.</summary>
+    public static IReadOnlyList<string> SaveCheckpoint(string folder, IReadOnlyList<TensorWrite> tensors, long maxShardBytes = 5L << 30,
+        Action<TensorWrite>? written = null)
     {
         Directory.CreateDirectory(folder);
-        var names = tensors.Keys.OrderBy(k => k, StringComparer.Ordinal).ToList();
-        var shards = new List<List<string>> { new() };
+        var shards = new List<List<TensorWrite>> { new() };
         long current = 0, total = 0;
-        foreach (var n in names)
+        foreach (var t in tensors)
         {
-            var size = tensors[n].numel() * tensors[n].ElementSize;
+            var size = t.ByteLength;
             total += size;
             if (current > 0 && current + size > maxShardBytes) { shards.Add(new()); current = 0; }
-            shards[^1].Add(n);
+            shards[^1].Add(t);
             current += size;
         }
         var meta = new Dictionary<string, string> { ["format"] = "pt" };
         if (shards.Count == 1)
         {
             var f = Path.Combine(folder, SingleFileName);
-            Save(f, tensors, meta);
+            Save(f, shards[0], meta, written);
             return [f];
         }
         var files = new List<string>();
-        var weightMap = new JsonObject();
+        var weightMap = new SortedDictionary<string, string>(StringComparer.Ordinal);
         for (var i = 0; i < shards.Count; i++)
         {
             var name = $"model-{i + 1:D5}-of-{shards.Count:D5}.safetensors";
-            Save(Path.Combine(folder, name), shards[i].ToDictionary(n => n, n => tensors[n]), meta);
-            foreach (var n in shards[i]) weightMap[n] = name;
+            Save(Path.Combine(folder, name), shards[i], meta, written);
+            foreach (var t in shards[i]) weightMap[t.Name] = name;
             files.Add(Path.Combine(folder, name));
         }
-        var index = new JsonObject { ["metadata"] = new JsonObject { ["total_size"] = total }, ["weight_map"] = weightMap };
+        var map = new JsonObject();
+        foreach (var (k, v) in weightMap) map[k] = v;
+        var index = new JsonObject { ["metadata"] = new JsonObject { ["total_size"] = total }, ["weight_map"] = map };
         var indexFile = Path.Combine(folder, IndexFileName);
         AtomicFile.WriteAllText(indexFile, index.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         files.Add(indexFile);
         return files;
     }
+}
+
+/// <summary>
+/// One tensor to write: its name, dtype and shape (the header is written first) and how to make it when its turn comes.
+/// <see cref="Of"/> wraps an existing tensor (written from its own memory, left alone); a generator makes a fresh tensor
+/// that the writer disposes right after writing it (<see cref="DisposeAfterWrite"/>), so that a checkpoint of any size
+/// is written with one tensor in memory.
+/// </summary>
+public sealed record TensorWrite(string Name, ScalarType DType, long[] Shape, Func<Tensor> Make, bool DisposeAfterWrite)
+{
+    public long ByteLength => Shape.Aggregate(1L, (a, b) => checked(a * b)) * SafeTensors.ElementSize(DType);
+
+    public static TensorWrite Of(string name, Tensor tensor) => new(name, tensor.dtype, tensor.shape, () => tensor, false);
 }

@@ -29,7 +29,7 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
     /// <summary>Whether this forward pass checkpoints its decoder layers (see <see cref="GradientCheckpointing"/>).</summary>
     protected bool UsesCheckpointing(KVCache? cache) => GradientCheckpointing && training && cache is null && torch.is_grad_enabled();
 
-    /// <summary>The dtype of the parameters (float32 on CPU, bfloat16 on CUDA by default).</summary>
+    /// <summary>The dtype of the parameters (by default float32 on CPU unless the checkpoint is bfloat16, bfloat16 on CUDA).</summary>
     public ScalarType DType => parameters().First().dtype;
 
     public Device Device => parameters().First().device;
@@ -43,33 +43,70 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
 
     /// <summary>Copies checkpoint tensors into the parameters (converting dtype). Every parameter must be present with
     /// its exact shape; unknown keys are an error. <paramref name="source"/> names the file(s) in errors.</summary>
-    public void LoadWeights(IReadOnlyDictionary<string, Tensor> tensors, string source) => LoadWeights([(source, tensors)], source);
+    public void LoadWeights(IReadOnlyDictionary<string, Tensor> tensors, string source) =>
+        LoadWeights([new TensorDictionarySource(source, tensors)], source);
 
-    /// <summary>Loads a checkpoint part by part (one shard at a time, so that only one shard is in memory besides the
-    /// model). Errors name the part's file; a parameter missing from every part names <paramref name="checkpoint"/>.</summary>
-    public void LoadWeights(IEnumerable<(string Source, IReadOnlyDictionary<string, Tensor> Tensors)> parts, string checkpoint)
+    /// <summary>Loads a checkpoint part by part from tensors in memory (see the overload on <see cref="ITensorSource"/>).</summary>
+    public void LoadWeights(IEnumerable<(string Source, IReadOnlyDictionary<string, Tensor> Tensors)> parts, string checkpoint) =>
+        LoadWeights(parts.Select(p => (ITensorSource)new TensorDictionarySource(p.Source, p.Tensors)), checkpoint);
+
+    /// <summary>Reads a safetensors file or checkpoint folder (<see cref="SafeTensors.OpenCheckpoint"/>) into the
+    /// parameters, tensor by tensor: no copy of the checkpoint is held beside the model.</summary>
+    public void LoadWeights(string path) => LoadWeights(SafeTensors.OpenCheckpoint(path), SafeTensors.CheckpointFile(path));
+
+    /// <summary>
+    /// Loads a checkpoint part by part (one file at a time) and tensor by tensor: each part's names are checked first
+    /// (an unknown tensor is an error), then each tensor's shape, then it is read straight into its parameter,
+    /// converted to the parameter's dtype. A parameter still on the meta device (a module built by
+    /// <see cref="ModelLoader.CreateEmpty"/>) is materialized: fresh memory on <paramref name="device"/> (default CPU) in
+    /// its dtype, filled from the checkpoint, put in the parameter's place (<see cref="ParameterSlot"/>) — never
+    /// initialized, never a second copy. Every parameter must be present with its exact shape. Errors name the part's
+    /// file; a parameter missing from every part names <paramref name="checkpoint"/>.
+    /// </summary>
+    public void LoadWeights(IEnumerable<ITensorSource> parts, string checkpoint, Device? device = null)
     {
         var own = named_parameters().ToDictionary(p => p.name, p => p.parameter);
         var loaded = new HashSet<string>();
+        Dictionary<string, nn.Module>? owners = null;
         using var _ = torch.no_grad();
-        foreach (var (source, tensors) in parts)
+        foreach (var part in parts)
         {
-            var unknown = tensors.Keys.Where(k => !own.ContainsKey(k) && !IsIgnorableKey(k)).OrderBy(k => k, StringComparer.Ordinal).ToList();
+            var unknown = part.Names.Where(k => !own.ContainsKey(k) && !IsIgnorableKey(k)).OrderBy(k => k, StringComparer.Ordinal).ToList();
             if (unknown.Count > 0)
-                throw CheckpointException.For(source, unknown[0],
+                throw CheckpointException.For(part.File, unknown[0],
                     $"unexpected tensor for a {Config.ModelType} model with this config ({unknown.Count} unexpected: {string.Join(", ", unknown.Take(5))})");
-            foreach (var (n, t) in tensors)
+            foreach (var n in part.Names)
             {
                 if (!own.TryGetValue(n, out var p)) continue;
-                if (!t.shape.SequenceEqual(p.shape))
-                    throw CheckpointException.For(source, n, $"wrong shape [{string.Join(", ", t.shape)}], expected [{string.Join(", ", p.shape)}]");
-                p.copy_(t);
+                var shape = part.Shape(n);
+                if (!shape.SequenceEqual(p.shape))
+                    throw CheckpointException.For(part.File, n, $"wrong shape [{string.Join(", ", shape)}], expected [{string.Join(", ", p.shape)}]");
+                if (p.is_meta)
+                {
+                    owners ??= named_modules().ToDictionary(m => m.name, m => m.module);
+                    own[n] = Materialize(owners, n, p, part, device ?? torch.CPU);
+                }
+                else part.ReadInto(n, p);
                 loaded.Add(n);
             }
         }
         foreach (var (n, p) in own)
             if (!loaded.Contains(n))
                 throw CheckpointException.For(checkpoint, n, $"missing tensor (expected shape [{string.Join(", ", p.shape)}])");
+    }
+
+    /// <summary>The parameter <paramref name="name"/> read from <paramref name="part"/> into new memory, in place of its
+    /// meta placeholder.</summary>
+    Parameter Materialize(Dictionary<string, nn.Module> owners, string name, Parameter placeholder, ITensorSource part, Device device)
+    {
+        var cut = name.LastIndexOf('.');
+        var owner = cut < 0 ? this : owners[name[..cut]];
+        var t = torch.empty(placeholder.shape, placeholder.dtype, device);
+        try { part.ReadInto(name, t); }
+        catch { t.Dispose(); throw; }
+        var p = new Parameter(t, placeholder.requires_grad);
+        ParameterSlot.Replace(owner, name[(cut + 1)..], p);
+        return p;
     }
 
     /// <summary>Random initialization as HF does: normal(0, initializer_range) for matrices and embeddings, ones for

@@ -11,11 +11,11 @@ public sealed class GPTNeoXAttention : nn.Module
     readonly Linear query_key_value, dense;
     readonly int heads, headSize;
 
-    public GPTNeoXAttention(GptNeoXConfig c) : base(nameof(GPTNeoXAttention))
+    public GPTNeoXAttention(GptNeoXConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(GPTNeoXAttention))
     {
         heads = c.NumAttentionHeads; headSize = c.HeadSize;
-        query_key_value = nn.Linear(c.HiddenSize, 3 * c.HiddenSize, hasBias: c.AttentionBias);
-        dense = nn.Linear(c.HiddenSize, c.HiddenSize, hasBias: c.AttentionBias);
+        query_key_value = nn.Linear(c.HiddenSize, 3 * c.HiddenSize, hasBias: c.AttentionBias, device: device, dtype: dtype);
+        dense = nn.Linear(c.HiddenSize, c.HiddenSize, hasBias: c.AttentionBias, device: device, dtype: dtype);
         RegisterComponents();
     }
 
@@ -39,10 +39,10 @@ public sealed class GPTNeoXMLP : nn.Module<Tensor, Tensor>
     readonly Linear dense_h_to_4h, dense_4h_to_h;
     readonly string act;
 
-    public GPTNeoXMLP(GptNeoXConfig c) : base(nameof(GPTNeoXMLP))
+    public GPTNeoXMLP(GptNeoXConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(GPTNeoXMLP))
     {
-        dense_h_to_4h = nn.Linear(c.HiddenSize, c.IntermediateSize);
-        dense_4h_to_h = nn.Linear(c.IntermediateSize, c.HiddenSize);
+        dense_h_to_4h = nn.Linear(c.HiddenSize, c.IntermediateSize, device: device, dtype: dtype);
+        dense_4h_to_h = nn.Linear(c.IntermediateSize, c.HiddenSize, device: device, dtype: dtype);
         act = c.HiddenAct;
         RegisterComponents();
     }
@@ -70,12 +70,12 @@ public sealed class GPTNeoXLayer : nn.Module
     readonly GPTNeoXMLP mlp;
     readonly bool parallel;
 
-    public GPTNeoXLayer(GptNeoXConfig c) : base(nameof(GPTNeoXLayer))
+    public GPTNeoXLayer(GptNeoXConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(GPTNeoXLayer))
     {
-        input_layernorm = nn.LayerNorm(c.HiddenSize, c.LayerNormEps);
-        post_attention_layernorm = nn.LayerNorm(c.HiddenSize, c.LayerNormEps);
-        attention = new GPTNeoXAttention(c);
-        mlp = new GPTNeoXMLP(c);
+        input_layernorm = nn.LayerNorm(c.HiddenSize, c.LayerNormEps, device: device, dtype: dtype);
+        post_attention_layernorm = nn.LayerNorm(c.HiddenSize, c.LayerNormEps, device: device, dtype: dtype);
+        attention = new GPTNeoXAttention(c, device, dtype);
+        mlp = new GPTNeoXMLP(c, device, dtype);
         parallel = c.UseParallelResidual;
         RegisterComponents();
     }
@@ -91,15 +91,15 @@ public sealed class GPTNeoXLayer : nn.Module
 
 public sealed class GPTNeoXModel : nn.Module
 {
-    internal readonly Embedding embed_in;
+    internal readonly TokenEmbedding embed_in;
     internal readonly ModuleList<GPTNeoXLayer> layers;
     internal readonly LayerNorm final_layer_norm;
 
-    public GPTNeoXModel(GptNeoXConfig c) : base(nameof(GPTNeoXModel))
+    public GPTNeoXModel(GptNeoXConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(GPTNeoXModel))
     {
-        embed_in = nn.Embedding(c.VocabSize, c.HiddenSize);
-        layers = new ModuleList<GPTNeoXLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(_ => new GPTNeoXLayer(c)).ToArray());
-        final_layer_norm = nn.LayerNorm(c.HiddenSize, c.LayerNormEps);
+        embed_in = new TokenEmbedding(c.VocabSize, c.HiddenSize, device, dtype);
+        layers = new ModuleList<GPTNeoXLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(_ => new GPTNeoXLayer(c, device, dtype)).ToArray());
+        final_layer_norm = nn.LayerNorm(c.HiddenSize, c.LayerNormEps, device: device, dtype: dtype);
         RegisterComponents();
     }
 }
@@ -116,11 +116,14 @@ public sealed class GPTNeoXForCausalLM : CausalLMModule
     readonly GptNeoXConfig config;
     readonly Rotary rotary;
 
-    public GPTNeoXForCausalLM(GptNeoXConfig config) : base(nameof(GPTNeoXForCausalLM))
+    /// <summary>The module with its parameters on <paramref name="device"/> in <paramref name="dtype"/> (default CPU,
+    /// float32), randomly initialized as TorchSharp's modules are; on the meta device nothing is allocated or drawn
+    /// (<see cref="ModelLoader"/> then reads each parameter from the checkpoint).</summary>
+    public GPTNeoXForCausalLM(GptNeoXConfig config, Device? device = null, ScalarType? dtype = null) : base(nameof(GPTNeoXForCausalLM))
     {
         this.config = config;
-        gpt_neox = new GPTNeoXModel(config);
-        if (!config.TieWordEmbeddings) embed_out = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false);
+        gpt_neox = new GPTNeoXModel(config, device, dtype);
+        if (!config.TieWordEmbeddings) embed_out = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false, device: device, dtype: dtype);
         rotary = new Rotary(config.RotaryNdims, config.RotaryEmbBase, config.RopeScaling, config.MaxPositionEmbeddings);
         RegisterComponents();
     }

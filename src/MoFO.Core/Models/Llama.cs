@@ -11,9 +11,9 @@ public sealed class LlamaRMSNorm : nn.Module<Tensor, Tensor>
     readonly double eps;
     readonly Scalar epsScalar;
 
-    public LlamaRMSNorm(long dim, double eps) : base(nameof(LlamaRMSNorm))
+    public LlamaRMSNorm(long dim, double eps, Device? device = null, ScalarType? dtype = null) : base(nameof(LlamaRMSNorm))
     {
-        weight = new Parameter(torch.ones(dim));
+        weight = new Parameter(torch.ones(dim, dtype: dtype, device: device));
         this.eps = eps;
         epsScalar = eps.ToScalar();   // held by the module: never a temporary (see Scalars)
         RegisterComponents();
@@ -33,13 +33,13 @@ public sealed class LlamaAttention : nn.Module
     readonly Linear q_proj, k_proj, v_proj, o_proj;
     readonly int heads, kvHeads, headDim;
 
-    public LlamaAttention(LlamaConfig c) : base(nameof(LlamaAttention))
+    public LlamaAttention(LlamaConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(LlamaAttention))
     {
         heads = c.NumAttentionHeads; kvHeads = c.NumKeyValueHeads; headDim = c.HeadDim;
-        q_proj = nn.Linear(c.HiddenSize, heads * headDim, hasBias: c.AttentionBias);
-        k_proj = nn.Linear(c.HiddenSize, kvHeads * headDim, hasBias: c.AttentionBias);
-        v_proj = nn.Linear(c.HiddenSize, kvHeads * headDim, hasBias: c.AttentionBias);
-        o_proj = nn.Linear(heads * headDim, c.HiddenSize, hasBias: c.AttentionBias);
+        q_proj = nn.Linear(c.HiddenSize, heads * headDim, hasBias: c.AttentionBias, device: device, dtype: dtype);
+        k_proj = nn.Linear(c.HiddenSize, kvHeads * headDim, hasBias: c.AttentionBias, device: device, dtype: dtype);
+        v_proj = nn.Linear(c.HiddenSize, kvHeads * headDim, hasBias: c.AttentionBias, device: device, dtype: dtype);
+        o_proj = nn.Linear(heads * headDim, c.HiddenSize, hasBias: c.AttentionBias, device: device, dtype: dtype);
         RegisterComponents();
     }
 
@@ -62,11 +62,11 @@ public sealed class LlamaMLP : nn.Module<Tensor, Tensor>
 {
     readonly Linear gate_proj, up_proj, down_proj;
 
-    public LlamaMLP(LlamaConfig c) : base(nameof(LlamaMLP))
+    public LlamaMLP(LlamaConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(LlamaMLP))
     {
-        gate_proj = nn.Linear(c.HiddenSize, c.IntermediateSize, hasBias: c.MlpBias);
-        up_proj = nn.Linear(c.HiddenSize, c.IntermediateSize, hasBias: c.MlpBias);
-        down_proj = nn.Linear(c.IntermediateSize, c.HiddenSize, hasBias: c.MlpBias);
+        gate_proj = nn.Linear(c.HiddenSize, c.IntermediateSize, hasBias: c.MlpBias, device: device, dtype: dtype);
+        up_proj = nn.Linear(c.HiddenSize, c.IntermediateSize, hasBias: c.MlpBias, device: device, dtype: dtype);
+        down_proj = nn.Linear(c.IntermediateSize, c.HiddenSize, hasBias: c.MlpBias, device: device, dtype: dtype);
         RegisterComponents();
     }
 
@@ -80,12 +80,12 @@ public sealed class LlamaDecoderLayer : nn.Module
     readonly LlamaMLP mlp;
     readonly LlamaRMSNorm input_layernorm, post_attention_layernorm;
 
-    public LlamaDecoderLayer(LlamaConfig c) : base(nameof(LlamaDecoderLayer))
+    public LlamaDecoderLayer(LlamaConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(LlamaDecoderLayer))
     {
-        self_attn = new LlamaAttention(c);
-        mlp = new LlamaMLP(c);
-        input_layernorm = new LlamaRMSNorm(c.HiddenSize, c.RmsNormEps);
-        post_attention_layernorm = new LlamaRMSNorm(c.HiddenSize, c.RmsNormEps);
+        self_attn = new LlamaAttention(c, device, dtype);
+        mlp = new LlamaMLP(c, device, dtype);
+        input_layernorm = new LlamaRMSNorm(c.HiddenSize, c.RmsNormEps, device, dtype);
+        post_attention_layernorm = new LlamaRMSNorm(c.HiddenSize, c.RmsNormEps, device, dtype);
         RegisterComponents();
     }
 
@@ -99,15 +99,15 @@ public sealed class LlamaDecoderLayer : nn.Module
 /// <summary>HF <c>LlamaModel</c>: <c>embed_tokens</c>, <c>layers</c>, <c>norm</c>.</summary>
 public sealed class LlamaModel : nn.Module
 {
-    internal readonly Embedding embed_tokens;
+    internal readonly TokenEmbedding embed_tokens;
     internal readonly ModuleList<LlamaDecoderLayer> layers;
     internal readonly LlamaRMSNorm norm;
 
-    public LlamaModel(LlamaConfig c) : base(nameof(LlamaModel))
+    public LlamaModel(LlamaConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(LlamaModel))
     {
-        embed_tokens = nn.Embedding(c.VocabSize, c.HiddenSize);
-        layers = new ModuleList<LlamaDecoderLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(_ => new LlamaDecoderLayer(c)).ToArray());
-        norm = new LlamaRMSNorm(c.HiddenSize, c.RmsNormEps);
+        embed_tokens = new TokenEmbedding(c.VocabSize, c.HiddenSize, device, dtype);
+        layers = new ModuleList<LlamaDecoderLayer>(Enumerable.Range(0, c.NumHiddenLayers).Select(_ => new LlamaDecoderLayer(c, device, dtype)).ToArray());
+        norm = new LlamaRMSNorm(c.HiddenSize, c.RmsNormEps, device, dtype);
         RegisterComponents();
     }
 }
@@ -124,11 +124,14 @@ public sealed class LlamaForCausalLM : CausalLMModule
     readonly LlamaConfig config;
     readonly Rotary rotary;
 
-    public LlamaForCausalLM(LlamaConfig config) : base(nameof(LlamaForCausalLM))
+    /// <summary>The module with its parameters on <paramref name="device"/> in <paramref name="dtype"/> (default CPU,
+    /// float32), randomly initialized as TorchSharp's modules are; on the meta device nothing is allocated or drawn
+    /// (<see cref="ModelLoader"/> then reads each parameter from the checkpoint).</summary>
+    public LlamaForCausalLM(LlamaConfig config, Device? device = null, ScalarType? dtype = null) : base(nameof(LlamaForCausalLM))
     {
         this.config = config;
-        model = new LlamaModel(config);
-        if (!config.TieWordEmbeddings) lm_head = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false);
+        model = new LlamaModel(config, device, dtype);
+        if (!config.TieWordEmbeddings) lm_head = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false, device: device, dtype: dtype);
         rotary = new Rotary(config.HeadDim, config.RopeTheta, config.RopeScaling, config.MaxPositionEmbeddings);
         RegisterComponents();
     }

@@ -9,16 +9,32 @@ namespace MoFO.Models;
 /// <summary>
 /// Loads a causal LM from an HF folder (config.json + model.safetensors or model.safetensors.index.json shards +
 /// tokenizer.model or tokenizer.json) or a llama2.c <c>.bin</c> (tokenizer beside it: tokenizer.model, or
-/// tok{vocab}.model such as tok512.model). Default device CPU with float32; on CUDA the default dtype is bfloat16.
+/// tok{vocab}.model such as tok512.model). Default device CPU. Default dtype: bfloat16 on CUDA; on CPU the checkpoint's
+/// own when config.json says <c>"torch_dtype": "bfloat16"</c>, else float32.
+/// Loading is lean: the module is built on the meta device (shapes, no memory, no random initialization) and each
+/// parameter is then read from the checkpoint straight into fresh memory of the target dtype and device, tensor by
+/// tensor, shard by shard (<see cref="CausalLMModule.LoadWeights(IEnumerable{ITensorSource}, string, Device?)"/>): peak
+/// memory is the model in its target dtype plus one read chunk.
 /// </summary>
 public static class ModelLoader
 {
-    public static CausalLMModule Create(ModelConfig config) => config switch
+    /// <summary>A randomly initialized module on CPU in float32 (TorchSharp's initializers; see also
+    /// <see cref="CausalLMModule.InitializeWeights"/>).</summary>
+    public static CausalLMModule Create(ModelConfig config) => Create(config, torch.CPU, ScalarType.Float32);
+
+    /// <summary>A module on <paramref name="device"/> in <paramref name="dtype"/>; randomly initialized unless the device
+    /// is meta (see <see cref="CreateEmpty"/>).</summary>
+    public static CausalLMModule Create(ModelConfig config, Device device, ScalarType dtype) => config switch
     {
-        LlamaConfig c => new LlamaForCausalLM(c),
-        GptNeoXConfig c => new GPTNeoXForCausalLM(c),
+        LlamaConfig c => new LlamaForCausalLM(c, device, dtype),
+        GptNeoXConfig c => new GPTNeoXForCausalLM(c, device, dtype),
         _ => throw new ArgumentException($"no model for model_type '{config.ModelType}'"),
     };
+
+    /// <summary>The module's structure with every parameter on the meta device in <paramref name="dtype"/>: names and
+    /// shapes, no memory and no random draws. Count parameters with it, or fill it with
+    /// <see cref="CausalLMModule.LoadWeights(IEnumerable{ITensorSource}, string, Device?)"/>.</summary>
+    public static CausalLMModule CreateEmpty(ModelConfig config, ScalarType dtype = ScalarType.Float32) => Create(config, torch.META, dtype);
 
     /// <summary>A llama2.c <c>.bin</c>: the config its header implies and its tensors under HF's names (see <see cref="Llama2c"/>).</summary>
     public static (LlamaConfig Config, Dictionary<string, Tensor> Tensors) LoadLlama2c(string file, int bosTokenId = 1, int eosTokenId = 2)
@@ -27,17 +43,20 @@ public static class ModelLoader
         return (LlamaConfig.FromLlama2c(header, bosTokenId, eosTokenId), tensors);
     }
 
-    static ScalarType DefaultDType(Device device) => device.type == DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
+    /// <summary>bfloat16 on CUDA; on CPU a bfloat16 checkpoint stays bfloat16 (half the memory of float32; CPU bfloat16
+    /// matmuls are native on AVX512-BF16/AMX), anything else is float32.</summary>
+    static ScalarType DefaultDType(Device device, string? torchDtype) =>
+        device.type == DeviceType.CUDA || torchDtype == "bfloat16" ? ScalarType.BFloat16 : ScalarType.Float32;
 
     /// <summary>The model weights only (no tokenizer), plus the stop token ids the checkpoint implies.</summary>
     public static (CausalLMModule Module, IReadOnlyList<int> StopTokenIds) LoadModule(string path, Device? device = null, ScalarType? dtype = null)
     {
         device ??= torch.CPU;
-        var dt = dtype ?? DefaultDType(device);
         if (File.Exists(path) && path.EndsWith(".bin", StringComparison.OrdinalIgnoreCase))
         {
+            // llama2.c files are small and float32: read whole, then copied (converted) into the parameters.
             var (lc, tensors) = LoadLlama2c(path);
-            try { return (Build(lc, [(path, tensors)], path, dt, device), [.. lc.EosTokenIds, lc.BosTokenId!.Value]); }  // run.c ends a story at BOS
+            try { return (Build(lc, [new TensorDictionarySource(path, tensors)], path, dtype ?? DefaultDType(device, null), device), [.. lc.EosTokenIds, lc.BosTokenId!.Value]); }  // run.c ends a story at BOS
             finally { foreach (var t in tensors.Values) t.Dispose(); }
         }
         if (Directory.Exists(path))
@@ -47,33 +66,22 @@ public static class ModelLoader
             var config = ModelConfig.Load(configFile);
             var checkpoint = SafeTensors.CheckpointFile(path);
             var stops = ReadGenerationStops(Path.Combine(path, "generation_config.json")) ?? config.EosTokenIds;
-            return (Build(config, Parts(path), checkpoint, dt, device), stops);
+            return (Build(config, SafeTensors.OpenCheckpoint(path), checkpoint, dtype ?? DefaultDType(device, config.TorchDtype), device), stops);
         }
         if (File.Exists(path))
             throw new CheckpointException($"{path}: unsupported model file (expected a llama2.c .bin or an HF folder with config.json)");
         throw new MissingAssetException($"{path}: not found (expected an HF model folder or a llama2.c .bin file)");
     }
 
-    /// <summary>Shards one at a time; each is disposed once copied into the model.</summary>
-    static IEnumerable<(string, IReadOnlyDictionary<string, Tensor>)> Parts(string path)
+    /// <summary>Builds the module on the meta device in the target dtype and reads every parameter from the parts
+    /// straight into <paramref name="device"/>'s memory: no random initialization, no float32 detour, no second copy.</summary>
+    static CausalLMModule Build(ModelConfig config, IEnumerable<ITensorSource> parts, string checkpoint, ScalarType dt, Device device)
     {
-        foreach (var (file, tensors) in SafeTensors.EnumerateCheckpoint(path))
-        {
-            try { yield return (file, tensors); }
-            finally { foreach (var t in tensors.Values) t.Dispose(); }
-        }
-    }
-
-    /// <summary>Creates the module in the target dtype (so a bfloat16 model never exists in float32), copies the
-    /// weights, then moves it to the device.</summary>
-    static CausalLMModule Build(ModelConfig config, IEnumerable<(string, IReadOnlyDictionary<string, Tensor>)> parts, string checkpoint, ScalarType dt, Device device)
-    {
-        var module = Create(config);
+        var module = CreateEmpty(config, dt);
         try
         {
-            module.to(dt);
-            module.LoadWeights(parts, checkpoint);
-            module.to(device);
+            module.LoadWeights(parts, checkpoint, device);
+            if (device.type != DeviceType.CPU) module.to(device);   // the parameters are there already; the modules record it
             module.eval();
             return module;
         }

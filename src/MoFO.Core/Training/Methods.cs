@@ -175,6 +175,8 @@ public static class Methods
         var member = Member(o.Method.Optimizer);
         var track = o.TrackTouched ?? named.Sum(p => p.parameter.numel()) < Defaults.SmallModel;
         var opt = member.Create(new OptimizerArgs(named, o.LearningRate, o.WeightDecay, o.Method.Alpha, o.Seed, track));
+        opt.BFloat16Update = o.BFloat16Update;
+        opt.RoundingSeed = o.Seed;
         var tensors = named.Select(p => (Tensor)p.parameter).ToList();
         var terms = o.Method.Terms.Select(t => Term(t.Term).Create(tensors, t.Lambda)).ToList();
         return (opt, terms);

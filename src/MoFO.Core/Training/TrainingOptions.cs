@@ -41,8 +41,12 @@ public sealed record TrainingOptions
     /// <summary>The dtype of weights, gradients and activations; the model must be loaded in it (the loss and the
     /// optimizer moments stay float32).</summary>
     public Precision Precision { get; init; } = Precision.Float32;
-    /// <summary>bfloat16 runs: float32 master weights in the optimizer instead of stochastic rounding of the update.</summary>
-    public bool MasterWeights { get; init; }
+    /// <summary>bfloat16 runs: how the float32 update reaches the bfloat16 weights (stochastic rounding by default; float32
+    /// master weights, or round-to-nearest for comparisons).</summary>
+    public MoFO.Optim.BFloat16Update BFloat16Update { get; init; } = MoFO.Optim.BFloat16Update.StochasticRounding;
+
+    /// <summary>bfloat16 runs with float32 master weights in the optimizer.</summary>
+    public bool MasterWeights => Precision == Precision.BFloat16 && BFloat16Update == MoFO.Optim.BFloat16Update.MasterWeights;
     /// <summary>Recompute each decoder layer's activations in the backward pass instead of keeping them.</summary>
     public bool GradientCheckpointing { get; init; }
     /// <summary>Keep a byte per entry to report the fraction of entries ever updated; null: only for models below
@@ -71,8 +75,8 @@ public sealed record TrainingOptions
     public int AccumulationSteps => BatchSize / MicroBatch;
 
     /// <summary>A copy with the scale settings (for callers without C#'s <c>with</c>, such as F#).</summary>
-    public TrainingOptions WithScale(Precision precision, bool masterWeights, bool gradientCheckpointing, bool? trackTouched) =>
-        this with { Precision = precision, MasterWeights = masterWeights, GradientCheckpointing = gradientCheckpointing, TrackTouched = trackTouched };
+    public TrainingOptions WithScale(Precision precision, MoFO.Optim.BFloat16Update update, bool gradientCheckpointing, bool? trackTouched) =>
+        this with { Precision = precision, BFloat16Update = update, GradientCheckpointing = gradientCheckpointing, TrackTouched = trackTouched };
 
     /// <summary>The defaults (for F# record-copy expressions).</summary>
     public static TrainingOptions Default { get; } = new();

@@ -52,7 +52,7 @@ let run (a: ParseResults<BenchMemoryArgs>) =
     let o =
         TrainingOptions(Method = Common.methodSpec (a.TryGetResult Method) None None None, LearningRate = 1e-5, Steps = Nullable steps,
                         BatchSize = batch, MicroBatchSize = batch, MaxLength = maxLen, ShowProgress = false, Schedule = Schedule.Constant)
-    let o = Common.withScale o TorchSharp.torch.CPU (a.TryGetResult Precision) (a.Contains Master_Weights) (a.Contains Gradient_Checkpointing) false
+    let o = Common.withScale o TorchSharp.torch.CPU (a.TryGetResult Precision) (a.Contains Master_Weights) false (a.Contains Gradient_Checkpointing) false
     o.Validate()
     let plan = MemoryPlanner.Plan(MemoryPlanner.InputOf(path, o))
     let peaks = Collections.Generic.Dictionary<string, int64>()

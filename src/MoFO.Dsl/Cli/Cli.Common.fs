@@ -76,14 +76,19 @@ let dtype (p: Precision) = if p = Precision.BFloat16 then TorchSharp.torch.Scala
 /// The scale settings of a run: precision (default bf16 on CUDA, fp32 on the CPU), master weights, gradient
 /// checkpointing, the touched mask (default: auto by model size).
 let withScale (o: TrainingOptions) (device: TorchSharp.torch.Device) (precision: PrecisionArg option) (masterWeights: bool)
-              (checkpointing: bool) (trackTouched: bool) =
+              (nearest: bool) (checkpointing: bool) (trackTouched: bool) =
     let p =
         match precision with
         | Some PrecisionArg.Bf16 -> Precision.BFloat16
         | Some PrecisionArg.Fp32 -> Precision.Float32
         | None -> if device.``type`` = TorchSharp.DeviceType.CUDA then Precision.BFloat16 else Precision.Float32
-    if masterWeights && p <> Precision.BFloat16 then raise (ArgumentException "--master-weights applies to --precision bf16")
-    o.WithScale(p, masterWeights, checkpointing, (if trackTouched then Nullable true else o.TrackTouched))
+    if (masterWeights || nearest) && p <> Precision.BFloat16 then raise (ArgumentException "--master-weights and --round-to-nearest apply to --precision bf16")
+    if masterWeights && nearest then raise (ArgumentException "--master-weights and --round-to-nearest exclude each other")
+    let update =
+        if masterWeights then MoFO.Optim.BFloat16Update.MasterWeights
+        elif nearest then MoFO.Optim.BFloat16Update.Nearest
+        else MoFO.Optim.BFloat16Update.StochasticRounding
+    o.WithScale(p, update, checkpointing, (if trackTouched then Nullable true else o.TrackTouched))
 
 /// Refuses a run whose memory plan does not fit (before its model is loaded); prints the plan's peak otherwise.
 let checkMemory (modelPath: string) (o: TrainingOptions) (budget: string option) (parseSize: string -> int64) =

@@ -48,7 +48,7 @@ type EvalArgs =
             | Max_New_Tokens _ -> "generation length (gsm8k 256, humaneval 512, samples 100)."
             | Seed _ -> "the seed of sampling and few-shot selection (default 1234)."
             | Cache _ -> "folder that caches base-model samples (default results/cache)."
-            | Device _ -> "cpu (default, float32) or cuda (bfloat16)."
+            | Device _ -> "cpu (default; float32, or bfloat16 for a bfloat16 checkpoint) or cuda (bfloat16)."
             | Unsafe_No_Sandbox -> "humaneval: run generated code without bubblewrap when it is missing (dangerous)."
 
 /// The settings of one `mofo eval` (the paper's protocol, with the flags applied through the measure's declaration).

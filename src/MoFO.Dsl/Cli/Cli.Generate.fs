@@ -26,7 +26,7 @@ type GenerateArgs =
             | Top_P _ -> "nucleus sampling mass (default 1)."
             | Seed _ -> "seed of the sampler (default 0)."
             | Stop _ -> "a stop string (repeatable); the output is cut before it."
-            | Device _ -> "cpu (default, float32) or cuda (bfloat16)."
+            | Device _ -> "cpu (default; float32, or bfloat16 for a bfloat16 checkpoint) or cuda (bfloat16)."
 
 let run (args: ParseResults<GenerateArgs>) =
         let dev = MoFO.Runtime.device (args.TryGetResult Device)

@@ -43,6 +43,7 @@ type TrainArgs =
     | Device of name: string
     | Precision of Common.PrecisionArg
     | Master_Weights
+    | Round_To_Nearest
     | Gradient_Checkpointing
     | Track_Touched
     | Memory_Budget of size: string
@@ -85,6 +86,7 @@ type TrainArgs =
             | Device _ -> "cpu (default) or cuda (CUDA builds)."
             | Precision _ -> "fp32 (default on the CPU) or bf16 (default on CUDA): bfloat16 weights, gradients and activations; float32 loss and moments; stochastic rounding of the update."
             | Master_Weights -> "bf16: keep float32 master weights in the optimizer instead of stochastic rounding."
+            | Round_To_Nearest -> "bf16: round the update to nearest (updates below half a bf16 ulp are lost; for comparisons)."
             | Gradient_Checkpointing -> "recompute each decoder layer's activations in the backward pass (less memory, one more forward)."
             | Track_Touched -> "report the fraction of entries ever updated (a byte per entry; on by default below 100M parameters)."
             | Memory_Budget _ -> "plan against this much memory (e.g. 16GiB) instead of what the machine has free; the run is refused (exit 7) when it cannot fit."
@@ -169,7 +171,7 @@ let reportSettings (a: ParseResults<TrainArgs>) (suite: ForgettingReport.Suite) 
 let run (a: ParseResults<TrainArgs>) =
     let device = MoFO.Runtime.device (a.TryGetResult Device)
     let o: TrainingOptions =
-        Common.withScale (options a) device (a.TryGetResult Precision) (a.Contains Master_Weights) (a.Contains Gradient_Checkpointing) (a.Contains Track_Touched)
+        Common.withScale (options a) device (a.TryGetResult Precision) (a.Contains Master_Weights) (a.Contains Round_To_Nearest) (a.Contains Gradient_Checkpointing) (a.Contains Track_Touched)
     o.Validate()
     let suite = reportSuite a
     let train, eval = data a o

@@ -41,8 +41,8 @@ module Identity =
             [ e.Model.Path; e.Data.Key; e.Method.Key; Store.inv r.Lr; string r.Steps; string r.Epochs; string r.BatchSize; string r.MaxLength
               string r.Schedule; Store.inv r.WarmupRatio; Store.inv r.WeightDecay; Store.inv r.MaxGradNorm; Store.inv (Recipe.lrFor e.Method r)
               string r.TrainLimit; string r.SampleFraction; string e.Seed; "v2" ]
-            @ (if r.Precision <> Precision.Float32 || r.MasterWeights || r.GradientCheckpointing then
-                   [ string r.Precision; string r.MasterWeights; string r.GradientCheckpointing ]
+            @ (if r.Precision <> Precision.Float32 || r.GradientCheckpointing then
+                   [ string r.Precision; string r.BFloat16Update; string r.GradientCheckpointing ]
                else []))
 
     /// The run's folder in the store.
@@ -59,4 +59,4 @@ module Identity =
             BatchSize = r.BatchSize, MicroBatchSize = min r.BatchSize r.MicroBatchSize, MaxLength = r.MaxLength, Schedule = r.Schedule,
             WarmupRatio = r.WarmupRatio, WeightDecay = r.WeightDecay, MaxGradNorm = r.MaxGradNorm, Seed = int64 e.Seed,
             ShowProgress = showProgress, SaveEvery = (match r.Steps with Some s when s >= 100 -> 50 | _ -> 0))
-            .WithScale(r.Precision, r.MasterWeights, r.GradientCheckpointing, Nullable())
+            .WithScale(r.Precision, r.BFloat16Update, r.GradientCheckpointing, Nullable())

@@ -72,14 +72,14 @@ type Recipe =
       SampleFraction: float option
       /// the dtype of weights, gradients and activations (bf16: float32 loss and moments)
       Precision: Precision
-      /// bf16: float32 master weights instead of stochastic rounding of the update
-      MasterWeights: bool
+      /// bf16: how the update reaches the weights (stochastic rounding by default, float32 master weights, nearest)
+      BFloat16Update: MoFO.Optim.BFloat16Update
       /// recompute each decoder layer's activations in the backward pass
       GradientCheckpointing: bool }
     static member Default =
         { Lr = Defaults.LearningRate; Steps = None; Epochs = 2; BatchSize = 128; MicroBatchSize = 4; MaxLength = 1024; Schedule = Defaults.Schedule
           WarmupRatio = Defaults.WarmupRatio; WeightDecay = Defaults.WeightDecay; MaxGradNorm = Defaults.MaxGradNorm; TrainLimit = None; SampleFraction = None
-          Precision = Precision.Float32; MasterWeights = false; GradientCheckpointing = false }
+          Precision = Precision.Float32; BFloat16Update = MoFO.Optim.BFloat16Update.StochasticRounding; GradientCheckpointing = false }
 
 module Recipe =
     /// The learning rate a method runs at under a recipe: `Lr` times the member's factor (Lion: 0.2).
