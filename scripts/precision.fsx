@@ -33,12 +33,13 @@ exit (MoFO.Dsl.Cli.Main.study fsi.CommandLineArgs (fun c ->
           Rows = runs }
     let fp32, sr, nearest = runs[0], runs[1], runs[3]
     let rel (a: Run) = (a[Measure.TaskLoss] - fp32[Measure.TaskLoss]) / fp32[Measure.TaskLoss]
+    let pct (a: Run) = sprintf "%+.2f %%" (100.0 * rel a)
     let checks =
         [ Results.check "bf16 with stochastic rounding ends within 2 % of float32's held-out loss" (abs (rel sr) <= 0.02)
-              $"held-out loss: float32 {fp32[Measure.TaskLoss]:F4}, bf16 stochastic {sr[Measure.TaskLoss]:F4} ({100.0 * rel sr:+0.00;-0.00} %%)"
+              $"held-out loss: float32 {fp32[Measure.TaskLoss]:F4}, bf16 stochastic {sr[Measure.TaskLoss]:F4} ({pct sr})"
           Results.check "bf16 with float32 master weights ends within 2 % of float32's held-out loss" (abs (rel runs[2]) <= 0.02)
-              $"bf16 master weights {runs[2][Measure.TaskLoss]:F4} ({100.0 * rel runs[2]:+0.00;-0.00} %%)"
+              $"bf16 master weights {runs[2][Measure.TaskLoss]:F4} ({pct runs[2]})"
           Results.check "round-to-nearest bf16 (shown beside them) loses updates: its held-out loss is further from float32's than stochastic rounding's"
               (abs (rel nearest) > abs (rel sr))
-              $"bf16 nearest {nearest[Measure.TaskLoss]:F4} ({100.0 * rel nearest:+0.00;-0.00} %%)" ]
+              $"bf16 nearest {nearest[Measure.TaskLoss]:F4} ({pct nearest})" ]
     Study.finish c "precision" [ table ] None checks [ Study.trainingNote runs ] (Table.deltaChart table)))

@@ -44,3 +44,38 @@ public sealed class TensorDictionarySource(string file, IReadOnlyDictionary<stri
 
     public void Dispose() { }
 }
+
+/// <summary>
+/// A source's tensors as a read-only dictionary that reads each tensor when it is looked up, into a new CPU tensor of
+/// its stored dtype, and disposes the tensor it returned before, so that a consumer that uses each value before looking
+/// up the next (such as an optimizer's <c>load_state_dict</c>) holds one tensor at a time. Do not keep a value past the
+/// next lookup.
+/// </summary>
+public sealed class StreamedTensors(ITensorSource source) : IReadOnlyDictionary<string, Tensor>, IDisposable
+{
+    readonly HashSet<string> _names = new(source.Names);
+    Tensor? _last;
+
+    public Tensor this[string key] => TryGetValue(key, out var t) ? t : throw new KeyNotFoundException($"{source.File}: no tensor {key}");
+    public IEnumerable<string> Keys => source.Names;
+    public IEnumerable<Tensor> Values => source.Names.Select(n => this[n]);
+    public int Count => _names.Count;
+    public bool ContainsKey(string key) => _names.Contains(key);
+
+    public bool TryGetValue(string key, [System.Diagnostics.CodeAnalysis.MaybeNullWhen(false)] out Tensor value)
+    {
+        if (!_names.Contains(key)) { value = null; return false; }
+        _last?.Dispose();
+        var t = torch.empty(source.Shape(key), source.DType(key));
+        source.ReadInto(key, t);
+        _last = value = t;
+        return true;
+    }
+
+    public IEnumerator<KeyValuePair<string, Tensor>> GetEnumerator() =>
+        source.Names.Select(n => new KeyValuePair<string, Tensor>(n, this[n])).GetEnumerator();
+
+    System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
+
+    public void Dispose() { _last?.Dispose(); _last = null; }
+}

@@ -32,6 +32,9 @@ public sealed class CausalLM : ILanguageModel, IDisposable
     public string Name { get; }
     public int MaxSequenceLength { get; set; }
 
+    /// <summary>The checkpoint the weights were loaded from (an HF folder or a .bin), or null for a model built in memory.</summary>
+    public string? SourcePath { get; init; }
+
     /// <summary>Token ids that end a generated sequence (EOS; for llama2.c checkpoints also BOS, as in run.c).</summary>
     public IReadOnlySet<int> StopTokenIds { get; }
 

@@ -129,7 +129,7 @@ public static class ModelLoader
                 throw new CheckpointException($"{tokFile}: the tokenizer has {tok.VocabSize} tokens but the model {path} only {module.Config.VocabSize} (vocab_size)");
             var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
             var name = Directory.Exists(full) ? Path.GetFileName(full) : Path.GetFileNameWithoutExtension(full);
-            return new CausalLM(module, tok, name, stops);
+            return new CausalLM(module, tok, name, stops) { SourcePath = full };
         }
         catch { module.Dispose(); throw; }
     }

@@ -237,6 +237,44 @@ public abstract class BlockOptimizer : IDisposable
         return d;
     }
 
+    /// <summary>
+    /// The state as <see cref="Checkpoints.TensorWrite"/>s for a checkpoint streamed to disk tensor by tensor: the moments,
+    /// touched masks and masters by reference (no copy on the CPU; one tensor at a time is copied to the CPU from another
+    /// device), the counters and the member's extra state as small tensors. The keys are those of <see cref="state_dict"/>.
+    /// </summary>
+    public IReadOnlyList<Checkpoints.TensorWrite> StateWrites()
+    {
+        static Checkpoints.TensorWrite Big(string key, Tensor t) =>
+            t.device_type == DeviceType.CPU && t.is_contiguous()
+                ? Checkpoints.TensorWrite.Of(key, t)
+                : new Checkpoints.TensorWrite(key, t.dtype, t.shape, () => { using var _ = no_grad(); return t.cpu().contiguous(); }, DisposeAfterWrite: true);
+        static Checkpoints.TensorWrite Small(string key, Func<Tensor> make, ScalarType dtype, long[] shape) => new(key, dtype, shape, make, DisposeAfterWrite: true);
+        var list = new List<Checkpoints.TensorWrite>
+        {
+            Small("step", () => tensor(StepCount), ScalarType.Int64, []),
+            Small("rounding.seed", () => tensor(RoundingSeed), ScalarType.Int64, []),
+        };
+        for (int gi = 0; gi < _groups.Count; gi++)
+        {
+            var lr = _groups[gi].LearningRate;
+            list.Add(Small($"group.{gi}.lr", () => tensor(lr, ScalarType.Float64), ScalarType.Float64, []));
+        }
+        foreach (var b in _blocks)
+        {
+            var step = b.Step;
+            list.Add(Small($"block.{b.Index}.step", () => tensor(step), ScalarType.Int64, []));
+            for (int i = 0; i < b._moments.Length; i++) list.Add(Big($"block.{b.Index}.moment{i}", b._moments[i]));
+            if (b.Touched is not null) list.Add(Big($"block.{b.Index}.touched", b.Touched));
+            if (b.Master is not null) list.Add(Big($"block.{b.Index}.master", b.Master));
+        }
+        foreach (var (k, v) in ExtraState())
+        {
+            var copy = v.cpu().clone();
+            list.Add(new Checkpoints.TensorWrite(k, copy.dtype, copy.shape, () => copy, DisposeAfterWrite: true));
+        }
+        return list;
+    }
+
     /// <summary>Restores a state from <see cref="state_dict"/>; throws <see cref="ArgumentException"/> naming a missing or
     /// mismatched entry. Under <see cref="BFloat16Update.MasterWeights"/> a saved master replaces the block's master and
     /// its bfloat16 parameter is set to it rounded to nearest; without a saved master the block starts its master from

@@ -5,7 +5,9 @@ using MoFO.Data;
 namespace MoFO.Training;
 
 /// <summary>One line of the metrics log (<c>metrics.jsonl</c>).</summary>
-public sealed record StepMetrics(int Step, int Epoch, double Loss, double LearningRate, double GradNorm, double Distance,
+/// <param name="Distance">L2 distance from the base weights after the step; null on steps where it was not measured
+/// (large models measure it every <see cref="TrainingOptions.DistanceEvery"/> steps).</param>
+public sealed record StepMetrics(int Step, int Epoch, double Loss, double LearningRate, double GradNorm, double? Distance,
                                  double UpdatedFraction, long Tokens, double ElapsedSeconds, bool Skipped = false, double? EvalLoss = null);
 
 /// <summary>What a run ended with (<c>train_summary.json</c>): the trainer returns it and writes it, the DSL, the

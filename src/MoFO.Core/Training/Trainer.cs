@@ -117,10 +117,10 @@ public sealed class Trainer
         module.GradientCheckpointing = _o.GradientCheckpointing;
         module.train();
         var (opt, terms) = CreateOptimizer(module, _o);
-        // The L1/L2 terms already hold a copy of the initial weights: measure the distance with it rather than a second copy.
-        var shared = terms.OfType<PenaltyToPretrained>().FirstOrDefault()?.Snapshot;
-        using var own = shared is null ? new ParameterSnapshot(module.parameters().Select(p => (Tensor)p)) : null;
-        var snapshot = shared ?? own!;
+        // The distance from the base weights: the L1/L2 terms' copy of θ0, a copy for small models, else the base
+        // checkpoint on disk every DistanceEvery steps (BaseDistance).
+        using var baseDistance = BaseDistance.For(_lm, terms);
+        int distanceEvery = _o.DistanceEvery > 0 ? _o.DistanceEvery : baseDistance.EveryStep ? 1 : 50;
         int start = 0;
         var stateFile = Path.Combine(CheckpointDir, "trainer_state.json");
         if (resume)
@@ -141,7 +141,8 @@ public sealed class Trainer
         progress?.Advance(start);
         int bad = 0;
         double? lastLoss = null, evalLoss = null;
-        double distance = snapshot.L2Distance();
+        // a fresh run starts at the base weights (distance 0); a resumed one is measured again at its next interval
+        double distance = baseDistance.EveryStep ? baseDistance.L2() : start == 0 ? 0.0 : double.NaN;
         bool interrupted = false;
         int step = start;
         using var log = new StreamWriter(MetricsFile, append: true);
@@ -186,11 +187,12 @@ public sealed class Trainer
                 opt.step();
                 lastLoss = loss;
             }
-            distance = snapshot.L2Distance();
+            bool measure = (step + 1) % distanceEvery == 0 || step + 1 == total || (cancel.IsCancellationRequested && step + 1 < total);
+            double? stepDistance = measure ? distance = baseDistance.L2() : null;
             long updated = 0, numel = 0;
             foreach (var blk in opt.Blocks) { updated += blk.LastUpdated; numel += blk.Numel; }
             evalLoss = _o.EvalEvery > 0 && (step + 1) % _o.EvalEvery == 0 ? EvalLoss() : null;
-            var metrics = new StepMetrics(step + 1, epoch, loss, lr, norm, distance, skipped ? 0 : (double)updated / numel, tokens, clock.Elapsed.TotalSeconds, skipped, evalLoss);
+            var metrics = new StepMetrics(step + 1, epoch, loss, lr, norm, stepDistance, skipped ? 0 : (double)updated / numel, tokens, clock.Elapsed.TotalSeconds, skipped, evalLoss);
             log.WriteLine(RunFolder.MetricsLine(metrics));
             log.Flush();
             if (bad >= _o.MaxBadSteps)
@@ -270,7 +272,7 @@ public sealed class Trainer
     }
 
     /// <summary>Identity of the run: a resume must use the same settings.</summary>
-    string Fingerprint() => JsonSerializer.Serialize(_o with { ShowProgress = true, SaveEvery = 0, EvalEvery = 0 }, FingerprintJson) + $"|rows={_rows.Count}";
+    string Fingerprint() => JsonSerializer.Serialize(_o with { ShowProgress = true, SaveEvery = 0, EvalEvery = 0, DistanceEvery = 0 }, FingerprintJson) + $"|rows={_rows.Count}";
 
     static readonly JsonSerializerOptions FingerprintJson = new(RunFolder.Json) { WriteIndented = false };
 
@@ -280,8 +282,8 @@ public sealed class Trainer
         var tmp = Path.Combine(_out, $".checkpoint-{Guid.NewGuid():N}");
         Directory.CreateDirectory(tmp);
         SafeTensors.Save(Path.Combine(tmp, "model.safetensors"), _lm.Module.StateDict());
-        var state = opt.state_dict();
-        SafeTensors.Save(Path.Combine(tmp, "optimizer.safetensors"), state);
+        // both streamed tensor by tensor from the model's and the optimizer's own memory (no copy of the state)
+        SafeTensors.Save(Path.Combine(tmp, "optimizer.safetensors"), opt.StateWrites());
         AtomicFile.WriteAllText(Path.Combine(tmp, "trainer_state.json"), JsonSerializer.Serialize(new TrainerState(step, Fingerprint())));
         var old = CheckpointDir + ".old";
         if (Directory.Exists(old)) Directory.Delete(old, true);
@@ -300,8 +302,11 @@ public sealed class Trainer
         if (state.Fingerprint != Fingerprint())
             throw new RunFolderException($"{stateFile}: the checkpoint was written by a run with other settings or data; resume with the same options (checkpoint: {state.Fingerprint}; now: {Fingerprint()})");
         var weights = Path.Combine(CheckpointDir, "model.safetensors");
-        _lm.Module.LoadWeights(SafeTensors.Load(weights), weights);
-        opt.load_state_dict(SafeTensors.Load(Path.Combine(CheckpointDir, "optimizer.safetensors")));
+        _lm.Module.LoadWeights(weights);
+        // the optimizer state is read one tensor at a time (never a second copy of the moments)
+        using (var file = SafeTensorFile.Open(Path.Combine(CheckpointDir, "optimizer.safetensors")))
+        using (var saved = new StreamedTensors(file))
+            opt.load_state_dict(saved);
         return state.Step;
     }
 

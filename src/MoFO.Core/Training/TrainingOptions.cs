@@ -35,6 +35,10 @@ public sealed record TrainingOptions
     public int SaveEvery { get; init; }
     /// <summary>Evaluate the held-out loss every this many steps (0: only at the end).</summary>
     public int EvalEvery { get; init; }
+    /// <summary>Measure the distance from the base weights every this many steps (0: every step for models below
+    /// <see cref="Defaults.SmallModel"/> parameters, whose copy of θ0 is in memory; every 50 steps for larger ones, read from
+    /// the base checkpoint on disk). The last step is always measured.</summary>
+    public int DistanceEvery { get; init; }
     /// <summary>Stop after this many consecutive steps with a non-finite loss or gradient.</summary>
     public int MaxBadSteps { get; init; } = Defaults.MaxBadSteps;
     public bool ShowProgress { get; init; } = true;
@@ -69,6 +73,7 @@ public sealed record TrainingOptions
         Check(WeightDecay >= 0, nameof(WeightDecay), $"WeightDecay {WeightDecay}: must be ≥ 0");
         Check(SaveEvery >= 0, nameof(SaveEvery), $"SaveEvery {SaveEvery}: must be ≥ 0");
         Check(EvalEvery >= 0, nameof(EvalEvery), $"EvalEvery {EvalEvery}: must be ≥ 0");
+        Check(DistanceEvery >= 0, nameof(DistanceEvery), $"DistanceEvery {DistanceEvery}: must be ≥ 0");
         Check(MaxBadSteps >= 1, nameof(MaxBadSteps), $"MaxBadSteps {MaxBadSteps}: must be at least 1");
     }
 

@@ -13,6 +13,8 @@ open MoFO.Dsl.Cli
 
 type BenchMemoryArgs =
     | Model of path: string
+    | Like of model: string
+    | Layers of n: int
     | Method of name: string
     | Precision of Common.PrecisionArg
     | Master_Weights
@@ -25,6 +27,8 @@ type BenchMemoryArgs =
         member this.Usage =
             match this with
             | Model _ -> "the model: an HF folder (e.g. one written by mofo init --like tinyllama-1.1b) or a llama2.c .bin."
+            | Like _ -> "instead of --model: write a seeded random checkpoint of this shape (as mofo init --like, in the --precision's dtype) to a temporary folder first."
+            | Layers _ -> "with --like: another number of layers (e.g. 6)."
             | Method _ -> Common.methodUsage ()
             | Precision _ -> "fp32 (default) or bf16."
             | Master_Weights -> "bf16: float32 master weights."
@@ -47,54 +51,79 @@ let private examples (tokenizer: MoFO.Tokenization.ITextTokenizer) (tokens: int)
     [ for i in 0 .. n - 1 -> TrainingExample.PromptCompletion("", text.Substring(i * 7 % 100), "bench") ]
 
 let run (a: ParseResults<BenchMemoryArgs>) =
-    let path = a.TryGetResult Model |> Option.defaultWith (fun () -> raise (ArgumentException "mofo bench memory: pass --model PATH (e.g. a folder from mofo init --like tinyllama-1.1b)"))
-    let steps, batch, maxLen = a.GetResult(Steps, 3), a.GetResult(Batch_Size, 1), a.GetResult(Max_Len, 512)
-    let o =
-        TrainingOptions(Method = Common.methodSpec (a.TryGetResult Method) None None None, LearningRate = 1e-5, Steps = Nullable steps,
-                        BatchSize = batch, MicroBatchSize = batch, MaxLength = maxLen, ShowProgress = false, Schedule = Schedule.Constant)
-    let o = Common.withScale o TorchSharp.torch.CPU (a.TryGetResult Precision) (a.Contains Master_Weights) false (a.Contains Gradient_Checkpointing) false
-    o.Validate()
-    let plan = MemoryPlanner.Plan(MemoryPlanner.InputOf(path, o))
-    let peaks = Collections.Generic.Dictionary<string, int64>()
-    let mutable phase = "load"
-    let close () =
-        let p = MemoryPlanner.PeakResident()
-        peaks[phase] <- max p (match peaks.TryGetValue phase with | true, v -> v | _ -> 0L)
-    let enter (next: string) =
-        close ()
-        MemoryPlanner.ResetPeak() |> ignore
-        phase <- next
-    MemoryPlanner.ResetPeak() |> ignore
-    let before = MemoryPlanner.PeakResident()
-    let clock = Diagnostics.Stopwatch.StartNew()
-    use model = ModelLoader.Load(path, null, TorchSharp.torch.CPU, Common.dtype o.Precision)
-    let loadSeconds = clock.Elapsed.TotalSeconds
-    let dir = a.TryGetResult Output |> Option.defaultWith (fun () -> Path.Combine(Path.GetTempPath(), $"mofo-bench-memory-{Guid.NewGuid():N}"))
+    let initialized =
+        match a.TryGetResult Model, a.TryGetResult Like with
+        | Some p, None -> None, p
+        | None, Some name ->
+            let c = MoFO.Models.ModelPresets.Get(name, "Like")
+            let c = match a.TryGetResult Layers with Some n -> MoFO.Models.ModelPresets.WithLayers(c, n) | None -> c
+            let dir = Path.Combine(Path.GetTempPath(), $"mofo-bench-model-{Guid.NewGuid():N}")
+            let dtype = if a.TryGetResult Precision = Some Common.PrecisionArg.Bf16 then TorchSharp.torch.ScalarType.BFloat16 else TorchSharp.torch.ScalarType.Float32
+            let tok = if c :? LlamaConfig then DataRoot.Require DataRoot.Assets.Llama2Tokenizer else null
+            eprintfn "bench memory: writing a random %s checkpoint (%O) to %s ..." name dtype dir
+            RandomCheckpoint.Write(dir, c, dtype, 0L, tok) |> ignore
+            Some dir, dir
+        | _ -> raise (ArgumentException "mofo bench memory: pass --model PATH or --like NAME")
+    let path = snd initialized
     try
-        let trainer = Trainer(model, examples model.Tokenizer maxLen (batch * steps), null, o, dir)
-        trainer.OnPhase <- Action<string>(enter)
-        enter "forward"
-        let stepClock = Diagnostics.Stopwatch.StartNew()
-        let r = trainer.Run()
-        close ()
-        let tokensPerSecond = float (steps * batch * maxLen) / stepClock.Elapsed.TotalSeconds
-        printfn "memory benchmark: %s (%s parameters), %O, %s, %d steps of %d × %d tokens%s" path (plan.Parameters.ToString("N0")) o.Precision
-            (string o.Method) steps batch maxLen (if o.GradientCheckpointing then ", gradient checkpointing" else "")
-        printfn "  %-12s %14s %14s" "phase" "measured peak" "planned peak"
-        let planned (ph: string) =
-            match ph with
-            | "load" -> MemoryPlan.Gb plan.LoadPeak
-            | "checkpoint" | "final" -> MemoryPlan.Gb plan.CheckpointPeak
-            | _ -> MemoryPlan.Gb plan.StepPeak
-        for ph in [ "load"; "forward"; "backward"; "step"; "checkpoint"; "final" ] do
-            match peaks.TryGetValue ph with
-            | true, v -> printfn "  %-12s %14s %14s" ph (MemoryPlan.Gb v) (planned ph)
-            | _ -> ()
-        let measured = peaks.Values |> Seq.max
-        printfn "  %-12s %14s %14s  (plan / measured = %.2f)" "overall" (MemoryPlan.Gb measured) (MemoryPlan.Gb plan.Peak) (float plan.Peak / float measured)
-        printfn "load %.1f s; %.1f training tokens/s (%.1f s per step, including the checkpoint and the final folder); process start %s"
-            loadSeconds tokensPerSecond (stepClock.Elapsed.TotalSeconds / float steps) (MemoryPlan.Gb before)
-        ignore r
-        0
+        let steps, batch, maxLen = a.GetResult(Steps, 3), a.GetResult(Batch_Size, 1), a.GetResult(Max_Len, 512)
+        let o =
+            TrainingOptions(Method = Common.methodSpec (a.TryGetResult Method) None None None, LearningRate = 1e-5, Steps = Nullable steps,
+                            BatchSize = batch, MicroBatchSize = batch, MaxLength = maxLen, ShowProgress = false, Schedule = Schedule.Constant)
+        let o = Common.withScale o TorchSharp.torch.CPU (a.TryGetResult Precision) (a.Contains Master_Weights) false (a.Contains Gradient_Checkpointing) false
+        o.Validate()
+        let plan = MemoryPlanner.Plan(MemoryPlanner.InputOf(path, o))
+        let peaks = Collections.Generic.Dictionary<string, int64>()
+        let seconds = Collections.Generic.Dictionary<string, float>()
+        let phaseClock = Diagnostics.Stopwatch.StartNew()
+        let mutable phase = "load"
+        let close () =
+            let p = MemoryPlanner.PeakResident()
+            peaks[phase] <- max p (match peaks.TryGetValue phase with | true, v -> v | _ -> 0L)
+            seconds[phase] <- phaseClock.Elapsed.TotalSeconds + (match seconds.TryGetValue phase with | true, v -> v | _ -> 0.0)
+            phaseClock.Restart()
+        let enter (next: string) =
+            close ()
+            MemoryPlanner.ResetPeak() |> ignore
+            phase <- next
+        MemoryPlanner.ResetPeak() |> ignore
+        let before = MemoryPlanner.PeakResident()
+        let clock = Diagnostics.Stopwatch.StartNew()
+        use model = ModelLoader.Load(path, null, TorchSharp.torch.CPU, Common.dtype o.Precision)
+        let loadSeconds = clock.Elapsed.TotalSeconds
+        let dir = a.TryGetResult Output |> Option.defaultWith (fun () -> Path.Combine(Path.GetTempPath(), $"mofo-bench-memory-{Guid.NewGuid():N}"))
+        try
+            let trainer = Trainer(model, examples model.Tokenizer maxLen (batch * steps), null, o, dir)
+            trainer.OnPhase <- Action<string>(enter)
+            enter "forward"
+            let stepClock = Diagnostics.Stopwatch.StartNew()
+            let r = trainer.Run()
+            close ()
+            let trainSeconds = [ "forward"; "backward"; "step" ] |> List.sumBy (fun ph -> match seconds.TryGetValue ph with | true, v -> v | _ -> 0.0)
+            let tokensPerSecond = float (steps * batch * maxLen) / trainSeconds
+            printfn "memory benchmark: %s (%s parameters), %O, %s, %d steps of %d × %d tokens%s" path (plan.Parameters.ToString("N0")) o.Precision
+                (string o.Method) steps batch maxLen (if o.GradientCheckpointing then ", gradient checkpointing" else "")
+            printfn "  %-12s %14s %14s" "phase" "measured peak" "planned peak"
+            let planned (ph: string) =
+                match ph with
+                | "load" -> MemoryPlan.Gb plan.LoadPeak
+                | "checkpoint" | "final" -> MemoryPlan.Gb plan.CheckpointPeak
+                | _ -> MemoryPlan.Gb plan.StepPeak
+            for ph in [ "load"; "forward"; "backward"; "step"; "checkpoint"; "final" ] do
+                match peaks.TryGetValue ph with
+                | true, v -> printfn "  %-12s %14s %14s" ph (MemoryPlan.Gb v) (planned ph)
+                | _ -> ()
+            let measured = peaks.Values |> Seq.max
+            printfn "  %-12s %14s %14s  (plan / measured = %.2f)" "overall" (MemoryPlan.Gb measured) (MemoryPlan.Gb plan.Peak) (float plan.Peak / float measured)
+            let sec (ph: string) = match seconds.TryGetValue ph with | true, v -> v | _ -> 0.0
+            printfn "time: load %.1f s; per step %.1f s (forward %.1f, backward %.1f, optimizer step and logging %.1f): %.1f training tokens/s; checkpoint %.1f s, final folder %.1f s; process start %s"
+                loadSeconds (trainSeconds / float steps) (sec "forward" / float steps) (sec "backward" / float steps) (sec "step" / float steps)
+                tokensPerSecond (sec "checkpoint") (sec "final") (MemoryPlan.Gb before)
+            ignore r
+            0
+        finally
+            if a.TryGetResult Output |> Option.isNone then try Directory.Delete(dir, true) with _ -> ()
     finally
-        if a.TryGetResult Output |> Option.isNone then try Directory.Delete(dir, true) with _ -> ()
+        match fst initialized with
+        | Some dir -> try Directory.Delete(dir, true) with _ -> ()
+        | None -> ()

@@ -10,6 +10,8 @@ type PrecisionArg = Common.PrecisionArg
 
 type PlanArgs =
     | Model of path: string
+    | Like of model: string
+    | Layers of n: int
     | Method of name: string
     | Alpha of a: float
     | Precision of PrecisionArg
@@ -24,6 +26,8 @@ type PlanArgs =
         member this.Usage =
             match this with
             | Model _ -> "the model (an HF folder's config.json or a llama2.c .bin header; no weights are read)."
+            | Like _ -> $"""instead of --model, a known shape: {String.Join(", ", MoFO.Models.ModelPresets.All.Keys)}."""
+            | Layers _ -> "with --like: another number of layers."
             | Method _ -> Common.methodUsage ()
             | Alpha _ -> $"the update fraction of members that filter (default {Defaults.Alpha})."
             | Precision _ -> "fp32 (default on CPU) or bf16 (bfloat16 weights, gradients and activations; float32 moments)."
@@ -47,8 +51,13 @@ let parseSize (flag: string) (text: string) =
     | None -> raise (ArgumentException $"{flag} {text}: expected a size such as 80GB or 24GiB")
 
 let run (a: ParseResults<PlanArgs>) =
-    let path = a.TryGetResult Model |> Option.defaultWith (fun () -> raise (ArgumentException "mofo plan: pass --model PATH"))
-    let config = MemoryPlanner.ConfigOf path
+    let path, config =
+        match a.TryGetResult Model, a.TryGetResult Like with
+        | Some p, None -> p, MemoryPlanner.ConfigOf p
+        | None, Some name ->
+            let c = MoFO.Models.ModelPresets.Get(name, "Like")
+            name, (match a.TryGetResult Layers with Some n -> MoFO.Models.ModelPresets.WithLayers(c, n) | None -> c)
+        | _ -> raise (ArgumentException "mofo plan: pass --model PATH or --like NAME")
     let batch = a.GetResult(Batch_Size, Defaults.BatchSize)
     let input =
         PlanInput(config, Common.methodSpec (a.TryGetResult Method) (a.TryGetResult Alpha) None None,

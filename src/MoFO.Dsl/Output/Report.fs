@@ -233,7 +233,8 @@ let private charts (r: ForgettingReport) =
             [ [ Chart.Line(x = steps, y = (r.Steps |> List.map (fun p -> p.Loss)), Name = "train loss")
                 if not evalPts.IsEmpty then Chart.Line(x = List.map fst evalPts, y = List.map snd evalPts, Name = "held-out loss", ShowMarkers = true) ]
               |> Chart.combine |> sized "Training loss" "step" "loss"
-              Chart.Line(x = steps, y = (r.Steps |> List.map (fun p -> p.Distance)), Name = "L2 from base")
+              (let pts = r.Steps |> List.choose (fun p -> if p.Distance.HasValue then Some (p.Step, p.Distance.Value) else None)
+               Chart.Line(x = List.map fst pts, y = List.map snd pts, Name = "L2 from base", ShowMarkers = (pts.Length < 50)))
               |> sized "Distance from the base weights" "step" "L2"
               Chart.Line(x = steps, y = (r.Steps |> List.map (fun p -> p.UpdatedFraction)), Name = "updated fraction")
               |> sized "Fraction of entries updated per step" "step" "fraction" ]
