@@ -48,7 +48,8 @@ public static class TensorBytes
     /// across tensors: a buffer allocated and freed per tensor, its size varying, leaves holes in the heap between the
     /// parameters being loaded (measured: +0.6 GB when loading TinyLlama into float32).</summary>
     public static Tensor Staging(ScalarType stored, long atMost = long.MaxValue) =>
-        torch.empty(Math.Max(1, Math.Min(ChunkElements(stored.ElementSize()), atMost)), stored);
+        // owned by its caller (a file keeps it across reads): never by an enclosing dispose scope
+        torch.empty(Math.Max(1, Math.Min(ChunkElements(stored.ElementSize()), atMost)), stored).DetachFromDisposeScope();
 
     /// <summary>Fills <paramref name="destination"/> (any dtype and device) with its numel() elements of
     /// <paramref name="stored"/> read from the stream's position, converting as it goes. A conversion or a move goes

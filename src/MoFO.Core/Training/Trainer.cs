@@ -226,7 +226,7 @@ public sealed class Trainer
             Directory.Move(tmp, modelDir);
         }
         var result = new TrainResult(_o.Method.ToString(), _o, step, total, interrupted, lastLoss, evalLoss, distance, _rows.Count, _dropped,
-                                     opt.TouchedFraction(), clock.Elapsed.TotalSeconds, _out, modelDir, MemoryPlanner.PeakResident());
+                                     opt.TrackTouched ? opt.TouchedFraction() : double.NaN, clock.Elapsed.TotalSeconds, _out, modelDir, MemoryPlanner.PeakResident());
         new RunFolder(_out).WriteSummary(result);
         opt.Dispose();
         foreach (var t in terms) (t as IDisposable)?.Dispose();
