@@ -83,4 +83,42 @@ let tests =
             Expect.equal code3 7 "does not fit"
             Expect.stringContains err3 "no setting" "and nothing would"
         }
-    ]
+    
+        test "Scale.plan.measured: the plan of a small model (hidden 512, 2 layers, 32K vocabulary, bf16, checkpointing) is within 15 % of its measured peak" {
+            use dir = new TempDir()
+            let c = LlamaConfig(VocabSize = 32000, HiddenSize = 512, IntermediateSize = 1408, NumHiddenLayers = 2, NumAttentionHeads = 8,
+                                NumKeyValueHeads = 2, MaxPositionEmbeddings = 1024, RmsNormEps = 1e-5)
+            RandomCheckpoint.Write(dir.Path, c, TorchSharp.torch.ScalarType.BFloat16, 0L, requireAsset DataRoot.Assets.Llama2Tokenizer) |> ignore
+            // a process of its own, so that its peak resident memory is the run's alone
+            let dll = typeof<MoFO.Dsl.Cli.Main.MofoArgs>.Assembly.Location
+            let code, out, err =
+                runProcess "dotnet" [ dll; "bench"; "memory"; "--model"; dir.Path; "--precision"; "bf16"; "--gradient-checkpointing"; "--steps"; "2"
+                                      "--batch-size"; "1"; "--max-len"; "256" ] repoRoot (TimeSpan.FromMinutes 5.0)
+            Expect.equal code 0 $"bench memory; {err}"
+            let line = out.Split('\n') |> Array.find (fun l -> l.TrimStart().StartsWith "overall")
+            let ratio = Text.RegularExpressions.Regex.Match(line, @"plan / measured = ([0-9.]+)").Groups[1].Value |> float
+            Expect.isGreaterThanOrEqual ratio 0.85 $"the plan is not more than 15 %% low: {line.Trim()}"
+            Expect.isLessThanOrEqual ratio 1.15 $"the plan is not more than 15 %% high: {line.Trim()}"
+        }
+
+        test "Scale.plan.peak: the process's peak resident memory is read, and grows with an allocation" {
+            let before = MemoryPlanner.PeakResident()
+            Expect.isGreaterThan before (50L <<< 20) "a .NET process with libtorch has more than 50 MB resident"
+            let block = Array.zeroCreate<byte> (300 <<< 20)
+            for i in 0 .. 4096 .. block.Length - 1 do block[i] <- 1uy
+            Expect.isGreaterThanOrEqual (MemoryPlanner.PeakResident()) (before + (250L <<< 20)) "the peak follows a 300 MB allocation"
+            GC.KeepAlive block
+            Expect.isGreaterThan (MemoryPlanner.Available()) 0L "available memory is read"
+        }
+
+        test "Scale.plan.distance: a slice read inside a dispose scope leaves the file usable (its staging buffer is not the scope's)" {
+            use dir = new TempDir()
+            let t = TorchSharp.torch.arange(0.0, 1000.0, 1.0).``to``(TorchSharp.torch.ScalarType.BFloat16)
+            MoFO.Checkpoints.SafeTensors.Save(dir.File "t.safetensors", (readOnlyDict [ "x", t ]))
+            use f = MoFO.Checkpoints.SafeTensorFile.Open(dir.File "t.safetensors")
+            for i in 0 .. 2 do
+                use scope = TorchSharp.torch.NewDisposeScope()
+                let s = f.ReadSlice("x", int64 (i * 10), 10L, TorchSharp.torch.ScalarType.Float32)
+                Expect.equal (s.sum().item<float32>()) (float32 (List.sum [ for k in i * 10 .. i * 10 + 9 -> k ])) $"slice {i}"
+        }
+]

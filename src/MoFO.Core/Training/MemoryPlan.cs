@@ -57,8 +57,18 @@ public sealed record MemoryPlan(PlanInput Input, long Parameters, IReadOnlyList<
 /// </summary>
 public static class MemoryPlanner
 {
-    /// <summary>The process before any model: .NET, libtorch's CPU library, the tokenizer, the data.</summary>
-    public const long RuntimeBytes = 700L << 20;
+    /// <summary>The process before any model: .NET, libtorch's CPU library, the tokenizer, the data (measured: 0.18 GB
+    /// at start, 0.3 GB once stories260K trains).</summary>
+    public const long RuntimeBytes = 320L << 20;
+
+    /// <summary>libtorch's working memory once the matrix products are large (hidden size ≥ <see cref="LargeHidden"/>):
+    /// measured 0.7 GB above the runtime at widths 512 and 2048, in float32 and bfloat16 alike (README, "Memory").</summary>
+    public const long WorkingBytes = 730L << 20;
+    public const int LargeHidden = 512;
+
+    /// <summary>The backward of the embedding and output layers keeps temporaries of vocabulary × hidden entries beyond
+    /// their gradients: bytes per entry, a float32 part and copies in the weights' dtype (measured, as above).</summary>
+    public const double HeadFloat32Bytes = 10, HeadWeightCopies = 2;
 
     /// <summary>Activations kept for the backward pass per token and decoder layer, in units of the activation dtype's
     /// size, as coefficients of the hidden size, the intermediate size and the key/value width.</summary>
@@ -200,15 +210,18 @@ public static class MemoryPlanner
         long attention = (long)x.MicroBatch * c.NumAttentionHeads * (long)x.SequenceLength * x.SequenceLength * 4L
                          * (x.GradientCheckpointing ? 2 : c.NumHiddenLayers);
         parts.Add(new("activations", activations + attention, actDetail + $" (+ attention {MemoryPlan.Gb(attention)})"));
-        // the logits in the model's dtype, their float32 copy, log-softmax and their gradients
-        long logits = tokens * c.VocabSize * (ab + 4L * 3);
-        parts.Add(new("logits and loss", logits, $"{tokens:N0} tokens × {c.VocabSize:N0} vocabulary"));
-        parts.Add(new("runtime", RuntimeBytes, ".NET, libtorch, tokenizer, data"));
+        // the logits in the model's dtype, their float32 copy, log-softmax and their gradients; the output layers' backward
+        long logits = tokens * c.VocabSize * (ab + 4L * 3)
+                      + (long)((double)c.VocabSize * c.HiddenSize * (HeadFloat32Bytes + HeadWeightCopies * ab));
+        parts.Add(new("logits and head", logits, $"{tokens:N0} tokens × {c.VocabSize:N0} vocabulary, and the output layers' backward"));
+        long runtime = RuntimeBytes + (c.HiddenSize >= LargeHidden ? WorkingBytes : 0);
+        parts.Add(new("runtime", runtime, ".NET, libtorch, tokenizer, data" + (c.HiddenSize >= LargeHidden ? ", libtorch's working memory for large products" : "")));
 
         long resident = parts.Where(p => p.Name is "weights" or "optimizer state" or "θ0 for loss terms" or "runtime").Sum(p => p.Bytes);
         long step = parts.Sum(p => p.Bytes);
-        long load = n * wb + largest * 4L + RuntimeBytes;
-        long checkpoint = resident + largest * 4L;
+        long load = n * wb + largest * 4L + RuntimeBytes;   // no large products yet
+        // gradients stay allocated between steps (zeroed, not freed)
+        long checkpoint = resident + n * wb + largest * 4L;
         return new MemoryPlan(x, n, parts, load, step, checkpoint);
     }
 
