@@ -121,4 +121,30 @@ let tests =
                 let s = f.ReadSlice("x", int64 (i * 10), 10L, TorchSharp.torch.ScalarType.Float32)
                 Expect.equal (s.sum().item<float32>()) (float32 (List.sum [ for k in i * 10 .. i * 10 + 9 -> k ])) $"slice {i}"
         }
+
+        test "Scale.stepInBackward: stepping each layer's tensors in the backward pass gives the weights of the plain step, bit for bit, and frees the gradients" {
+            ConsoleProgress.Enabled <- false
+            let train = MoFO.Data.InstructionData.Read(requireAsset DataRoot.Assets.DprTrain, MoFO.Data.DataFormat.Dpr) |> Seq.truncate 24 |> Seq.toArray
+            for name in [ "mofo"; "adamw"; "lion" ] do
+                let run (sib: bool) (precision: Precision) =
+                    use dir = new TempDir()
+                    use lm = ModelLoader.Load(requireAsset DataRoot.Assets.Stories260K, null, TorchSharp.torch.CPU,
+                                              (if precision = Precision.BFloat16 then TorchSharp.torch.ScalarType.BFloat16 else TorchSharp.torch.ScalarType.Float32))
+                    let o = TrainingOptions(Method = Methods.Parse name, LearningRate = 1e-3, Steps = Nullable 3, BatchSize = 8, MaxLength = 96,
+                                            MaxGradNorm = 0.0, ShowProgress = false, Schedule = Schedule.Constant)
+                    let o = o.WithScale(precision, MoFO.Optim.BFloat16Update.StochasticRounding, true, Nullable(), sib)
+                    let t = Trainer(lm, train, null, o, dir.Path)
+                    let r = t.Run()
+                    let grads = lm.Module.parameters() |> Seq.filter (fun p -> not (isNull p.grad)) |> Seq.length
+                    r, (lm.Module.StateDict() |> Seq.map (fun kv -> kv.Key, kv.Value.``to``(TorchSharp.torch.ScalarType.Float32).data<float32>().ToArray()) |> Map.ofSeq), grads
+                for precision in [ Precision.Float32; Precision.BFloat16 ] do
+                    let r0, w0, _ = run false precision
+                    let r1, w1, g1 = run true precision
+                    Expect.equal r1.Steps 3 "three steps"
+                    Expect.equal g1 0 $"{name} {precision}: no gradient left after the steps"
+                    Expect.floatClose Accuracy.veryHigh r1.FinalLoss.Value r0.FinalLoss.Value $"{name} {precision}: the same loss"
+                    for KeyValue (k, v) in w0 do Expect.equal w1[k] v $"{name} {precision}: {k} bit-identical"
+            let e = throwsWith<OptionException> (fun () -> TrainingOptions(StepInBackward = true, GradientCheckpointing = true).Validate())
+            Expect.stringContains e.Message "MaxGradNorm" "clipping must be off"
+        }
 ]

@@ -26,6 +26,11 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
     /// recomputation would write the cache twice).</summary>
     public bool GradientCheckpointing { get; set; }
 
+    /// <summary>Called with a decoder layer once the backward pass has accumulated its parameters' gradients (only with
+    /// <see cref="GradientCheckpointing"/>, whose recomputation runs each layer's backward as a unit): the trainer's
+    /// step in the backward pass steps and frees them there.</summary>
+    public Action<nn.Module>? AfterLayerBackward { get; set; }
+
     /// <summary>Whether this forward pass checkpoints its decoder layers (see <see cref="GradientCheckpointing"/>).</summary>
     protected bool UsesCheckpointing(KVCache? cache) => GradientCheckpointing && training && cache is null && torch.is_grad_enabled();
 

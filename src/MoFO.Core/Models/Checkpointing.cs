@@ -33,7 +33,10 @@ public static class Checkpointing
     /// <summary>Runs <paramref name="forward"/> (the forward of <paramref name="layer"/>) checkpointed when a backward
     /// pass may follow (gradients enabled, and the input or one of the layer's parameters requires a gradient);
     /// otherwise runs it plainly. The result equals the plain forward's; its backward recomputes the layer.</summary>
-    public static Tensor Run(nn.Module layer, LayerForward forward, Tensor hidden, Tensor cos, Tensor sin, Tensor? mask)
+    /// <param name="afterBackward">called with the layer once its backward has accumulated the layer's parameter
+    /// gradients (the trainer's step in the backward pass steps and frees them there).</param>
+    public static Tensor Run(nn.Module layer, LayerForward forward, Tensor hidden, Tensor cos, Tensor sin, Tensor? mask,
+                             Action<nn.Module>? afterBackward = null)
     {
         if (!torch.is_grad_enabled()) return forward(hidden, cos, sin, mask);
         var inputGrad = hidden.requires_grad;
@@ -44,7 +47,7 @@ public static class Checkpointing
         var input = inputGrad ? hidden : hidden.detach().requires_grad_(true);
         // The scope also frees the output buffer that TorchSharp allocates per node for materializing undefined
         // gradients (a full [B, T, H] tensor per layer): CheckpointFunction turns materialization off instead.
-        return CheckpointFunction.apply(forward, input, cos, sin, mask, inputGrad).MoveToOuterDisposeScope();
+        return CheckpointFunction.apply(forward, input, cos, sin, mask, inputGrad, afterBackward is null ? null! : (Action)(() => afterBackward(layer))).MoveToOuterDisposeScope();
     }
 }
 
@@ -65,6 +68,7 @@ sealed class CheckpointFunction : autograd.SingleTensorFunction<CheckpointFuncti
         ctx.save_for_backward([hidden, cos, sin, mask!]);
         ctx.save_data("forward", forward);
         ctx.save_data("inputGrad", vars[5]);
+        ctx.save_data("after", vars[6]);
         ctx.set_materialize_grads(false);
         // Runs under no_grad (TorchSharp's apply): no graph; the intermediates die with this scope.
         using var scope = torch.NewDisposeScope();
@@ -91,8 +95,9 @@ sealed class CheckpointFunction : autograd.SingleTensorFunction<CheckpointFuncti
             }
             if (inputGrad) gradInput = x.grad?.MoveToOuterDisposeScope();
         }
+        (ctx.get_data("after") as Action)?.Invoke();
         gradOutput.Dispose();
         returned = gradInput;
-        return [null!, gradInput!, null!, null!, null!, null!];
+        return [null!, gradInput!, null!, null!, null!, null!, null!];
     }
 }

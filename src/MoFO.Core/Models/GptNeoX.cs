@@ -149,7 +149,7 @@ public sealed class GPTNeoXForCausalLM : CausalLMModule
         var mask = Mask(attentionMask, t, past, h.device);
         if (UsesCheckpointing(cache))
             foreach (var layer in gpt_neox.layers)
-                h = Checkpointing.Run(layer, (x, c, s, m) => layer.Forward(x, c, s, m, null, 0), h, cos, sin, mask);
+                h = Checkpointing.Run(layer, (x, c, s, m) => layer.Forward(x, c, s, m, null, 0), h, cos, sin, mask, AfterLayerBackward);
         else
             for (var i = 0; i < gpt_neox.layers.Count; i++) h = gpt_neox.layers[i].Forward(h, cos, sin, mask, cache, i);
         cache?.Advance(t);

@@ -155,7 +155,7 @@ public sealed class LlamaForCausalLM : CausalLMModule
         var mask = CausalLMModule.Mask(attentionMask, t, past, h.device);
         if (UsesCheckpointing(cache))
             foreach (var layer in model.layers)
-                h = Checkpointing.Run(layer, (x, c, s, m) => layer.Forward(x, c, s, m, null, 0), h, cos, sin, mask);
+                h = Checkpointing.Run(layer, (x, c, s, m) => layer.Forward(x, c, s, m, null, 0), h, cos, sin, mask, AfterLayerBackward);
         else
             for (var i = 0; i < model.layers.Count; i++) h = model.layers[i].Forward(h, cos, sin, mask, cache, i);
         cache?.Advance(t);

@@ -185,6 +185,45 @@ public abstract class BlockOptimizer : IDisposable
         }
     }
 
+    // ---------------------------------------------------------------- a step in pieces (the step in the backward pass)
+
+    readonly HashSet<int> _steppedThisStep = new();
+    Dictionary<IntPtr, Block>? _byHandle;
+
+    /// <summary>Starts a step whose blocks are stepped one by one as their gradients complete
+    /// (<see cref="StepParameter"/>), then <see cref="FinishStep"/>: the same result as <see cref="step"/> for every
+    /// member (MoFO's selection is per tensor), with each gradient freed as soon as its block has stepped.</summary>
+    public void BeginPartialStep()
+    {
+        StepCount++;
+        BeginStep();
+        _steppedThisStep.Clear();
+    }
+
+    /// <summary>Steps the block of <paramref name="parameter"/> with its gradient (once per step; a frozen block or a
+    /// parameter without a gradient takes no update). Returns whether it stepped.</summary>
+    public bool StepParameter(Tensor parameter)
+    {
+        _byHandle ??= _blocks.ToDictionary(b => b.Parameter.Handle);
+        if (!_byHandle.TryGetValue(parameter.Handle, out var b) || !_steppedThisStep.Add(b.Index)) return false;
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        if (b.Kind == BlockKind.Frozen) { b.LastUpdated = 0; return false; }
+        var grad = b.Parameter.grad;
+        if (grad is null) { b.LastUpdated = 0; return false; }
+        b.Step++;
+        StepBlock(b, _groups[b.Group], grad);
+        return true;
+    }
+
+    /// <summary>Steps every block not stepped yet in this partial step (the embeddings, final norm and head, whose
+    /// gradients complete last).</summary>
+    public void FinishStep()
+    {
+        foreach (var b in _blocks) StepParameter(b.Parameter);
+        _steppedThisStep.Clear();
+    }
+
     /// <summary>Called once per step before the blocks (e.g. to draw random numbers in a fixed order).</summary>
     protected virtual void BeginStep() { }
 

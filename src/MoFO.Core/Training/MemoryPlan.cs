@@ -20,8 +20,11 @@ public enum Precision
 /// <param name="MasterWeights">bfloat16 runs keep a float32 copy of the weights in the optimizer.</param>
 /// <param name="TrackTouched">the optimizer keeps a byte per entry for the fraction of entries ever updated.</param>
 /// <param name="Ranks">data-parallel processes on one device's memory (1: a single process).</param>
+/// <param name="StepInBackward">each layer's tensors step and free their gradients in the backward pass: the gradients
+/// of one layer and of the embeddings, final norm and head are resident at a time.</param>
 public sealed record PlanInput(ModelConfig Config, MethodSpec Method, Precision Precision, int MicroBatch, int SequenceLength,
-                               bool GradientCheckpointing, bool MasterWeights = false, bool TrackTouched = false, int Ranks = 1);
+                               bool GradientCheckpointing, bool MasterWeights = false, bool TrackTouched = false, int Ranks = 1,
+                               bool StepInBackward = false);
 
 /// <summary>One component of a plan, in bytes.</summary>
 public sealed record PlanPart(string Name, long Bytes, string Detail);
@@ -168,11 +171,17 @@ public static class MemoryPlanner
         int wb = Bytes(x.Precision);
         var member = Methods.Member(x.Method.Optimizer);
         int moments = member.Name switch { "lion" => 1, "gd-mofo" => 0, _ => 2 };
-        var parts = new List<PlanPart>
+        var parts = new List<PlanPart> { new("weights", n * wb, $"{n:N0} parameters × {wb} B ({x.Precision})") };
+        if (x.StepInBackward)
         {
-            new("weights", n * wb, $"{n:N0} parameters × {wb} B ({x.Precision})"),
-            new("gradients", n * wb, $"one per parameter, {x.Precision}"),
-        };
+            // the embeddings, final norm and head (outside the layers) and the largest layer
+            long outside = shapes.Where(s => !s.Name.Contains(".layers.")).Sum(s => Numel(s.Shape));
+            long layer = shapes.Where(s => s.Name.Contains(".layers."))
+                               .GroupBy(s => s.Name.Substring(0, s.Name.IndexOf('.', s.Name.IndexOf(".layers.") + 8)))
+                               .Select(g => g.Sum(s => Numel(s.Shape))).DefaultIfEmpty(0).Max();
+            parts.Add(new("gradients", (outside + layer) * wb, $"stepped and freed per layer in the backward: one layer's and the embeddings' and head's, {x.Precision}"));
+        }
+        else parts.Add(new("gradients", n * wb, $"one per parameter, {x.Precision}"));
         long state = n * 4L * moments;
         string stateDetail = $"{moments} float32 moment{(moments == 1 ? "" : "s")} per entry ({member.Name})";
         if (x.Precision == Precision.BFloat16 && x.MasterWeights) { state += n * 4L; stateDetail += " + float32 master weights"; }
@@ -220,8 +229,8 @@ public static class MemoryPlanner
         long resident = parts.Where(p => p.Name is "weights" or "optimizer state" or "θ0 for loss terms" or "runtime").Sum(p => p.Bytes);
         long step = parts.Sum(p => p.Bytes);
         long load = n * wb + largest * 4L + RuntimeBytes;   // no large products yet
-        // gradients stay allocated between steps (zeroed, not freed)
-        long checkpoint = resident + n * wb + largest * 4L;
+        // gradients stay allocated between steps (zeroed, not freed), unless the step in the backward freed them
+        long checkpoint = resident + (x.StepInBackward ? 0 : n * wb) + largest * 4L;
         return new MemoryPlan(x, n, parts, load, step, checkpoint);
     }
 
@@ -244,6 +253,9 @@ public static class MemoryPlanner
         Add(bf16, ("Precision", "bf16"));
         Add(bf16 with { GradientCheckpointing = true }, ("Precision", "bf16"), ("GradientCheckpointing", "true"));
         Add(bf16 with { GradientCheckpointing = true, TrackTouched = false }, ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"));
+        if (x.MicroBatch >= 1)
+            Add(bf16 with { GradientCheckpointing = true, TrackTouched = false, StepInBackward = true },
+                ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"), ("StepInBackward", "true"));
         for (var mb = x.MicroBatch / 2; mb >= 1; mb /= 2)
             Add(bf16 with { GradientCheckpointing = true, TrackTouched = false, MicroBatch = mb },
                 ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"), ("MicroBatchSize", mb.ToString(CultureInfo.InvariantCulture)));
@@ -268,7 +280,7 @@ public static class MemoryPlanner
         var config = ConfigOf(modelPath);
         var n = ParameterShapes(config).Sum(s => Numel(s.Shape));
         return new PlanInput(config, o.Method, o.Precision, o.MicroBatch, o.MaxLength, o.GradientCheckpointing,
-                             o.MasterWeights, o.TrackTouched ?? n < Defaults.SmallModel, ranks);
+                             o.MasterWeights, o.TrackTouched ?? n < Defaults.SmallModel, ranks, o.StepInBackward);
     }
 
     /// <summary>Checks a training run before its model is loaded: its plan, or a <see cref="MemoryPlanException"/>.

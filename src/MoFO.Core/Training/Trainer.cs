@@ -154,6 +154,47 @@ public sealed class Trainer
             var batch = BatchOf(step, out var epoch);
             long tokens = batch.Sum(t => (long)PredictedTokens(t));
             double lossSum = 0;
+            double norm = double.NaN;
+            bool stepped = false, nonFiniteTensor = false;
+            if (_o.StepInBackward)
+            {
+                if (AfterBackward is not null) throw new OptionException(nameof(TrainingOptions.StepInBackward), "StepInBackward cannot run with a gradient projection (GEM): it needs every gradient before the step");
+                // the loss terms' gradients first, so that each tensor's gradient is complete when its layer's backward ends
+                foreach (var term in terms)
+                {
+                    using var scope = NewDisposeScope();
+                    term.Loss().backward();
+                }
+                double sq = 0;
+                opt.BeginPartialStep();
+                void StepAndFree(Tensor p)
+                {
+                    using var g = p.grad;
+                    if (g is null) return;
+                    var s = SquaredNorm(g);
+                    sq += s;
+                    if (double.IsFinite(s)) opt.StepParameter(p); else nonFiniteTensor = true;
+                    p.grad = null;
+                }
+                module.AfterLayerBackward = layer => { foreach (var p in layer.parameters()) StepAndFree(p); };
+                try
+                {
+                    using var scope = NewDisposeScope();
+                    using var b = Tokenized.Pad(batch.ToList(), pad);
+                    OnPhase?.Invoke("forward");
+                    var (sum, _) = LossSum(_lm, b);
+                    OnPhase?.Invoke("backward");
+                    using (Scalar denominator = ((double)tokens).ToScalar()) (sum / denominator).backward();
+                    lossSum += sum.item<float>();
+                }
+                finally { module.AfterLayerBackward = null; }
+                OnPhase?.Invoke("step");
+                foreach (var p in module.parameters()) StepAndFree(p);
+                opt.FinishStep();
+                norm = Math.Sqrt(sq);
+                stepped = true;
+            }
+            else
             for (int m = 0; m < batch.Count; m += _o.MicroBatch)
             {
                 using var scope = NewDisposeScope();
@@ -164,16 +205,29 @@ public sealed class Trainer
                 using (Scalar denominator = ((double)tokens).ToScalar()) (sum / denominator).backward();
                 lossSum += sum.item<float>();
             }
-            foreach (var term in terms)
+            if (!stepped)
             {
-                using var scope = NewDisposeScope();
-                term.Loss().backward();
+                foreach (var term in terms)
+                {
+                    using var scope = NewDisposeScope();
+                    term.Loss().backward();
+                }
+                AfterBackward?.Invoke(module);
             }
-            AfterBackward?.Invoke(module);
-            double norm = GradNorm(module);
+            if (!stepped) norm = GradNorm(module);
             double loss = lossSum / tokens;
-            bool skipped = !double.IsFinite(loss) || !double.IsFinite(norm);
-            if (skipped)
+            bool skipped = !double.IsFinite(loss) || !double.IsFinite(norm) || nonFiniteTensor;
+            if (skipped && stepped)
+            {
+                bad++;
+                Console.Error.WriteLine($"warning: step {step + 1}: non-finite {(double.IsFinite(loss) ? "gradient" : "loss")}; the tensors with a non-finite gradient were not updated ({bad} bad steps in a row)");
+            }
+            else if (stepped)
+            {
+                bad = 0;
+                lastLoss = loss;
+            }
+            else if (skipped)
             {
                 bad++;
                 Console.Error.WriteLine($"warning: step {step + 1}: non-finite {(double.IsFinite(loss) ? "gradient norm" : "loss")}; the step is skipped ({bad} in a row)");
@@ -240,22 +294,29 @@ public sealed class Trainer
     /// <summary>The global L2 norm of the gradients, accumulated in float64 slice by slice.</summary>
     static double GradNorm(CausalLMModule module)
     {
-        using var _ = no_grad();
         double sq = 0;
         foreach (var p in module.parameters())
         {
             using var g = p.grad;
-            if (g is null) continue;
-            using var flat = g.contiguous().view(-1);
-            long n = flat.numel();
-            for (long i = 0; i < n; i += NormSlice)
-            {
-                using var scope = NewDisposeScope();
-                var g64 = (n <= NormSlice ? flat : flat.narrow(0, i, Math.Min(NormSlice, n - i))).to(ScalarType.Float64);
-                sq += (g64 * g64).sum().item<double>();
-            }
+            if (g is not null) sq += SquaredNorm(g);
         }
         return Math.Sqrt(sq);
+    }
+
+    /// <summary>Σ g² of one gradient in float64, read in slices of <see cref="NormSlice"/> elements.</summary>
+    static double SquaredNorm(Tensor g)
+    {
+        using var _ = no_grad();
+        double sq = 0;
+        using var flat = g.contiguous().view(-1);
+        long n = flat.numel();
+        for (long i = 0; i < n; i += NormSlice)
+        {
+            using var scope = NewDisposeScope();
+            var g64 = (n <= NormSlice ? flat : flat.narrow(0, i, Math.Min(NormSlice, n - i))).to(ScalarType.Float64);
+            sq += (g64 * g64).sum().item<double>();
+        }
+        return sq;
     }
 
     static void ScaleGrads(CausalLMModule module, double factor)

@@ -53,6 +53,13 @@ public sealed record TrainingOptions
     public bool MasterWeights => Precision == Precision.BFloat16 && BFloat16Update == MoFO.Optim.BFloat16Update.MasterWeights;
     /// <summary>Recompute each decoder layer's activations in the backward pass instead of keeping them.</summary>
     public bool GradientCheckpointing { get; init; }
+    /// <summary>Step each decoder layer's tensors as soon as the backward pass has completed their gradients, and free
+    /// those gradients at once (the gradients of the whole model are never resident together). MoFO's selection is per
+    /// tensor, so the result equals the plain step's (randomized BCD draws its subsets in the stepping order). Needs
+    /// <see cref="GradientCheckpointing"/> (which runs each layer's backward as a unit), one micro-batch per step (no
+    /// accumulation) and no global-norm clipping (<see cref="MaxGradNorm"/> = 0: the global norm is known only after every
+    /// tensor has stepped). A tensor whose gradient is not finite is not updated, and the step counts as a bad one.</summary>
+    public bool StepInBackward { get; init; }
     /// <summary>Keep a byte per entry to report the fraction of entries ever updated; null: only for models below
     /// <see cref="Defaults.SmallModel"/> parameters.</summary>
     public bool? TrackTouched { get; init; }
@@ -74,14 +81,22 @@ public sealed record TrainingOptions
         Check(SaveEvery >= 0, nameof(SaveEvery), $"SaveEvery {SaveEvery}: must be ≥ 0");
         Check(EvalEvery >= 0, nameof(EvalEvery), $"EvalEvery {EvalEvery}: must be ≥ 0");
         Check(DistanceEvery >= 0, nameof(DistanceEvery), $"DistanceEvery {DistanceEvery}: must be ≥ 0");
+        if (StepInBackward)
+        {
+            Check(GradientCheckpointing, nameof(StepInBackward), "StepInBackward needs GradientCheckpointing (each layer's backward then runs as a unit)");
+            Check(AccumulationSteps == 1, nameof(StepInBackward), $"StepInBackward needs one micro-batch per step (MicroBatchSize {MicroBatchSize}, BatchSize {BatchSize}): accumulated gradients must be complete before a tensor steps");
+            Check(MaxGradNorm == 0, nameof(StepInBackward), $"StepInBackward needs MaxGradNorm = 0 (it is {MaxGradNorm}): global-norm clipping needs every gradient before any tensor steps");
+        }
         Check(MaxBadSteps >= 1, nameof(MaxBadSteps), $"MaxBadSteps {MaxBadSteps}: must be at least 1");
     }
 
     public int AccumulationSteps => BatchSize / MicroBatch;
 
     /// <summary>A copy with the scale settings (for callers without C#'s <c>with</c>, such as F#).</summary>
-    public TrainingOptions WithScale(Precision precision, MoFO.Optim.BFloat16Update update, bool gradientCheckpointing, bool? trackTouched) =>
-        this with { Precision = precision, BFloat16Update = update, GradientCheckpointing = gradientCheckpointing, TrackTouched = trackTouched };
+    public TrainingOptions WithScale(Precision precision, MoFO.Optim.BFloat16Update update, bool gradientCheckpointing, bool? trackTouched,
+                                     bool stepInBackward = false) =>
+        this with { Precision = precision, BFloat16Update = update, GradientCheckpointing = gradientCheckpointing, TrackTouched = trackTouched,
+                    StepInBackward = stepInBackward };
 
     /// <summary>The defaults (for F# record-copy expressions).</summary>
     public static TrainingOptions Default { get; } = new();

@@ -19,6 +19,7 @@ type BenchMemoryArgs =
     | Precision of Common.PrecisionArg
     | Master_Weights
     | Gradient_Checkpointing
+    | Step_In_Backward
     | Steps of n: int
     | Batch_Size of n: int
     | Max_Len of n: int
@@ -33,6 +34,7 @@ type BenchMemoryArgs =
             | Precision _ -> "fp32 (default) or bf16."
             | Master_Weights -> "bf16: float32 master weights."
             | Gradient_Checkpointing -> "recompute each decoder layer's activations in the backward pass."
+            | Step_In_Backward -> "step and free each layer's gradients in the backward pass (with --gradient-checkpointing; no clipping)."
             | Steps _ -> "training steps (default 3)."
             | Batch_Size _ -> "examples per step (default 1)."
             | Max_Len _ -> "tokens per example: every example is filled to this length (default 512)."
@@ -69,8 +71,9 @@ let run (a: ParseResults<BenchMemoryArgs>) =
         let steps, batch, maxLen = a.GetResult(Steps, 3), a.GetResult(Batch_Size, 1), a.GetResult(Max_Len, 512)
         let o =
             TrainingOptions(Method = Common.methodSpec (a.TryGetResult Method) None None None, LearningRate = 1e-5, Steps = Nullable steps,
+                            MaxGradNorm = (if a.Contains Step_In_Backward then 0.0 else Defaults.MaxGradNorm),
                             BatchSize = batch, MicroBatchSize = batch, MaxLength = maxLen, ShowProgress = false, Schedule = Schedule.Constant)
-        let o = Common.withScale o TorchSharp.torch.CPU (a.TryGetResult Precision) (a.Contains Master_Weights) false (a.Contains Gradient_Checkpointing) false
+        let o = Common.withScale o TorchSharp.torch.CPU (a.TryGetResult Precision) (a.Contains Master_Weights) false (a.Contains Gradient_Checkpointing) false (a.Contains Step_In_Backward)
         o.Validate()
         let plan = MemoryPlanner.Plan(MemoryPlanner.InputOf(path, o))
         let peaks = Collections.Generic.Dictionary<string, int64>()

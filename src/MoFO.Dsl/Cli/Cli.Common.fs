@@ -16,7 +16,7 @@ let flags =
            "Lambda", "--l1-lambda / --l2-lambda"; "Resume", "--resume"; "skipEmpty", "--skip-empty"; "tokenizerPath", "--tokenizer"
            "DataRoot", "--data-root"; "allowUnsandboxed", "--unsafe-no-sandbox"; "Device", "--device"; "Task", "--task"
            "Data", "--data"; "Name", "mofo repro <name>"; "Like", "--like"; "layers", "--layers"; "Precision", "--precision"; "GradientCheckpointing", "--gradient-checkpointing"
-           "TrackTouched", "--track-touched"; "MasterWeights", "--master-weights" ]
+           "TrackTouched", "--track-touched"; "MasterWeights", "--master-weights"; "StepInBackward", "--step-in-backward" ]
 
 /// An error as the command line says it: an option's field becomes its flag, a remedy names the flag that applies it.
 let render (e: exn) =
@@ -31,6 +31,7 @@ let render (e: exn) =
             | "MasterWeights", _ -> "without --master-weights"
             | "MicroBatchSize", v -> $"--micro-batch-size {v}"
             | "MaxLength", v -> $"--max-len {v}"
+            | "StepInBackward", _ -> "--step-in-backward --max-grad-norm 0"
             | f, v -> $"{f} = {v}"
         let cut = m.Message.IndexOf "; it would fit with "
         let head = if cut >= 0 then m.Message.Substring(0, cut) else m.Message
@@ -76,7 +77,7 @@ let dtype (p: Precision) = if p = Precision.BFloat16 then TorchSharp.torch.Scala
 /// The scale settings of a run: precision (default bf16 on CUDA, fp32 on the CPU), master weights, gradient
 /// checkpointing, the touched mask (default: auto by model size).
 let withScale (o: TrainingOptions) (device: TorchSharp.torch.Device) (precision: PrecisionArg option) (masterWeights: bool)
-              (nearest: bool) (checkpointing: bool) (trackTouched: bool) =
+              (nearest: bool) (checkpointing: bool) (trackTouched: bool) (stepInBackward: bool) =
     let p =
         match precision with
         | Some PrecisionArg.Bf16 -> Precision.BFloat16
@@ -88,7 +89,7 @@ let withScale (o: TrainingOptions) (device: TorchSharp.torch.Device) (precision:
         if masterWeights then MoFO.Optim.BFloat16Update.MasterWeights
         elif nearest then MoFO.Optim.BFloat16Update.Nearest
         else MoFO.Optim.BFloat16Update.StochasticRounding
-    o.WithScale(p, update, checkpointing, (if trackTouched then Nullable true else o.TrackTouched))
+    o.WithScale(p, update, checkpointing, (if trackTouched then Nullable true else o.TrackTouched), stepInBackward)
 
 /// Refuses a run whose memory plan does not fit (before its model is loaded); prints the plan's peak otherwise.
 let checkMemory (modelPath: string) (o: TrainingOptions) (budget: string option) (parseSize: string -> int64) =

@@ -82,7 +82,7 @@ let run (a: ParseResults<ContinualArgs>) =
             MaxLength = a.GetResult(Max_Len, Defaults.MaxLength),
             Seed = a.GetResult(Seed, Defaults.Seed))
     let device = MoFO.Runtime.device (a.TryGetResult Device)
-    let o = Common.withScale o device (a.TryGetResult Precision) (a.Contains Master_Weights) false (a.Contains Gradient_Checkpointing) false
+    let o = Common.withScale o device (a.TryGetResult Precision) (a.Contains Master_Weights) false (a.Contains Gradient_Checkpointing) false false
     o.Validate()
     let tasks =
         [ for i, d in Array.indexed dirs ->

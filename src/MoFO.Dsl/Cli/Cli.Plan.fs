@@ -20,6 +20,7 @@ type PlanArgs =
     | Micro_Batch_Size of n: int
     | Max_Len of n: int
     | Gradient_Checkpointing
+    | Step_In_Backward
     | Track_Touched
     | Memory of size: string
     interface IArgParserTemplate with
@@ -36,6 +37,7 @@ type PlanArgs =
             | Micro_Batch_Size _ -> "examples per forward/backward pass (default: the batch size)."
             | Max_Len _ -> $"tokens per example (default {Defaults.MaxLength})."
             | Gradient_Checkpointing -> "recompute each decoder layer's activations in the backward pass."
+            | Step_In_Backward -> "step and free each layer's gradients in the backward pass (with --gradient-checkpointing, one micro-batch, no clipping)."
             | Track_Touched -> "keep the touched mask (a byte per entry)."
             | Memory _ -> "the memory to plan against, e.g. 80GB, 141GB, 24GiB (default: what this machine has available)."
 
@@ -63,7 +65,7 @@ let run (a: ParseResults<PlanArgs>) =
         PlanInput(config, Common.methodSpec (a.TryGetResult Method) (a.TryGetResult Alpha) None None,
                   (match a.TryGetResult Precision with Some PrecisionArg.Bf16 -> Training.Precision.BFloat16 | _ -> Training.Precision.Float32),
                   a.GetResult(Micro_Batch_Size, batch), a.GetResult(Max_Len, Defaults.MaxLength), a.Contains Gradient_Checkpointing,
-                  MasterWeights = a.Contains Master_Weights, TrackTouched = a.Contains Track_Touched)
+                  MasterWeights = a.Contains Master_Weights, TrackTouched = a.Contains Track_Touched, StepInBackward = a.Contains Step_In_Backward)
     let available = MemoryPlanner.Available(a.TryGetResult Memory |> Option.map (parseSize "--memory") |> Option.toNullable)
     let plan = MemoryPlanner.Plan input
     printfn "memory plan: %s (%s, %s parameters), %s, %O, micro-batch %d × %d tokens%s"

@@ -44,6 +44,7 @@ type TrainArgs =
     | Precision of Common.PrecisionArg
     | Master_Weights
     | Round_To_Nearest
+    | Step_In_Backward
     | Gradient_Checkpointing
     | Track_Touched
     | Memory_Budget of size: string
@@ -87,6 +88,7 @@ type TrainArgs =
             | Precision _ -> "fp32 (default on the CPU) or bf16 (default on CUDA): bfloat16 weights, gradients and activations; float32 loss and moments; stochastic rounding of the update."
             | Master_Weights -> "bf16: keep float32 master weights in the optimizer instead of stochastic rounding."
             | Round_To_Nearest -> "bf16: round the update to nearest (updates below half a bf16 ulp are lost; for comparisons)."
+            | Step_In_Backward -> "step each layer's tensors as soon as their gradients are complete and free them (no full set of gradients in memory); needs --gradient-checkpointing, one micro-batch per step, and no clipping (--max-grad-norm defaults to 0)."
             | Gradient_Checkpointing -> "recompute each decoder layer's activations in the backward pass (less memory, one more forward)."
             | Track_Touched -> "report the fraction of entries ever updated (a byte per entry; on by default below 100M parameters)."
             | Memory_Budget _ -> "plan against this much memory (e.g. 16GiB) instead of what the machine has free; the run is refused (exit 7) when it cannot fit."
@@ -112,7 +114,7 @@ let options (a: ParseResults<TrainArgs>) =
         Schedule = (a.TryGetResult Schedule |> Option.map TrainingOptions.ParseSchedule |> Option.defaultValue Defaults.Schedule),
         WarmupRatio = a.GetResult(Warmup_Ratio, Defaults.WarmupRatio),
         WeightDecay = a.GetResult(Weight_Decay, Defaults.WeightDecay),
-        MaxGradNorm = a.GetResult(Max_Grad_Norm, Defaults.MaxGradNorm),
+        MaxGradNorm = a.GetResult(Max_Grad_Norm, (if a.Contains Step_In_Backward then 0.0 else Defaults.MaxGradNorm)),
         Seed = a.GetResult(Seed, Defaults.Seed),
         Pack = a.Contains Pack,
         SaveEvery = a.GetResult(Save_Every, 0),
@@ -171,7 +173,7 @@ let reportSettings (a: ParseResults<TrainArgs>) (suite: ForgettingReport.Suite) 
 let run (a: ParseResults<TrainArgs>) =
     let device = MoFO.Runtime.device (a.TryGetResult Device)
     let o: TrainingOptions =
-        Common.withScale (options a) device (a.TryGetResult Precision) (a.Contains Master_Weights) (a.Contains Round_To_Nearest) (a.Contains Gradient_Checkpointing) (a.Contains Track_Touched)
+        Common.withScale (options a) device (a.TryGetResult Precision) (a.Contains Master_Weights) (a.Contains Round_To_Nearest) (a.Contains Gradient_Checkpointing) (a.Contains Track_Touched) (a.Contains Step_In_Backward)
     o.Validate()
     let suite = reportSuite a
     let train, eval = data a o
