@@ -329,12 +329,17 @@ public static class MemoryPlanner
     }
 
     /// <summary>The peak resident memory of this process so far (VmHWM), or 0 where the kernel does not report it.</summary>
-    public static long PeakResident()
+    public static long PeakResident() => StatusBytes("VmHWM:");
+
+    /// <summary>The resident memory of this process now (VmRSS), or 0 where the kernel does not report it.</summary>
+    public static long Resident() => StatusBytes("VmRSS:");
+
+    static long StatusBytes(string field)
     {
         try
         {
             foreach (var line in File.ReadLines("/proc/self/status"))
-                if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+                if (line.StartsWith(field, StringComparison.Ordinal))
                     return long.Parse(line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
         }
         catch (IOException) { }

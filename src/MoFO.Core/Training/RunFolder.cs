@@ -11,7 +11,7 @@ public sealed record StepMetrics(int Step, int Epoch, double Loss, double Learni
                                  double UpdatedFraction, long Tokens, double ElapsedSeconds, bool Skipped = false, double? EvalLoss = null);
 
 /// <summary>What a run ended with (<c>train_summary.json</c>): the trainer returns it and writes it, the DSL, the
-/// report and the continual runner read it back with <see cref="RunFolder.ReadSummary"/>.</summary>
+/// report and the continual runner read it back with <see cref="RunFolder.ReadSummary()"/>.</summary>
 /// <param name="Method">the method, as <see cref="MethodSpec.ToString"/> describes it.</param>
 /// <param name="Steps">optimizer steps taken (the run's step counter at the end).</param>
 /// <param name="FinalLoss">the training loss of the last step that was not skipped.</param>

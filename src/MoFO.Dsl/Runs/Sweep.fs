@@ -18,7 +18,9 @@ type Job =
     | Continual of Continual.Job
     member j.Label =
         match j with
-        | Train e -> $"{e.Data.Name} · {e.Method.Label} · lr {e.Recipe.Lr:G3} · seed {e.Seed}"
+        | Train e ->
+            let p = if e.Recipe.Precision = MoFO.Training.Precision.BFloat16 then $" · bf16 ({e.Recipe.BFloat16Update})" else ""
+            $"{e.Data.Name} · {e.Method.Label} · lr {e.Recipe.Lr:G3} · seed {e.Seed}{p}"
         | Continual c -> $"continual · {c.Experiment.Method.Label} · seed {c.Experiment.Seed}"
 
 /// A point's file: the job and the intra-op threads its process uses (0: libtorch's default).
