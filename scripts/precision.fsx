@@ -21,10 +21,10 @@ exit (MoFO.Dsl.Cli.Main.study fsi.CommandLineArgs (fun c ->
     let seeds = if c.Smoke then [ c.Seed ] else [ c.Seed; c.Seed + 1; c.Seed + 2 ]
     let bf16 = { recipe with Precision = Precision.BFloat16 }
     let variants =
-        [ for s in seeds -> $"float32 (seed {s})", { e with Seed = s }
-          for s in seeds -> $"bf16, stochastic rounding (seed {s})", { e with Seed = s; Recipe = bf16 }
-          $"bf16, float32 master weights (seed {c.Seed})", { e with Recipe = { bf16 with BFloat16Update = BFloat16Update.MasterWeights } }
-          $"bf16, round to nearest (seed {c.Seed})", { e with Recipe = { bf16 with BFloat16Update = BFloat16Update.Nearest } } ]
+        [ for s in seeds do yield $"float32 (seed {s})", { e with Seed = s }
+          for s in seeds do yield $"bf16, stochastic rounding (seed {s})", { e with Seed = s; Recipe = bf16 }
+          yield $"bf16, float32 master weights (seed {c.Seed})", { e with Recipe = { bf16 with BFloat16Update = BFloat16Update.MasterWeights } }
+          yield $"bf16, round to nearest (seed {c.Seed})", { e with Recipe = { bf16 with BFloat16Update = BFloat16Update.Nearest } } ]
     let baseline = Experiment.baseline e
     let runs = variants |> List.map snd |> Experiment.runAll |> List.map2 (fun (label, _) run -> { run with Label = label }) variants
     let table =
@@ -40,9 +40,10 @@ exit (MoFO.Dsl.Cli.Main.study fsi.CommandLineArgs (fun c ->
     let rel (x: float) = (x - f0) / f0
     let pct (x: float) = sprintf "%+.2f %%" (100.0 * rel x)
     let spread = (fp32 |> List.map (fun r -> r[Measure.TaskLoss]) |> List.max) - (fp32 |> List.map (fun r -> r[Measure.TaskLoss]) |> List.min)
+    let perSeed (rs: Run list) = rs |> List.map (fun r -> r[Measure.TaskLoss].ToString "F4") |> String.concat ", "
     let checks =
         [ Results.check "bf16 with stochastic rounding ends within 2 % of float32's held-out loss (means over the seeds)" (abs (rel (loss sr)) <= 0.02)
-              $"held-out loss: float32 {f0:F4} (spread over seeds {spread:F4}), bf16 stochastic {loss sr:F4} ({pct (loss sr)}); per seed: float32 {String.Join(", ", fp32 |> List.map (fun r -> r[Measure.TaskLoss].ToString("F4")))}, bf16 {String.Join(", ", sr |> List.map (fun r -> r[Measure.TaskLoss].ToString("F4")))}"
+              $"held-out loss: float32 {f0:F4} (spread over seeds {spread:F4}), bf16 stochastic {loss sr:F4} ({pct (loss sr)}); per seed: float32 {perSeed fp32}, bf16 {perSeed sr}"
           Results.check "bf16 with float32 master weights ends within 2 % of float32's held-out loss" (abs (rel master[Measure.TaskLoss]) <= 0.02)
               $"bf16 master weights {master[Measure.TaskLoss]:F4} ({pct master[Measure.TaskLoss]})"
           Results.check "round-to-nearest bf16 loses updates: it fits the training data less than stochastic rounding (final train loss)"
