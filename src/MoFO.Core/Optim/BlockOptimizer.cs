@@ -33,6 +33,9 @@ public sealed class Block
     /// <summary>The float32 master of a bfloat16 parameter under <see cref="BFloat16Update.MasterWeights"/> (created at
     /// the block's first step from the bfloat16 weight, or by a state load); null otherwise.</summary>
     public Tensor? Master { get; internal set; }
+    /// <summary>Whether this process holds the block's state and steps it (false for the blocks that other ranks own in
+    /// a data-parallel run with sharded state: <see cref="BlockOptimizer.Shard"/>).</summary>
+    public bool Owned { get; internal set; } = true;
     /// <summary>The fast path's guess of the next threshold (speed only; never changes the selection).</summary>
     internal ThresholdGuess Guess { get; } = new();
 }
@@ -70,6 +73,7 @@ public abstract class BlockOptimizer : IDisposable
         if (_groups.Count == 0) throw new ArgumentException("parameters: the optimizer got an empty parameter list", nameof(groups));
         rule ??= BlockRule.Default;
         TrackTouched = trackTouched;
+        MomentsPerBlock = moments;
         var seen = new HashSet<IntPtr>();
         if (_groups.All(g => g.Parameters.Count == 0))
             throw new ArgumentException("parameters: the optimizer got an empty parameter list", nameof(groups));
@@ -178,6 +182,7 @@ public abstract class BlockOptimizer : IDisposable
         foreach (var b in _blocks)
         {
             if (b.Kind == BlockKind.Frozen) { b.LastUpdated = 0; continue; }
+            if (!b.Owned) { b.LastUpdated = 0; StepElsewhere(b, _groups[b.Group]); continue; }
             var grad = b.Parameter.grad;
             if (grad is null) { b.LastUpdated = 0; continue; }
             b.Step++;
@@ -209,6 +214,7 @@ public abstract class BlockOptimizer : IDisposable
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
         if (b.Kind == BlockKind.Frozen) { b.LastUpdated = 0; return false; }
+        if (!b.Owned) { b.LastUpdated = 0; StepElsewhere(b, _groups[b.Group]); return false; }
         var grad = b.Parameter.grad;
         if (grad is null) { b.LastUpdated = 0; return false; }
         b.Step++;
@@ -226,6 +232,32 @@ public abstract class BlockOptimizer : IDisposable
 
     /// <summary>Called once per step before the blocks (e.g. to draw random numbers in a fixed order).</summary>
     protected virtual void BeginStep() { }
+
+    /// <summary>Called in a step for a block that another rank owns and steps: a member that draws random numbers per
+    /// block draws them here too, so that every rank's generator stays in the same state.</summary>
+    protected virtual void StepElsewhere(Block block, ParamGroup group) { }
+
+    /// <summary>
+    /// Keeps the state of the blocks this process owns only (a data-parallel run whose optimizer state is sharded by
+    /// whole tensors): the others' moments, touched masks and masters are freed, their steps are taken by their owners,
+    /// and <see cref="state_dict"/>, <see cref="StateWrites"/> and <see cref="load_state_dict"/> cover the owned
+    /// blocks and the shared counters only.
+    /// </summary>
+    public void Shard(Func<Block, bool> owns)
+    {
+        foreach (var b in _blocks)
+        {
+            b.Owned = owns(b);
+            if (b.Owned) continue;
+            foreach (var m in b._moments) m.Dispose();
+            b._moments = Array.Empty<Tensor>();
+            b.Touched?.Dispose(); b.Touched = null;
+            b.Master?.Dispose(); b.Master = null;
+        }
+    }
+
+    /// <summary>The number of moment tensors each block keeps (Adam 2, Lion 1, GD 0).</summary>
+    public int MomentsPerBlock { get; }
 
     /// <summary>Updates one block in place; must set <see cref="Block.LastUpdated"/> and the touched mask.</summary>
     protected abstract void StepBlock(Block block, ParamGroup group, Tensor grad);
@@ -265,7 +297,7 @@ public abstract class BlockOptimizer : IDisposable
         };
         for (int gi = 0; gi < _groups.Count; gi++)
             d[$"group.{gi}.lr"] = tensor(_groups[gi].LearningRate, ScalarType.Float64);
-        foreach (var b in _blocks)
+        foreach (var b in _blocks.Where(b => b.Owned))
         {
             d[$"block.{b.Index}.step"] = tensor(b.Step);
             for (int i = 0; i < b._moments.Length; i++) d[$"block.{b.Index}.moment{i}"] = b._moments[i].cpu().clone();
@@ -298,7 +330,7 @@ public abstract class BlockOptimizer : IDisposable
             var lr = _groups[gi].LearningRate;
             list.Add(Small($"group.{gi}.lr", () => tensor(lr, ScalarType.Float64), ScalarType.Float64, []));
         }
-        foreach (var b in _blocks)
+        foreach (var b in _blocks.Where(b => b.Owned))
         {
             var step = b.Step;
             list.Add(Small($"block.{b.Index}.step", () => tensor(step), ScalarType.Int64, []));
@@ -328,7 +360,7 @@ public abstract class BlockOptimizer : IDisposable
         StepCount = Get("step").item<long>();
         if (state.TryGetValue("rounding.seed", out var seed)) RoundingSeed = seed.item<long>();
         for (int gi = 0; gi < _groups.Count; gi++) _groups[gi].LearningRate = Get($"group.{gi}.lr").item<double>();
-        foreach (var b in _blocks)
+        foreach (var b in _blocks.Where(b => b.Owned))
         {
             b.Step = Get($"block.{b.Index}.step").item<long>();
             for (int i = 0; i < b._moments.Length; i++)
@@ -450,16 +482,23 @@ public abstract class BlockOptimizer : IDisposable
     /// <summary>Entries ever updated ÷ all entries (needs touch tracking).</summary>
     public double TouchedFraction()
     {
+        var (touched, total) = TouchedCount();
+        return total == 0 ? 0 : touched / (double)total;
+    }
+
+    /// <summary>Entries ever updated and all entries, over the blocks this process owns (needs touch tracking).</summary>
+    public (long Touched, long Numel) TouchedCount()
+    {
         if (!TrackTouched) throw new InvalidOperationException("TouchedFraction needs the optimizer built with trackTouched = true");
         using var noGrad = no_grad();
         long total = 0, touched = 0;
-        foreach (var b in _blocks)
+        foreach (var b in _blocks.Where(b => b.Owned))
         {
             total += b.Numel;
             using var s = b.Touched!.sum(ScalarType.Int64);
             touched += s.item<long>();
         }
-        return total == 0 ? 0 : touched / (double)total;
+        return (touched, total);
     }
 
     protected static void MarkTouched(Block b, Tensor? mask)

@@ -59,6 +59,14 @@ public abstract class MaskedAdam : BlockOptimizer
     /// <summary>For <see cref="Selection.Random"/>: a flat bool mask with exactly k true entries.</summary>
     protected virtual Tensor RandomMask(Block block, long k) => throw new NotSupportedException();
 
+    protected override void StepElsewhere(Block b, ParamGroup group)
+    {
+        if (b.Kind != BlockKind.Filtered || FilteredSelection != Selection.Random) return;
+        long k = SelectedCount(b.Numel, group.Alpha);
+        using var scope = NewDisposeScope();
+        if (k > 0 && k < b.Numel) RandomMask(b, k);
+    }
+
     protected override void StepBlock(Block b, ParamGroup group, Tensor grad)
     {
         var sel = b.Kind == BlockKind.Filtered ? FilteredSelection : Selection.All;

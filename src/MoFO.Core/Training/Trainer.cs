@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using MoFO.Checkpoints;
 using MoFO.Data;
+using MoFO.Distributed;
 using MoFO.Models;
 using MoFO.Optim;
 using TorchSharp;
@@ -39,8 +40,15 @@ public sealed class Trainer
     public Action<string>? OnPhase { get; set; }
 
     /// <summary>Called after the backward pass of a step, before clipping and the optimizer step: may rewrite the
-    /// gradients (GEM projects them here).</summary>
+    /// gradients (GEM projects them here). In a data-parallel run it sees the gradients summed over all ranks.</summary>
     public Action<CausalLMModule>? AfterBackward { get; set; }
+
+    /// <summary>The ranks this run is spread over: by default the process's job (<see cref="Job.World"/>: MPI under an MPI
+    /// launcher, else a single process). With more than one rank each takes its share of every global batch, the
+    /// optimizer state is sharded by whole tensors (<see cref="DataParallel"/>), and rank 0 alone writes the run folder.</summary>
+    public ICollective? Collective { get; set; }
+
+    ICollective Comm => Collective ??= Job.World;
 
     public Trainer(CausalLM model, IReadOnlyList<TrainingExample> train, IReadOnlyList<TrainingExample>? eval, TrainingOptions options, string outputDir)
     {
@@ -101,12 +109,19 @@ public sealed class Trainer
         using var _ = no_grad();
         double sum = 0; long count = 0;
         int pad = _lm.Tokenizer.EosId ?? 0;
-        for (int i = 0; i < _eval.Count; i += _o.MicroBatch)
+        var comm = Comm;
+        for (int i = 0, j = 0; i < _eval.Count; i += _o.MicroBatch, j++)
         {
+            if (j % comm.Size != comm.Rank) continue;
             using var scope = NewDisposeScope();
             using var b = Tokenized.Pad(_eval.Skip(i).Take(_o.MicroBatch).ToList(), pad);
             var (s, c) = LossSum(_lm, b);
             sum += s.item<float>(); count += c;
+        }
+        if (comm.Size > 1)
+        {
+            var all = comm.Sum(sum, count);
+            (sum, count) = (all[0], (long)all[1]);
         }
         return sum / Math.Max(1, count);
     }
@@ -117,6 +132,16 @@ public sealed class Trainer
         module.GradientCheckpointing = _o.GradientCheckpointing;
         module.train();
         var (opt, terms) = CreateOptimizer(module, _o);
+        var comm = Comm;
+        bool root = comm.Rank == 0;
+        var dp = comm.Size > 1 ? new DataParallel(comm, opt) : null;
+        if (dp is not null)
+        {
+            if (_o.StepInBackward)
+                throw new OptionException(nameof(TrainingOptions.StepInBackward), $"StepInBackward runs in a single process; this run has {comm.Size} ranks (their gradients are summed after the backward pass)");
+            if (_o.BatchSize < comm.Size)
+                throw new OptionException(nameof(TrainingOptions.BatchSize), $"BatchSize {_o.BatchSize} is smaller than the {comm.Size} ranks: every rank needs a share of each global batch");
+        }
         // The distance from the base weights: the L1/L2 terms' copy of θ0, a copy for small models, else the base
         // checkpoint on disk every DistanceEvery steps (BaseDistance).
         using var baseDistance = BaseDistance.For(_lm, terms);
@@ -125,19 +150,23 @@ public sealed class Trainer
         var stateFile = Path.Combine(CheckpointDir, "trainer_state.json");
         if (resume)
         {
-            if (!File.Exists(stateFile) && Directory.Exists(CheckpointDir + ".old")) Directory.Move(CheckpointDir + ".old", CheckpointDir);
+            if (root && !File.Exists(stateFile) && Directory.Exists(CheckpointDir + ".old")) Directory.Move(CheckpointDir + ".old", CheckpointDir);
+            comm.Sum(0.0); // the other ranks look for the checkpoint after rank 0 has put it back
             if (!File.Exists(stateFile)) throw new RunFolderException($"{stateFile}: no checkpoint to resume from in {_out}");
             start = LoadCheckpoint(opt);
         }
         else if (File.Exists(stateFile))
             throw new RunFolderException($"{_out} already holds a checkpoint: resume it (resume = true) or choose another output folder", remedy: "Resume");
-        Directory.CreateDirectory(_out);
-        TruncateMetrics(start);
+        if (root)
+        {
+            Directory.CreateDirectory(_out);
+            TruncateMetrics(start);
+        }
         int total = TotalSteps;
         int warmup = (int)Math.Ceiling(_o.WarmupRatio * total);
         int pad = _lm.Tokenizer.EosId ?? 0;
         var clock = Stopwatch.StartNew();
-        using var progress = _o.ShowProgress && ConsoleProgress.Enabled ? new ConsoleProgress("train", total, "steps") : null;
+        using var progress = root && _o.ShowProgress && ConsoleProgress.Enabled ? new ConsoleProgress("train", total, "steps") : null;
         progress?.Advance(start);
         int bad = 0;
         double? lastLoss = null, evalLoss = null;
@@ -145,7 +174,7 @@ public sealed class Trainer
         double distance = baseDistance.EveryStep ? baseDistance.L2() : start == 0 ? 0.0 : double.NaN;
         bool interrupted = false;
         int step = start;
-        using var log = new StreamWriter(MetricsFile, append: true);
+        var log = root ? new StreamWriter(MetricsFile, append: true) : null;
         for (; step < total; step++)
         {
             var lr = LrSchedule.At(_o.Schedule, _o.LearningRate, step, total, warmup);
@@ -153,6 +182,14 @@ public sealed class Trainer
             opt.zero_grad();
             var batch = BatchOf(step, out var epoch);
             long tokens = batch.Sum(t => (long)PredictedTokens(t));
+            // this rank's share of the global batch (the loss stays the mean over the global batch's tokens)
+            var share = batch;
+            if (dp is not null)
+            {
+                var (first, count) = dp.ShareOf(batch.Count);
+                share = batch.Skip(first).Take(count).ToList();
+                dp.Collective.Activity(step + 1, "forward and backward");
+            }
             double lossSum = 0;
             double norm = double.NaN;
             bool stepped = false, nonFiniteTensor = false;
@@ -195,10 +232,10 @@ public sealed class Trainer
                 stepped = true;
             }
             else
-            for (int m = 0; m < batch.Count; m += _o.MicroBatch)
+            for (int m = 0; m < share.Count; m += _o.MicroBatch)
             {
                 using var scope = NewDisposeScope();
-                using var b = Tokenized.Pad(batch.Skip(m).Take(_o.MicroBatch).ToList(), pad);
+                using var b = Tokenized.Pad(share.Skip(m).Take(_o.MicroBatch).ToList(), pad);
                 OnPhase?.Invoke("forward");
                 var (sum, _) = LossSum(_lm, b);
                 OnPhase?.Invoke("backward");
@@ -207,14 +244,26 @@ public sealed class Trainer
             }
             if (!stepped)
             {
-                foreach (var term in terms)
-                {
-                    using var scope = NewDisposeScope();
-                    term.Loss().backward();
-                }
+                // the loss terms' gradients once per step: in a data-parallel run on rank 0, before the sum over ranks
+                if (root)
+                    foreach (var term in terms)
+                    {
+                        using var scope = NewDisposeScope();
+                        term.Loss().backward();
+                    }
+                dp?.Collective.Activity(step + 1, "summing gradients");
+                dp?.ReduceGradients(toAll: AfterBackward is not null);
                 AfterBackward?.Invoke(module);
+                dp?.DropUnowned();
+                // each rank's Σg² over the gradients it holds (after the exchange, those it owns), then over the ranks
+                double sq = SquaredGradNorm(module);
+                if (dp is not null)
+                {
+                    var sums = comm.Sum(lossSum, sq);
+                    (lossSum, sq) = (sums[0], sums[1]);
+                }
+                norm = Math.Sqrt(sq);
             }
-            if (!stepped) norm = GradNorm(module);
             double loss = lossSum / tokens;
             bool skipped = !double.IsFinite(loss) || !double.IsFinite(norm) || nonFiniteTensor;
             if (skipped && stepped)
@@ -239,49 +288,68 @@ public sealed class Trainer
                 if (_o.MaxGradNorm > 0 && norm > _o.MaxGradNorm) ScaleGrads(module, _o.MaxGradNorm / (norm + 1e-6));
                 OnPhase?.Invoke("step");
                 opt.step();
+                dp?.Collective.Activity(step + 1, "broadcasting weights");
+                dp?.BroadcastParameters();
                 lastLoss = loss;
             }
-            bool measure = (step + 1) % distanceEvery == 0 || step + 1 == total || (cancel.IsCancellationRequested && step + 1 < total);
-            double? stepDistance = measure ? distance = baseDistance.L2() : null;
+            // a cancellation on any rank stops every rank at the same step
+            bool cancelled = cancel.IsCancellationRequested;
             long updated = 0, numel = 0;
             foreach (var blk in opt.Blocks) { updated += blk.LastUpdated; numel += blk.Numel; }
+            if (dp is not null)
+            {
+                var sums = comm.Sum(updated, cancelled ? 1 : 0);
+                (updated, cancelled) = ((long)sums[0], sums[1] > 0);
+            }
+            bool measure = root && ((step + 1) % distanceEvery == 0 || step + 1 == total || (cancelled && step + 1 < total));
+            double? stepDistance = measure ? distance = baseDistance.L2() : null;
             evalLoss = _o.EvalEvery > 0 && (step + 1) % _o.EvalEvery == 0 ? EvalLoss() : null;
             var metrics = new StepMetrics(step + 1, epoch, loss, lr, norm, stepDistance, skipped ? 0 : (double)updated / numel, tokens, clock.Elapsed.TotalSeconds, skipped, evalLoss);
-            log.WriteLine(RunFolder.MetricsLine(metrics));
-            log.Flush();
+            log?.WriteLine(RunFolder.MetricsLine(metrics));
+            log?.Flush();
             if (bad >= _o.MaxBadSteps)
             {
-                log.Dispose();
-                SaveCheckpoint(opt, step);
+                log?.Dispose();
+                SaveCheckpoint(opt, step, dp);
                 throw new TrainingDivergedException($"{bad} consecutive steps with a non-finite loss or gradient (last at step {step + 1}); the run stopped. A checkpoint of step {step} is in {CheckpointDir}. Lower the learning rate.");
             }
             if (progress is not null) { progress.Status = $"loss {loss:F4}, lr {lr:G3}"; progress.Advance(); }
-            if (_o.SaveEvery > 0 && (step + 1) % _o.SaveEvery == 0 && step + 1 < total) SaveCheckpoint(opt, step + 1);
+            if (_o.SaveEvery > 0 && (step + 1) % _o.SaveEvery == 0 && step + 1 < total) SaveCheckpoint(opt, step + 1, dp);
             OnStep?.Invoke(metrics);
-            if (cancel.IsCancellationRequested && step + 1 < total)
+            if (cancelled && step + 1 < total)
             {
                 interrupted = true;
                 step++;
                 break;
             }
         }
-        log.Dispose();
+        log?.Dispose();
         OnPhase?.Invoke("checkpoint");
-        SaveCheckpoint(opt, step);
+        SaveCheckpoint(opt, step, dp);
         string? modelDir = null;
         if (!interrupted)
         {
             evalLoss = _eval.Count > 0 ? EvalLoss() : null;
             modelDir = Path.Combine(_out, "model");
+        }
+        if (modelDir is not null && root)
+        {
             var tmp = Path.Combine(_out, $".model-{Guid.NewGuid():N}");
             OnPhase?.Invoke("final");
             HfFolder.Save(_lm, tmp);
             if (Directory.Exists(modelDir)) Directory.Delete(modelDir, true);
             Directory.Move(tmp, modelDir);
         }
+        double touchedFraction = double.NaN;
+        if (opt.TrackTouched)
+        {
+            var (touched, counted) = opt.TouchedCount();
+            var sums = comm.Sum(touched, counted);
+            touchedFraction = sums[1] == 0 ? 0 : sums[0] / sums[1];
+        }
         var result = new TrainResult(_o.Method.ToString(), _o, step, total, interrupted, lastLoss, evalLoss, distance, _rows.Count, _dropped,
-                                     opt.TrackTouched ? opt.TouchedFraction() : double.NaN, clock.Elapsed.TotalSeconds, _out, modelDir, MemoryPlanner.PeakResident());
-        new RunFolder(_out).WriteSummary(result);
+                                     touchedFraction, clock.Elapsed.TotalSeconds, _out, modelDir, MemoryPlanner.PeakResident());
+        if (root) new RunFolder(_out).WriteSummary(result);
         opt.Dispose();
         foreach (var t in terms) (t as IDisposable)?.Dispose();
         return result;
@@ -291,8 +359,8 @@ public sealed class Trainer
     /// of this size, so that no full-size float64 copy is made).</summary>
     const long NormSlice = 1 << 20;
 
-    /// <summary>The global L2 norm of the gradients, accumulated in float64 slice by slice.</summary>
-    static double GradNorm(CausalLMModule module)
+    /// <summary>Σ g² over the gradients this process holds, accumulated in float64 slice by slice.</summary>
+    static double SquaredGradNorm(CausalLMModule module)
     {
         double sq = 0;
         foreach (var p in module.parameters())
@@ -300,7 +368,7 @@ public sealed class Trainer
             using var g = p.grad;
             if (g is not null) sq += SquaredNorm(g);
         }
-        return Math.Sqrt(sq);
+        return sq;
     }
 
     /// <summary>Σ g² of one gradient in float64, read in slices of <see cref="NormSlice"/> elements.</summary>
@@ -337,14 +405,23 @@ public sealed class Trainer
 
     static readonly JsonSerializerOptions FingerprintJson = new(RunFolder.Json) { WriteIndented = false };
 
-    void SaveCheckpoint(BlockOptimizer opt, int step)
+    /// <summary>Writes the checkpoint atomically. In a data-parallel run every rank calls it: rank 0 writes, gathering the
+    /// optimizer state of the tensors other ranks own one tensor at a time, and the others serve their shards.</summary>
+    void SaveCheckpoint(BlockOptimizer opt, int step, DataParallel? dp)
     {
+        if (dp is not null && dp.Rank != 0)
+        {
+            dp.Collective.Activity(step, "serving the checkpoint");
+            dp.ServeState(opt.StateWrites());
+            return;
+        }
         Directory.CreateDirectory(_out);
         var tmp = Path.Combine(_out, $".checkpoint-{Guid.NewGuid():N}");
         Directory.CreateDirectory(tmp);
         SafeTensors.Save(Path.Combine(tmp, "model.safetensors"), _lm.Module.StateDict());
         // both streamed tensor by tensor from the model's and the optimizer's own memory (no copy of the state)
-        SafeTensors.Save(Path.Combine(tmp, "optimizer.safetensors"), opt.StateWrites());
+        try { SafeTensors.Save(Path.Combine(tmp, "optimizer.safetensors"), dp?.GatherState(opt.StateWrites()) ?? opt.StateWrites()); }
+        finally { dp?.EndGather(); }
         AtomicFile.WriteAllText(Path.Combine(tmp, "trainer_state.json"), JsonSerializer.Serialize(new TrainerState(step, Fingerprint())));
         var old = CheckpointDir + ".old";
         if (Directory.Exists(old)) Directory.Delete(old, true);

@@ -47,13 +47,54 @@ let render (e: exn) =
         | :? IRemedy as r when not (isNull r.Remedy) && flags.ContainsKey r.Remedy -> $"{e.Message}; on the command line: {flags[r.Remedy]}"
         | _ -> e.Message
 
-/// Runs a command: a failure prints one line (unexpected ones with their stack trace) and returns its exit code.
+/// The process's standard error before a rank other than 0 is quietened: its errors still reach the launcher.
+let private stderr0 = Console.Error
+
+/// Starts this rank of a distributed job (a process that an MPI launcher started with several ranks): MPI, a share of
+/// the machine's cores per rank (`MOFO_THREADS` overrides), and quiet output on ranks other than 0 (rank 0 alone
+/// prints, logs and writes; errors of any rank are printed with its rank). A rank that the launcher ends with SIGTERM
+/// says what it was doing.
+let private startRank () =
+    let world = MoFO.Distributed.Job.World
+    let local = MoFO.Distributed.MpiCollective.LocalRanks |> Option.ofNullable |> Option.defaultValue 1
+    let threads =
+        match Int32.TryParse(Environment.GetEnvironmentVariable "MOFO_THREADS") with
+        | true, n when n > 0 -> n
+        | _ -> max 1 (Environment.ProcessorCount / max 1 local)
+    TorchSharp.torch.set_num_threads threads
+    if world.Rank <> 0 then
+        Console.SetOut IO.TextWriter.Null
+        Console.SetError IO.TextWriter.Null
+    else
+        eprintfn "mofo: %d ranks (%s), %d thread%s per rank" world.Size world.Backend threads (if threads = 1 then "" else "s")
+    let activity () = match world with :? MoFO.Distributed.MpiCollective as m -> m.Activity | _ -> ""
+    Runtime.InteropServices.PosixSignalRegistration.Create(Runtime.InteropServices.PosixSignal.SIGTERM, fun _ ->
+        stderr0.WriteLine $"mofo: rank {world.Rank} of {world.Size}: ended by the launcher (SIGTERM) while {activity ()}; another rank has failed or the job was cancelled. The last checkpoint in the output folder is intact; resume with --resume."
+        stderr0.Flush())
+
+/// Runs a command: a failure prints one line (unexpected ones with their stack trace) and returns its exit code. In a
+/// distributed job a failing rank prints its error with its rank and ends every rank (MPI_Abort with the exit code).
 let guard (f: unit -> int) =
-    try f ()
-    with e ->
-        let code = ExitCode.classify e
-        if code = ExitCode.Failure then eprintfn "mofo: %s" (e.ToString()) else eprintfn "mofo: %s" (render e)
-        int code
+    let distributed = MoFO.Distributed.Job.Distributed
+    let mutable signal = null
+    try
+        try
+            if distributed then signal <- startRank ()
+            let code = f ()
+            if distributed then MoFO.Distributed.Job.End()
+            code
+        with e ->
+            let code = ExitCode.classify e
+            let text = if code = ExitCode.Failure then e.ToString() else render e
+            if distributed then
+                let rank = try $"rank {MoFO.Distributed.Job.World.Rank}: " with _ -> ""
+                stderr0.WriteLine $"mofo: {rank}{text}"
+                stderr0.Flush()
+                (try MoFO.Distributed.Job.World.Abort(int code) with _ -> ())
+            else eprintfn "mofo: %s" text
+            int code
+    finally
+        if not (isNull signal) then signal.Dispose()
 
 /// The names `--method` accepts, with what each is.
 let methodUsage () =

@@ -20,6 +20,8 @@ type ExitCode =
     | Diverged = 6
     /// the run does not fit in memory (the plan refuses it, or an allocation failed)
     | OutOfMemory = 7
+    /// a distributed job lost a rank: a peer died or hung, or MPI failed (the last checkpoint stays resumable)
+    | Distributed = 8
     /// interrupted (Ctrl-C); a checkpoint was written where the command trains
     | Interrupted = 130
 
@@ -40,13 +42,14 @@ module ExitCode =
         | ExitCode.Sandbox -> "the code sandbox is unavailable"
         | ExitCode.Diverged -> "training diverged"
         | ExitCode.OutOfMemory -> "out of memory (planned or actual)"
+        | ExitCode.Distributed -> "a distributed job lost a rank (a peer died or hung, or MPI failed)"
         | ExitCode.Interrupted -> "interrupted"
         | c when int c > 128 && int c < 160 -> $"killed by signal {int c - 128}"
         | c -> $"exit code {int c}"
 
     let all =
         [ ExitCode.Ok; ExitCode.Failure; ExitCode.Usage; ExitCode.MissingFile; ExitCode.BadInput; ExitCode.Sandbox
-          ExitCode.Diverged; ExitCode.OutOfMemory; ExitCode.Interrupted ]
+          ExitCode.Diverged; ExitCode.OutOfMemory; ExitCode.Distributed; ExitCode.Interrupted ]
 
     /// The class of a failure. Wrapped exceptions (AggregateException, TargetInvocationException) are unwrapped first.
     let rec classify (e: exn) : ExitCode =
@@ -58,6 +61,7 @@ module ExitCode =
         | :? MoFO.MissingAssetException | :? IO.FileNotFoundException | :? IO.DirectoryNotFoundException -> ExitCode.MissingFile
         | :? MoFO.Evaluation.SandboxUnavailableException -> ExitCode.Sandbox
         | :? MoFO.Training.TrainingDivergedException -> ExitCode.Diverged
+        | :? MoFO.Distributed.DistributedException | :? MoFO.Distributed.CollectiveTimeoutException -> ExitCode.Distributed
         | :? OutOfMemoryException -> ExitCode.OutOfMemory
         | :? OperationCanceledException -> ExitCode.Interrupted
         | :? MoFO.RunFolderException | :? ArgumentException -> ExitCode.Usage
