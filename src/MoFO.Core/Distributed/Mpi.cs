@@ -25,6 +25,7 @@ public sealed unsafe class MpiCollective : ICollective
     const int TByte = 0x4c00010d, TFloat = 0x4c00040a, TDouble = 0x4c00080b;
     const int OpSum = 0x58000003;
     const int ThreadSerialized = 2;
+    const int ErrorsReturn = 0x54000001;
     static readonly IntPtr InPlace = new(-1);
     static readonly IntPtr StatusIgnore = new(1);
     const int Tag = 7041;
@@ -41,6 +42,8 @@ public sealed unsafe class MpiCollective : ICollective
     readonly delegate* unmanaged[Cdecl]<IntPtr, int, int, int, int, int, int*, int> _isend, _irecv;
     readonly delegate* unmanaged[Cdecl]<int*, int*, IntPtr, int> _test;
     readonly delegate* unmanaged[Cdecl]<byte*, int*, int> _libraryVersion;
+    readonly delegate* unmanaged[Cdecl]<int, byte*, int*, int> _errorString;
+    readonly delegate* unmanaged[Cdecl]<int, int, int> _setErrhandler;
     readonly bool _cudaAware;
     bool _disposed;
 
@@ -101,6 +104,8 @@ public sealed unsafe class MpiCollective : ICollective
         _irecv = (delegate* unmanaged[Cdecl]<IntPtr, int, int, int, int, int, int*, int>)F("MPI_Irecv");
         _test = (delegate* unmanaged[Cdecl]<int*, int*, IntPtr, int>)F("MPI_Test");
         _libraryVersion = (delegate* unmanaged[Cdecl]<byte*, int*, int>)F("MPI_Get_library_version");
+        _errorString = (delegate* unmanaged[Cdecl]<int, byte*, int*, int>)F("MPI_Error_string");
+        _setErrhandler = (delegate* unmanaged[Cdecl]<int, int, int>)F("MPI_Comm_set_errhandler");
 
         var version = new byte[8192];
         int len = 0;
@@ -115,6 +120,8 @@ public sealed unsafe class MpiCollective : ICollective
             int provided = 0;
             Check(_initThread(IntPtr.Zero, IntPtr.Zero, ThreadSerialized, &provided), "MPI_Init_thread");
         }
+        // errors come back as codes (a peer that died fails this rank's pending operation), so that this rank can say so
+        Check(_setErrhandler(CommWorld, ErrorsReturn), "MPI_Comm_set_errhandler");
         int rank = 0, size = 0;
         Check(_commRank(CommWorld, &rank), "MPI_Comm_rank");
         Check(_commSize(CommWorld, &size), "MPI_Comm_size");
@@ -128,9 +135,19 @@ public sealed unsafe class MpiCollective : ICollective
 
     static string FirstLine(string s) => s.Split('\n')[0].Trim();
 
-    static void Check(int code, string call)
+    void Check(int code, string call)
     {
-        if (code != 0) throw new DistributedException($"{call} failed with MPI error code {code}");
+        if (code == 0) return;
+        var text = new byte[1024];
+        int len = 0;
+        string message = "";
+        try
+        {
+            fixed (byte* t = text)
+                if (_errorString != null && _errorString(code, t, &len) == 0) message = ": " + Encoding.ASCII.GetString(text, 0, Math.Clamp(len, 0, text.Length)).Trim('\0', ' ', '\n');
+        }
+        catch (Exception) { }
+        throw new DistributedException($"rank {Rank} of {Size}: {call} failed while {Activity} (MPI error {code}{message}); a peer rank has probably died. The last checkpoint in the output folder is intact: resume it with --resume");
     }
 
     /// <summary>Waits for a request, testing it; spins briefly first (most collectives of a step are short), then sleeps a

@@ -255,12 +255,18 @@ public sealed class Trainer
                 dp?.ReduceGradients(toAll: AfterBackward is not null);
                 AfterBackward?.Invoke(module);
                 dp?.DropUnowned();
-                // each rank's Σg² over the gradients it holds (after the exchange, those it owns), then over the ranks
-                double sq = SquaredGradNorm(module);
-                if (dp is not null)
+                double sq;
+                if (dp is null) sq = SquaredGradNorm(module);
+                else
                 {
-                    var sums = comm.Sum(lossSum, sq);
-                    (lossSum, sq) = (sums[0], sums[1]);
+                    // each tensor's Σg² at its owner, summed over the ranks per tensor (zeros elsewhere: exact) and then
+                    // added in the single process's order, so that the norm and the clipping factor are bit-identical
+                    var perTensor = SquaredNorms(module);
+                    perTensor[^1] = lossSum;
+                    var sums = comm.Sum(perTensor);
+                    lossSum = sums[^1];
+                    sq = 0;
+                    for (int i = 0; i < sums.Length - 1; i++) sq += sums[i];
                 }
                 norm = Math.Sqrt(sq);
             }
@@ -358,6 +364,20 @@ public sealed class Trainer
     /// <summary>Elements per slice when the gradient norm is accumulated in float64 (larger gradients are read in slices
     /// of this size, so that no full-size float64 copy is made).</summary>
     const long NormSlice = 1 << 20;
+
+    /// <summary>Σ g² of each parameter's gradient (0 without one), in the order of the module's parameters, with one
+    /// more slot at the end for the caller.</summary>
+    static double[] SquaredNorms(CausalLMModule module)
+    {
+        var ps = module.parameters().ToList();
+        var sq = new double[ps.Count + 1];
+        for (int i = 0; i < ps.Count; i++)
+        {
+            using var g = ps[i].grad;
+            if (g is not null) sq[i] = SquaredNorm(g);
+        }
+        return sq;
+    }
 
     /// <summary>Σ g² over the gradients this process holds, accumulated in float64 slice by slice.</summary>
     static double SquaredGradNorm(CausalLMModule module)

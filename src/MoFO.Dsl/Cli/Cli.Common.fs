@@ -48,7 +48,7 @@ let render (e: exn) =
         | _ -> e.Message
 
 /// The process's standard error before a rank other than 0 is quietened: its errors still reach the launcher.
-let private stderr0 = Console.Error
+let mutable private stderr0 : IO.TextWriter = null
 
 /// Starts this rank of a distributed job (a process that an MPI launcher started with several ranks): MPI, a share of
 /// the machine's cores per rank (`MOFO_THREADS` overrides), and quiet output on ranks other than 0 (rank 0 alone
@@ -62,6 +62,7 @@ let private startRank () =
         | true, n when n > 0 -> n
         | _ -> max 1 (Environment.ProcessorCount / max 1 local)
     TorchSharp.torch.set_num_threads threads
+    stderr0 <- Console.Error
     if world.Rank <> 0 then
         Console.SetOut IO.TextWriter.Null
         Console.SetError IO.TextWriter.Null
@@ -80,6 +81,10 @@ let guard (f: unit -> int) =
     try
         try
             if distributed then signal <- startRank ()
+            else
+                match Int32.TryParse(Environment.GetEnvironmentVariable "MOFO_THREADS") with
+                | true, n when n > 0 -> TorchSharp.torch.set_num_threads n
+                | _ -> ()
             let code = f ()
             if distributed then MoFO.Distributed.Job.End()
             code
@@ -88,6 +93,7 @@ let guard (f: unit -> int) =
             let text = if code = ExitCode.Failure then e.ToString() else render e
             if distributed then
                 let rank = try $"rank {MoFO.Distributed.Job.World.Rank}: " with _ -> ""
+                if isNull stderr0 then stderr0 <- Console.Error
                 stderr0.WriteLine $"mofo: {rank}{text}"
                 stderr0.Flush()
                 (try MoFO.Distributed.Job.World.Abort(int code) with _ -> ())
