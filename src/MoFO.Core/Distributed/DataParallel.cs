@@ -44,13 +44,13 @@ public sealed class DataParallel
 
     /// <summary>The blocks of one owner that take part in the exchange, in order, cut into buckets of one dtype and at most
     /// <see cref="BucketBytes"/> (a larger tensor forms a bucket of its own).</summary>
-    IEnumerable<List<Block>> Buckets(int owner, Func<Block, long> bytes, Func<Block, ScalarType> dtype)
+    IEnumerable<List<Block>> Buckets(IEnumerable<Block> blocks, int owner, Func<Block, long> bytes, Func<Block, ScalarType> dtype)
     {
         var bucket = new List<Block>();
         long size = 0;
-        foreach (var b in _opt.Blocks)
+        foreach (var b in blocks)
         {
-            if (b.Kind == BlockKind.Frozen || Plan.Owner[b.Index] != owner) continue;
+            if (Plan.Owner[b.Index] != owner) continue;
             if (bucket.Count > 0 && (size + bytes(b) > BucketBytes || dtype(bucket[0]) != dtype(b)))
             {
                 yield return bucket;
@@ -66,18 +66,47 @@ public sealed class DataParallel
     /// <summary>
     /// Sums every gradient over the ranks into its owner (float32 on the wire; a bfloat16 gradient is rounded back once
     /// at its owner). The other ranks free the gradients they do not own, so that no rank holds every gradient after the
-    /// exchange. With <paramref name="toAll"/> every rank receives every sum instead (a gradient projection such as GEM
+    /// exchange. Frozen tensors' gradients are summed too: they count in the global norm, as in a single process. With <paramref name="toAll"/> every rank receives every sum instead (a gradient projection such as GEM
     /// needs the whole gradient); <see cref="DropUnowned"/> then frees the others' before the step. A rank without a
     /// gradient for a tensor contributes zeros.
     /// </summary>
     public void ReduceGradients(bool toAll = false)
     {
         if (Size == 1) return;
+        Reduce(_opt.Blocks.Where(b => !_reduced.Contains(b.Index)).ToList(), toAll);
+        _reduced.Clear();
+    }
+
+    readonly HashSet<int> _reduced = new();
+    Dictionary<IntPtr, Block>? _byHandle;
+
+    /// <summary>How many tensors' gradients were summed in the backward pass so far (diagnostics and tests).</summary>
+    public long ReducedInBackward { get; private set; }
+
+    /// <summary>
+    /// Sums the gradients of these parameters into their owners now — in the backward pass, as soon as a decoder layer's
+    /// recomputed backward has completed them (<see cref="Models.CausalLMModule.AfterLayerBackward"/>) — so that the
+    /// other ranks free them at once and no rank ever holds every gradient (ZeRO stage 2). Every rank must call it for the
+    /// same layers in the same order; <see cref="ReduceGradients"/> then sums the rest (embeddings, final norm, head).
+    /// </summary>
+    public void ReduceNow(IEnumerable<Tensor> parameters)
+    {
+        if (Size == 1) return;
+        _byHandle ??= _opt.Blocks.ToDictionary(b => b.Parameter.Handle);
+        var blocks = parameters.Select(p => _byHandle.TryGetValue(p.Handle, out var b) ? b : null)
+                               .Where(b => b is not null && _reduced.Add(b.Index))
+                               .Select(b => b!).OrderBy(b => b.Index).ToList();
+        ReducedInBackward += blocks.Count;
+        Reduce(blocks, toAll: false);
+    }
+
+    void Reduce(IReadOnlyList<Block> blocks, bool toAll)
+    {
         using var noGrad = no_grad();
         for (int owner = 0; owner < Size; owner++)
         {
             bool receives = toAll || Rank == owner;
-            foreach (var bucket in Buckets(owner, b => b.Numel * 4, _ => ScalarType.Float32))
+            foreach (var bucket in Buckets(blocks, owner, b => b.Numel * 4, _ => ScalarType.Float32))
             {
                 using var scope = NewDisposeScope();
                 var grads = bucket.Select(b => b.Parameter.grad).ToList();
@@ -123,7 +152,7 @@ public sealed class DataParallel
         if (Size == 1) return;
         using var noGrad = no_grad();
         for (int owner = 0; owner < Size; owner++)
-            foreach (var bucket in Buckets(owner, b => b.Numel * b.Parameter.ElementSize, b => b.Parameter.dtype))
+            foreach (var bucket in Buckets(_opt.Blocks.Where(b => b.Kind != BlockKind.Frozen), owner, b => b.Numel * b.Parameter.ElementSize, b => b.Parameter.dtype))
             {
                 using var scope = NewDisposeScope();
                 if (bucket.Count == 1 && bucket[0].Parameter.is_contiguous())

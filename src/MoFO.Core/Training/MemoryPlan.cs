@@ -19,12 +19,18 @@ public enum Precision
 /// <param name="SequenceLength">tokens per example (the padded length of a batch, at most the run's max length).</param>
 /// <param name="MasterWeights">bfloat16 runs keep a float32 copy of the weights in the optimizer.</param>
 /// <param name="TrackTouched">the optimizer keeps a byte per entry for the fraction of entries ever updated.</param>
-/// <param name="Ranks">data-parallel processes on one device's memory (1: a single process).</param>
+/// <param name="Ranks">the ranks of a data-parallel job (1: a single process): the optimizer state is sharded over them by
+/// whole tensors, and the plan is the largest rank's.</param>
 /// <param name="StepInBackward">each layer's tensors step and free their gradients in the backward pass: the gradients
 /// of one layer and of the embeddings, final norm and head are resident at a time.</param>
 public sealed record PlanInput(ModelConfig Config, MethodSpec Method, Precision Precision, int MicroBatch, int SequenceLength,
                                bool GradientCheckpointing, bool MasterWeights = false, bool TrackTouched = false, int Ranks = 1,
-                               bool StepInBackward = false);
+                               bool StepInBackward = false, int RanksPerDevice = 1)
+{
+    /// <summary>The memory the plan needs on its device: the per-rank peak times the ranks that share the device (several
+    /// ranks on one machine's CPU memory, one per GPU).</summary>
+    public long DeviceNeed(MemoryPlan plan) => plan.Peak * Math.Max(1, RanksPerDevice);
+}
 
 /// <summary>One component of a plan, in bytes.</summary>
 public sealed record PlanPart(string Name, long Bytes, string Detail);
@@ -41,11 +47,16 @@ public sealed record MemoryPlan(PlanInput Input, long Parameters, IReadOnlyList<
 
     public long Part(string name) => Parts.Where(p => p.Name == name).Sum(p => p.Bytes);
 
-    /// <summary>A table: one line per component, then the peak.</summary>
+    /// <summary>The memory the run needs on its device (<see cref="PlanInput.DeviceNeed"/>).</summary>
+    public long DeviceNeed => Input.DeviceNeed(this);
+
+    /// <summary>A table: one line per component, then the peak (per rank, in a data-parallel job).</summary>
     public string Describe()
     {
         var lines = Parts.Select(p => $"  {p.Name,-18} {Gb(p.Bytes),10}  {p.Detail}").ToList();
         lines.Add($"  {"peak (step)",-18} {Gb(StepPeak),10}  loading {Gb(LoadPeak)}, checkpoint {Gb(CheckpointPeak)}");
+        if (Input.Ranks > 1)
+            lines.Add($"  {"per rank",-18} {"",10}  {Input.Ranks} ranks; {(Input.RanksPerDevice > 1 ? $"{Input.RanksPerDevice} share this device's memory: {Gb(DeviceNeed)} in all" : "one per device")}");
         return string.Join(Environment.NewLine, lines);
     }
 
@@ -182,10 +193,13 @@ public static class MemoryPlanner
             parts.Add(new("gradients", (outside + layer) * wb, $"stepped and freed per layer in the backward: one layer's and the embeddings' and head's, {x.Precision}"));
         }
         else parts.Add(new("gradients", n * wb, $"one per parameter, {x.Precision}"));
-        long state = n * 4L * moments;
+        // a data-parallel rank holds the state of the tensors it owns (whole tensors, balanced): the largest share
+        long owned = x.Ranks > 1 ? new Distributed.ShardPlan(shapes.Select(s => Numel(s.Shape)).ToList(), x.Ranks).Load.Max() : n;
+        long state = owned * 4L * moments;
         string stateDetail = $"{moments} float32 moment{(moments == 1 ? "" : "s")} per entry ({member.Name})";
-        if (x.Precision == Precision.BFloat16 && x.MasterWeights) { state += n * 4L; stateDetail += " + float32 master weights"; }
-        if (x.TrackTouched) { state += n; stateDetail += " + a touched byte per entry"; }
+        if (x.Precision == Precision.BFloat16 && x.MasterWeights) { state += owned * 4L; stateDetail += " + float32 master weights"; }
+        if (x.TrackTouched) { state += owned; stateDetail += " + a touched byte per entry"; }
+        if (x.Ranks > 1) stateDetail += $"; sharded over {x.Ranks} ranks: the largest share, {owned:N0} entries";
         if (member.UsesAlpha && moments > 0)
         {
             // the fused kernel's pooled buffers for the largest filtered tensor: a 1/64 key sample, the candidates and
@@ -241,7 +255,7 @@ public static class MemoryPlanner
     public static MemoryPlan Check(PlanInput x, long available)
     {
         var plan = Plan(x);
-        if (plan.Peak <= available) return plan;
+        if (plan.DeviceNeed <= available) return plan;
         // candidate changes, least intrusive first; each is a list of (Core field, value) and the input it gives
         var changes = new List<(IReadOnlyList<(string Field, string Value)> Fields, PlanInput Input)>();
         void Add(PlanInput y, params (string, string)[] fields) { if (y != x) changes.Add((fields, y)); }
@@ -262,31 +276,37 @@ public static class MemoryPlanner
         for (var len = x.SequenceLength / 2; len >= 128; len /= 2)
             Add(bf16 with { GradientCheckpointing = true, TrackTouched = false, MicroBatch = 1, SequenceLength = len },
                 ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"), ("MicroBatchSize", "1"), ("MaxLength", len.ToString(CultureInfo.InvariantCulture)));
-        var fit = changes.Select(ch => (ch.Fields, Plan: Plan(ch.Input))).FirstOrDefault(ch => ch.Plan.Peak <= available);
+        var fit = changes.Select(ch => (ch.Fields, Plan: Plan(ch.Input))).FirstOrDefault(ch => ch.Plan.DeviceNeed <= available);
         var need = string.Join(", ", plan.Parts.Select(p => $"{p.Name} {MemoryPlan.Gb(p.Bytes)}"));
+        var perRank = x.RanksPerDevice > 1 ? $" per rank × {x.RanksPerDevice} ranks on this device = {MemoryPlan.Gb(plan.DeviceNeed)}" : "";
         var advice = fit.Plan is null
-            ? "no setting of precision, checkpointing, micro-batch or length fits: use a device with more memory (or several, when data parallelism lands)"
-            : $"it would fit with {string.Join(", ", fit.Fields.Select(f => $"{f.Field} = {f.Value}"))} ({MemoryPlan.Gb(fit.Plan.Peak)})";
+            ? $"no setting of precision, checkpointing, micro-batch or length fits: use a device with more memory, or more devices (mpirun -n N shards the optimizer state over N ranks)"
+            : $"it would fit with {string.Join(", ", fit.Fields.Select(f => $"{f.Field} = {f.Value}"))} ({MemoryPlan.Gb(fit.Plan.DeviceNeed)})";
         throw new MemoryPlanException(
-            $"the run needs {MemoryPlan.Gb(plan.Peak)} ({need}) but {MemoryPlan.Gb(available)} is available; {advice}",
+            $"the run needs {MemoryPlan.Gb(plan.Peak)} ({need}){perRank} but {MemoryPlan.Gb(available)} is available; {advice}",
             plan, fit.Fields ?? []);
     }
 
     /// <summary>The plan input of a training run on a model (its config read from <paramref name="modelPath"/>): the
     /// options' micro-batch at the full max length (the worst case), precision, checkpointing, master weights and
     /// touched mask (auto: only below <see cref="Defaults.SmallModel"/> parameters).</summary>
-    public static PlanInput InputOf(string modelPath, TrainingOptions o, int ranks = 1)
+    public static PlanInput InputOf(string modelPath, TrainingOptions o, int ranks = 1, int ranksPerDevice = 1)
     {
         var config = ConfigOf(modelPath);
         var n = ParameterShapes(config).Sum(s => Numel(s.Shape));
         return new PlanInput(config, o.Method, o.Precision, o.MicroBatch, o.MaxLength, o.GradientCheckpointing,
-                             o.MasterWeights, o.TrackTouched ?? n < Defaults.SmallModel, ranks, o.StepInBackward);
+                             o.MasterWeights, o.TrackTouched ?? n < Defaults.SmallModel, ranks, o.StepInBackward, ranksPerDevice);
     }
 
     /// <summary>Checks a training run before its model is loaded: its plan, or a <see cref="MemoryPlanException"/>.
-    /// <paramref name="available"/>: the memory to plan against (default: what the device has free now).</summary>
-    public static MemoryPlan CheckRun(string modelPath, TrainingOptions o, long? available = null) =>
-        Check(InputOf(modelPath, o), Available(available));
+    /// <paramref name="available"/>: the memory to plan against (default: what this machine has free now, shared by the
+    /// job's ranks on this machine). In a data-parallel job (<see cref="Distributed.Job"/>) the plan is per rank.</summary>
+    public static MemoryPlan CheckRun(string modelPath, TrainingOptions o, long? available = null)
+    {
+        int ranks = Distributed.Job.Distributed ? Distributed.Job.World.Size : 1;
+        int perDevice = ranks > 1 && available is null ? Distributed.MpiCollective.LocalRanks ?? 1 : 1;
+        return Check(InputOf(modelPath, o, ranks, perDevice), Available(available));
+    }
 
     /// <summary>
     /// The memory this process may still use on a device: on the CPU, the smaller of the kernel's available memory

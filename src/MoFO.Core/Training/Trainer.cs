@@ -184,6 +184,9 @@ public sealed class Trainer
             long tokens = batch.Sum(t => (long)PredictedTokens(t));
             // this rank's share of the global batch (the loss stays the mean over the global batch's tokens)
             var share = batch;
+            // with checkpointing, each layer's gradients are summed into their owners in the last micro-batch's backward
+            // and freed elsewhere (ZeRO-2); a batch smaller than the ranks (an epoch's last) sums after the backward
+            bool reduceInBackward = dp is not null && _o.GradientCheckpointing && AfterBackward is null && batch.Count >= comm.Size;
             if (dp is not null)
             {
                 var (first, count) = dp.ShareOf(batch.Count);
@@ -197,11 +200,7 @@ public sealed class Trainer
             {
                 if (AfterBackward is not null) throw new OptionException(nameof(TrainingOptions.StepInBackward), "StepInBackward cannot run with a gradient projection (GEM): it needs every gradient before the step");
                 // the loss terms' gradients first, so that each tensor's gradient is complete when its layer's backward ends
-                foreach (var term in terms)
-                {
-                    using var scope = NewDisposeScope();
-                    term.Loss().backward();
-                }
+                TermsBackward(terms);
                 double sq = 0;
                 opt.BeginPartialStep();
                 void StepAndFree(Tensor p)
@@ -232,25 +231,29 @@ public sealed class Trainer
                 stepped = true;
             }
             else
-            for (int m = 0; m < share.Count; m += _o.MicroBatch)
             {
-                using var scope = NewDisposeScope();
-                using var b = Tokenized.Pad(share.Skip(m).Take(_o.MicroBatch).ToList(), pad);
-                OnPhase?.Invoke("forward");
-                var (sum, _) = LossSum(_lm, b);
-                OnPhase?.Invoke("backward");
-                using (Scalar denominator = ((double)tokens).ToScalar()) (sum / denominator).backward();
-                lossSum += sum.item<float>();
+                // the loss terms' gradients once per step (in a data-parallel run on rank 0, before the sum over ranks)
+                if (reduceInBackward && root) TermsBackward(terms);
+                for (int m = 0; m < share.Count; m += _o.MicroBatch)
+                {
+                    using var scope = NewDisposeScope();
+                    using var b = Tokenized.Pad(share.Skip(m).Take(_o.MicroBatch).ToList(), pad);
+                    // the hook is taken by the forward pass's checkpointed layers, so it is set before the forward
+                    if (reduceInBackward && m + _o.MicroBatch >= share.Count) module.AfterLayerBackward = layer => dp!.ReduceNow(layer.parameters());
+                    try
+                    {
+                        OnPhase?.Invoke("forward");
+                        var (sum, _) = LossSum(_lm, b);
+                        OnPhase?.Invoke("backward");
+                        using (Scalar denominator = ((double)tokens).ToScalar()) (sum / denominator).backward();
+                        lossSum += sum.item<float>();
+                    }
+                    finally { module.AfterLayerBackward = null; }
+                }
             }
             if (!stepped)
             {
-                // the loss terms' gradients once per step: in a data-parallel run on rank 0, before the sum over ranks
-                if (root)
-                    foreach (var term in terms)
-                    {
-                        using var scope = NewDisposeScope();
-                        term.Loss().backward();
-                    }
+                if (root && !reduceInBackward) TermsBackward(terms);
                 dp?.Collective.Activity(step + 1, "summing gradients");
                 dp?.ReduceGradients(toAll: AfterBackward is not null);
                 AfterBackward?.Invoke(module);
@@ -364,6 +367,15 @@ public sealed class Trainer
     /// <summary>Elements per slice when the gradient norm is accumulated in float64 (larger gradients are read in slices
     /// of this size, so that no full-size float64 copy is made).</summary>
     const long NormSlice = 1 << 20;
+
+    static void TermsBackward(IReadOnlyList<ILossTerm> terms)
+    {
+        foreach (var term in terms)
+        {
+            using var scope = NewDisposeScope();
+            term.Loss().backward();
+        }
+    }
 
     /// <summary>Σ g² of each parameter's gradient (0 without one), in the order of the module's parameters, with one
     /// more slot at the end for the caller.</summary>

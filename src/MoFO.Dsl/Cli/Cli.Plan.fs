@@ -23,6 +23,8 @@ type PlanArgs =
     | Step_In_Backward
     | Track_Touched
     | Memory of size: string
+    | Ranks of n: int
+    | Ranks_Per_Device of n: int
     interface IArgParserTemplate with
         member this.Usage =
             match this with
@@ -40,6 +42,8 @@ type PlanArgs =
             | Step_In_Backward -> "step and free each layer's gradients in the backward pass (with --gradient-checkpointing, one micro-batch, no clipping)."
             | Track_Touched -> "keep the touched mask (a byte per entry)."
             | Memory _ -> "the memory to plan against, e.g. 80GB, 141GB, 24GiB (default: what this machine has available)."
+            | Ranks _ -> "data-parallel ranks (mpirun -n N): the optimizer state is sharded over them; the plan is per rank."
+            | Ranks_Per_Device _ -> "ranks that share the planned memory (default: 1 per GPU with --memory; all ranks on this machine's memory otherwise)."
 
 /// A size such as 80GB, 141GB, 24GiB, 512MB (decimal units; GiB/MiB binary).
 let parseSize (flag: string) (text: string) =
@@ -65,14 +69,18 @@ let run (a: ParseResults<PlanArgs>) =
         PlanInput(config, Common.methodSpec (a.TryGetResult Method) (a.TryGetResult Alpha) None None,
                   (match a.TryGetResult Precision with Some PrecisionArg.Bf16 -> Training.Precision.BFloat16 | _ -> Training.Precision.Float32),
                   a.GetResult(Micro_Batch_Size, batch), a.GetResult(Max_Len, Defaults.MaxLength), a.Contains Gradient_Checkpointing,
-                  MasterWeights = a.Contains Master_Weights, TrackTouched = a.Contains Track_Touched, StepInBackward = a.Contains Step_In_Backward)
+                  MasterWeights = a.Contains Master_Weights, TrackTouched = a.Contains Track_Touched, StepInBackward = a.Contains Step_In_Backward,
+                  Ranks = a.GetResult(Ranks, 1),
+                  RanksPerDevice = a.GetResult(Ranks_Per_Device, (if a.Contains Memory then 1 else a.GetResult(Ranks, 1))))
+    if input.Ranks < 1 || input.RanksPerDevice < 1 || input.RanksPerDevice > input.Ranks then
+        raise (ArgumentException $"--ranks {input.Ranks} --ranks-per-device {input.RanksPerDevice}: expected 1 ≤ ranks per device ≤ ranks")
     let available = MemoryPlanner.Available(a.TryGetResult Memory |> Option.map (parseSize "--memory") |> Option.toNullable)
     let plan = MemoryPlanner.Plan input
     printfn "memory plan: %s (%s, %s parameters), %s, %O, micro-batch %d × %d tokens%s"
         path config.ModelType (plan.Parameters.ToString("N0")) (string input.Method) input.Precision input.MicroBatch input.SequenceLength
-        (if input.GradientCheckpointing then ", gradient checkpointing" else "")
+        ((if input.GradientCheckpointing then ", gradient checkpointing" else "") + (if input.Ranks > 1 then $", {input.Ranks} ranks (per rank below)" else ""))
     printfn "%s" (plan.Describe())
     printfn "  %-18s %10s  %s" "available" (MemoryPlan.Gb available) (if a.Contains Memory then "(--memory)" else "(this machine, now)")
     MemoryPlanner.Check(input, available) |> ignore
-    printfn "fits: %.0f %% of the available memory" (100.0 * float plan.Peak / float available)
+    printfn "fits: %.0f %% of the available memory" (100.0 * float plan.DeviceNeed / float available)
     0
