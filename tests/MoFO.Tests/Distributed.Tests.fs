@@ -151,6 +151,35 @@ let tests =
             Expect.isLessThanOrEqual diff 1e-5 $"resumed 1 → 2: largest difference {diff:G3} ({where})"
         }
 
+        test "Distributed.zero2: with gradient checkpointing each layer's gradients are summed into their owners in the backward; weights bit-identical to one process (MoFO, 30 steps)" {
+            use one = new TempDir()
+            use two = new TempDir()
+            let args dir = trainArgs "mofo" dir [ "--gradient-checkpointing" ] |> List.map (fun a -> if a = "100" then "30" else a)
+            let code, text = finish (start 1 (args one.Path))
+            Expect.equal code 0 text
+            let code, text = finish (start 2 (args two.Path))
+            Expect.equal code 0 text
+            let diff, where = largestDifference (one.File "model/model.safetensors") (two.File "model/model.safetensors")
+            Expect.equal diff 0.0 $"bit-identical ({where})"
+        }
+
+        test "Distributed.plan: the plan is per rank; the state is sharded by the shard plan; ZeRO-2 gradients with checkpointing" {
+            let c = MoFO.Models.ModelPresets.Get("llama-2-7b", "Like")
+            let inputOn perDevice ranks ckpt =
+                MoFO.Training.PlanInput(c, MoFO.Training.Methods.Parse "mofo", MoFO.Training.Precision.BFloat16, 1, 2048, ckpt, Ranks = ranks,
+                                        ReduceInBackward = MoFO.Training.MemoryPlanner.ReducesInBackward(ckpt, ranks, 1, ranks), RanksPerDevice = perDevice)
+            let input = inputOn 1
+            let one, four = MoFO.Training.MemoryPlanner.Plan(input 1 true), MoFO.Training.MemoryPlanner.Plan(input 4 true)
+            let shards = ShardPlan(MoFO.Training.MemoryPlanner.ParameterShapes c |> Seq.map (fun struct (_, s) -> Array.fold (*) 1L s) |> Seq.toList, 4)
+            Expect.isLessThan (float (four.Part "optimizer state")) (0.26 * float (one.Part "optimizer state")) "a quarter of the moments (and the kernel's buffers)"
+            Expect.isGreaterThanOrEqual (four.Part "optimizer state") (shards.Load |> Seq.max |> (*) 8L) "at least the largest share's two float32 moments"
+            Expect.isLessThan (float (four.Part "gradients")) (0.35 * float (one.Part "gradients")) "ZeRO-2: about a quarter of the gradients, one layer and the head"
+            let noCkpt = MoFO.Training.MemoryPlanner.Plan(input 4 false)
+            Expect.equal (noCkpt.Part "gradients") (one.Part "gradients") "without checkpointing every rank holds every gradient during the backward"
+            let shared = MoFO.Training.MemoryPlanner.Plan(inputOn 4 4 true)
+            Expect.equal shared.DeviceNeed (4L * shared.Peak) "four ranks on one machine's memory need four times a rank's peak"
+        }
+
         test "Distributed.errors: a setting two ranks cannot run ends every rank with the usage exit code and one message" {
             use dir = new TempDir()
             let code, text = finish (start 2 (trainArgs "mofo" dir.Path [ "--batch-size"; "1"; "--micro-batch-size"; "1"; "--steps"; "2" ]))

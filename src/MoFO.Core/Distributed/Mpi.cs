@@ -71,6 +71,12 @@ public sealed unsafe class MpiCollective : ICollective
         int.TryParse(Environment.GetEnvironmentVariable("MPI_LOCALNRANKS"), out var n) ? n
         : int.TryParse(Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_LOCAL_SIZE"), out var m) ? m : null;
 
+    /// <summary>This rank's index among the job's ranks on this machine (Hydra: MPI_LOCALRANKID; Open MPI:
+    /// OMPI_COMM_WORLD_LOCAL_RANK), or null: a rank uses GPU <c>LocalRank mod GPUs</c> when told <c>--device cuda</c>.</summary>
+    public static int? LocalRank =>
+        int.TryParse(Environment.GetEnvironmentVariable("MPI_LOCALRANKID"), out var n) ? n
+        : int.TryParse(Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_LOCAL_RANK"), out var m) ? m : null;
+
     static readonly string[] Candidates = ["libmpich.so.12", "libmpi.so.12", "libmpich.so", "libmpi_mt.so.12"];
 
     /// <summary>Loads the MPI library (MOFO_MPI_LIBRARY, else MPICH's usual names) and initialises MPI.</summary>

@@ -147,7 +147,13 @@ public sealed class ContinualRunner
         return result;
     }
 
+    /// <summary>Writes the summary (rank 0 alone in a data-parallel job; every rank computes the same result).</summary>
     void Write(ContinualResult result, string file)
+    {
+        if (Distributed.Job.IsRoot) WriteSummary(result, file);
+    }
+
+    void WriteSummary(ContinualResult result, string file)
         => ContinualSummary.Of(result, Options.Method.ToString(), Metric, ReplayPerTask, GemMemoryPerTask).Write(Path.Combine(OutputDir, file));
 
     /// <summary>R[·, i] for one task under the chosen metric.</summary>

@@ -21,11 +21,14 @@ public enum Precision
 /// <param name="TrackTouched">the optimizer keeps a byte per entry for the fraction of entries ever updated.</param>
 /// <param name="Ranks">the ranks of a data-parallel job (1: a single process): the optimizer state is sharded over them by
 /// whole tensors, and the plan is the largest rank's.</param>
+/// <param name="ReduceInBackward">a data-parallel run with checkpointing and one micro-batch per rank sums each layer's
+/// gradients into their owners in the backward pass and frees the rest (ZeRO-2): a rank holds the gradients it owns,
+/// one layer's and the embeddings' and head's.</param>
 /// <param name="StepInBackward">each layer's tensors step and free their gradients in the backward pass: the gradients
 /// of one layer and of the embeddings, final norm and head are resident at a time.</param>
 public sealed record PlanInput(ModelConfig Config, MethodSpec Method, Precision Precision, int MicroBatch, int SequenceLength,
                                bool GradientCheckpointing, bool MasterWeights = false, bool TrackTouched = false, int Ranks = 1,
-                               bool StepInBackward = false, int RanksPerDevice = 1)
+                               bool StepInBackward = false, int RanksPerDevice = 1, bool ReduceInBackward = false)
 {
     /// <summary>The memory the plan needs on its device: the per-rank peak times the ranks that share the device (several
     /// ranks on one machine's CPU memory, one per GPU).</summary>
@@ -183,18 +186,18 @@ public static class MemoryPlanner
         var member = Methods.Member(x.Method.Optimizer);
         int moments = member.Name switch { "lion" => 1, "gd-mofo" => 0, _ => 2 };
         var parts = new List<PlanPart> { new("weights", n * wb, $"{n:N0} parameters × {wb} B ({x.Precision})") };
-        if (x.StepInBackward)
-        {
-            // the embeddings, final norm and head (outside the layers) and the largest layer
-            long outside = shapes.Where(s => !s.Name.Contains(".layers.")).Sum(s => Numel(s.Shape));
-            long layer = shapes.Where(s => s.Name.Contains(".layers."))
-                               .GroupBy(s => s.Name.Substring(0, s.Name.IndexOf('.', s.Name.IndexOf(".layers.") + 8)))
-                               .Select(g => g.Sum(s => Numel(s.Shape))).DefaultIfEmpty(0).Max();
-            parts.Add(new("gradients", (outside + layer) * wb, $"stepped and freed per layer in the backward: one layer's and the embeddings' and head's, {x.Precision}"));
-        }
-        else parts.Add(new("gradients", n * wb, $"one per parameter, {x.Precision}"));
+        // the embeddings, final norm and head (outside the layers) and the largest layer
+        long outside = shapes.Where(s => !s.Name.Contains(".layers.")).Sum(s => Numel(s.Shape));
+        long layer = shapes.Where(s => s.Name.Contains(".layers."))
+                           .GroupBy(s => s.Name.Substring(0, s.Name.IndexOf('.', s.Name.IndexOf(".layers.") + 8)))
+                           .Select(g => g.Sum(s => Numel(s.Shape))).DefaultIfEmpty(0).Max();
         // a data-parallel rank holds the state of the tensors it owns (whole tensors, balanced): the largest share
         long owned = x.Ranks > 1 ? new Distributed.ShardPlan(shapes.Select(s => Numel(s.Shape)).ToList(), x.Ranks).Load.Max() : n;
+        if (x.StepInBackward)
+            parts.Add(new("gradients", (outside + layer) * wb, $"stepped and freed per layer in the backward: one layer's and the embeddings' and head's, {x.Precision}"));
+        else if (x.Ranks > 1 && x.ReduceInBackward)
+            parts.Add(new("gradients", Math.Min(n, owned + outside + layer) * wb, $"summed into their owners per layer in the backward (ZeRO-2): this rank's share, one layer's and the embeddings' and head's, {x.Precision}"));
+        else parts.Add(new("gradients", n * wb, $"one per parameter, {x.Precision}"));
         long state = owned * 4L * moments;
         string stateDetail = $"{moments} float32 moment{(moments == 1 ? "" : "s")} per entry ({member.Name})";
         if (x.Precision == Precision.BFloat16 && x.MasterWeights) { state += owned * 4L; stateDetail += " + float32 master weights"; }
@@ -243,8 +246,9 @@ public static class MemoryPlanner
         long resident = parts.Where(p => p.Name is "weights" or "optimizer state" or "θ0 for loss terms" or "runtime").Sum(p => p.Bytes);
         long step = parts.Sum(p => p.Bytes);
         long load = n * wb + largest * 4L + RuntimeBytes;   // no large products yet
-        // gradients stay allocated between steps (zeroed, not freed), unless the step in the backward freed them
-        long checkpoint = resident + (x.StepInBackward ? 0 : n * wb) + largest * 4L;
+        // gradients stay allocated between steps (zeroed, not freed), unless the step in the backward freed them; a
+        // data-parallel rank keeps only those it owns
+        long checkpoint = resident + (x.StepInBackward ? 0 : x.Ranks > 1 ? owned * wb : n * wb) + largest * 4L;
         return new MemoryPlan(x, n, parts, load, step, checkpoint);
     }
 
@@ -295,8 +299,14 @@ public static class MemoryPlanner
         var config = ConfigOf(modelPath);
         var n = ParameterShapes(config).Sum(s => Numel(s.Shape));
         return new PlanInput(config, o.Method, o.Precision, o.MicroBatch, o.MaxLength, o.GradientCheckpointing,
-                             o.MasterWeights, o.TrackTouched ?? n < Defaults.SmallModel, ranks, o.StepInBackward, ranksPerDevice);
+                             o.MasterWeights, o.TrackTouched ?? n < Defaults.SmallModel, ranks, o.StepInBackward, ranksPerDevice,
+                             ReduceInBackward: ReducesInBackward(o.GradientCheckpointing, o.BatchSize, o.MicroBatch, ranks));
     }
+
+    /// <summary>Whether a data-parallel run sums each layer's gradients in the backward pass (the trainer does when
+    /// checkpointing and each rank's share of a batch is one micro-batch).</summary>
+    public static bool ReducesInBackward(bool checkpointing, int batchSize, int microBatch, int ranks)
+        => ranks > 1 && checkpointing && (batchSize + ranks - 1) / ranks <= microBatch;
 
     /// <summary>Checks a training run before its model is loaded: its plan, or a <see cref="MemoryPlanException"/>.
     /// <paramref name="available"/>: the memory to plan against (default: what this machine has free now, shared by the

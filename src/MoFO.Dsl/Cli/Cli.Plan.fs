@@ -71,6 +71,7 @@ let run (a: ParseResults<PlanArgs>) =
                   a.GetResult(Micro_Batch_Size, batch), a.GetResult(Max_Len, Defaults.MaxLength), a.Contains Gradient_Checkpointing,
                   MasterWeights = a.Contains Master_Weights, TrackTouched = a.Contains Track_Touched, StepInBackward = a.Contains Step_In_Backward,
                   Ranks = a.GetResult(Ranks, 1),
+                  ReduceInBackward = MemoryPlanner.ReducesInBackward(a.Contains Gradient_Checkpointing, batch, a.GetResult(Micro_Batch_Size, batch), a.GetResult(Ranks, 1)),
                   RanksPerDevice = a.GetResult(Ranks_Per_Device, (if a.Contains Memory then 1 else a.GetResult(Ranks, 1))))
     if input.Ranks < 1 || input.RanksPerDevice < 1 || input.RanksPerDevice > input.Ranks then
         raise (ArgumentException $"--ranks {input.Ranks} --ranks-per-device {input.RanksPerDevice}: expected 1 ≤ ranks per device ≤ ranks")

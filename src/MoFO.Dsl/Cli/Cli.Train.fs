@@ -214,6 +214,7 @@ let run (a: ParseResults<TrainArgs>) =
         finally
             Console.CancelKeyPress.RemoveHandler handler
     match report with
+    | Some _ when not MoFO.Distributed.Job.IsRoot -> ()   // rank 0 alone measures and writes the report
     | Some (suite, settings) when not r.Interrupted && not (isNull r.ModelDir) ->
         if task.IsNone then eprintfn "mofo train: no held-out data (--eval-data): the report has no task measures"
         let opts: ForgettingReport.Options = { Tokenizer = a.TryGetResult Tokenizer; Device = a.TryGetResult Device; MetricsFile = Some metricsFile }

@@ -145,8 +145,11 @@ let printTable (r: Report) =
 /// 0, or 1 when run with --strict and a check does not hold.
 let finish (o: Options) (r: Report) (chart: GenericChart option) =
     printTable r
+    // in a data-parallel job (mpirun -n N) every rank holds the same report; rank 0 alone writes it
     let paths =
-        [ writeJson o.OutDir r; writeMarkdown o.OutDir r ]
-        @ (match chart with Some c -> [ writeHtml o.OutDir r.Name c ] | None -> [])
+        if not MoFO.Distributed.Job.IsRoot then []
+        else
+            [ writeJson o.OutDir r; writeMarkdown o.OutDir r ]
+            @ (match chart with Some c -> [ writeHtml o.OutDir r.Name c ] | None -> [])
     for p in paths do printfn "wrote %s" p
     if o.Strict && r.Checks |> List.exists (fun c -> not c.Holds) then 1 else 0

@@ -169,6 +169,11 @@ let private complete (e: Experiment) =
 let runAll (es: Experiment list) : Run list =
     match es with
     | [] -> []
+    | _ when MoFO.Distributed.Job.Distributed ->
+        // a data-parallel job (mpirun -n N dotnet fsi script.fsx): every rank runs every point in this process, in the
+        // same order, each point's training spread over the ranks (rank 0 alone writes)
+        let runs = es |> List.distinct |> List.map (fun e -> e, Training.runWith true e) |> dict
+        es |> List.map (fun e -> runs[e])
     | first :: _ ->
         let distinct = List.distinct es
         let todo = distinct |> List.filter (complete >> not)
@@ -189,6 +194,7 @@ let continual (jobs: Continual.Job list) : Continual.Outcome list =
     match jobs with
     | [] -> []
     | [ j ] -> [ Continual.run true j ]
+    | _ when MoFO.Distributed.Job.Distributed -> jobs |> List.map (Continual.run true)
     | first :: _ ->
         let results = map (parallelism first.Experiment.Scale) (jobs |> List.map Job.Continual) |> dict
         jobs |> List.map (fun j ->

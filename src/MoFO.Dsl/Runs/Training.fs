@@ -32,7 +32,8 @@ let evaluate (dir: string) (modelPath: string) (basePath: string) (device: Torch
             try
                 let ctx: Context = { Base = baseModel; Task = task.Value; Settings = settings }
                 [ for m, outcome in Evals.measureAll ctx model todo ->
-                    Store.writeEval dir key (keyOf m) outcome.Value
+                    // in a data-parallel job every rank measures; rank 0 alone writes the cache
+                    if MoFO.Distributed.Job.IsRoot then Store.writeEval dir key (keyOf m) outcome.Value
                     keyOf m, outcome.Value ]
             finally
                 if baseModel.IsValueCreated && not (obj.ReferenceEquals(baseModel.Value, model)) then baseModel.Value.Dispose()

@@ -36,5 +36,8 @@ let device (name: string option) =
         init ()
         if not (torch.cuda.is_available ()) then
             raise (MoFO.OptionException("Device", $"Device {s}: CUDA is not available (build with -p:TorchBackend=cuda on a machine with an NVIDIA GPU; see README)"))
-        torch.Device(s)
+        // the ranks of a data-parallel job on one machine take one GPU each
+        match (if s = "cuda" then MoFO.Distributed.MpiCollective.LocalRank |> Option.ofNullable else None) with
+        | Some local when MoFO.Distributed.Job.Distributed -> torch.Device($"cuda:{local % max 1 (torch.cuda.device_count ())}")
+        | _ -> torch.Device(s)
     | Some s -> raise (MoFO.OptionException("Device", $"Device {s}: expected cpu, cuda or cuda:N"))
