@@ -213,16 +213,7 @@ public sealed class Trainer
                     p.grad = null;
                 }
                 module.AfterLayerBackward = layer => { foreach (var p in layer.parameters()) StepAndFree(p); };
-                try
-                {
-                    using var scope = NewDisposeScope();
-                    using var b = Tokenized.Pad(batch.ToList(), pad);
-                    OnPhase?.Invoke("forward");
-                    var (sum, _) = LossSum(_lm, b);
-                    OnPhase?.Invoke("backward");
-                    using (Scalar denominator = ((double)tokens).ToScalar()) (sum / denominator).backward();
-                    lossSum += sum.item<float>();
-                }
+                try { lossSum += ForwardBackward(batch.ToList(), tokens, pad); }
                 finally { module.AfterLayerBackward = null; }
                 OnPhase?.Invoke("step");
                 foreach (var p in module.parameters()) StepAndFree(p);
@@ -236,18 +227,9 @@ public sealed class Trainer
                 if (reduceInBackward && root) TermsBackward(terms);
                 for (int m = 0; m < share.Count; m += _o.MicroBatch)
                 {
-                    using var scope = NewDisposeScope();
-                    using var b = Tokenized.Pad(share.Skip(m).Take(_o.MicroBatch).ToList(), pad);
                     // the hook is taken by the forward pass's checkpointed layers, so it is set before the forward
                     if (reduceInBackward && m + _o.MicroBatch >= share.Count) module.AfterLayerBackward = layer => dp!.ReduceNow(layer.parameters());
-                    try
-                    {
-                        OnPhase?.Invoke("forward");
-                        var (sum, _) = LossSum(_lm, b);
-                        OnPhase?.Invoke("backward");
-                        using (Scalar denominator = ((double)tokens).ToScalar()) (sum / denominator).backward();
-                        lossSum += sum.item<float>();
-                    }
+                    try { lossSum += ForwardBackward(share.Skip(m).Take(_o.MicroBatch).ToList(), tokens, pad); }
                     finally { module.AfterLayerBackward = null; }
                 }
             }
@@ -301,16 +283,10 @@ public sealed class Trainer
                 dp?.BroadcastParameters();
                 lastLoss = loss;
             }
-            // a cancellation on any rank stops every rank at the same step
-            bool cancelled = cancel.IsCancellationRequested;
             long updated = 0, numel = 0;
             foreach (var blk in opt.Blocks) { updated += blk.LastUpdated; numel += blk.Numel; }
-            if (dp is not null)
-            {
-                var sums = comm.Sum(updated, cancelled ? 1 : 0);
-                (updated, cancelled) = ((long)sums[0], sums[1] > 0);
-            }
-            bool measure = root && ((step + 1) % distanceEvery == 0 || step + 1 == total || (cancelled && step + 1 < total));
+            if (dp is not null) updated = (long)comm.Sum(updated);
+            bool measure = root && ((step + 1) % distanceEvery == 0 || step + 1 == total || (cancel.IsCancellationRequested && step + 1 < total));
             double? stepDistance = measure ? distance = baseDistance.L2() : null;
             evalLoss = _o.EvalEvery > 0 && (step + 1) % _o.EvalEvery == 0 ? EvalLoss() : null;
             var metrics = new StepMetrics(step + 1, epoch, loss, lr, norm, stepDistance, skipped ? 0 : (double)updated / numel, tokens, clock.Elapsed.TotalSeconds, skipped, evalLoss);
@@ -325,6 +301,9 @@ public sealed class Trainer
             if (progress is not null) { progress.Status = $"loss {loss:F4}, lr {lr:G3}"; progress.Advance(); }
             if (_o.SaveEvery > 0 && (step + 1) % _o.SaveEvery == 0 && step + 1 < total) SaveCheckpoint(opt, step + 1, dp);
             OnStep?.Invoke(metrics);
+            // a cancellation on any rank stops every rank after the same step
+            bool cancelled = cancel.IsCancellationRequested;
+            if (dp is not null) cancelled = comm.Sum(cancelled ? 1 : 0) > 0;
             if (cancelled && step + 1 < total)
             {
                 interrupted = true;
@@ -367,6 +346,19 @@ public sealed class Trainer
     /// <summary>Elements per slice when the gradient norm is accumulated in float64 (larger gradients are read in slices
     /// of this size, so that no full-size float64 copy is made).</summary>
     const long NormSlice = 1 << 20;
+
+    /// <summary>The forward and backward pass of one micro-batch, its loss scaled by the step's token count; returns the
+    /// micro-batch's summed token loss.</summary>
+    double ForwardBackward(List<TokenizedExample> examples, long tokens, int pad)
+    {
+        using var scope = NewDisposeScope();
+        using var b = Tokenized.Pad(examples, pad);
+        OnPhase?.Invoke("forward");
+        var (sum, _) = LossSum(_lm, b);
+        OnPhase?.Invoke("backward");
+        using (Scalar denominator = ((double)tokens).ToScalar()) (sum / denominator).backward();
+        return sum.item<float>();
+    }
 
     static void TermsBackward(IReadOnlyList<ILossTerm> terms)
     {
