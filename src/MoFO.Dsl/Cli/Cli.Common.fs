@@ -15,7 +15,7 @@ let flags =
            "SaveEvery", "--save-every"; "EvalEvery", "--eval-every"; "Schedule", "--schedule"; "Format", "--format"
            "Lambda", "--l1-lambda / --l2-lambda"; "Resume", "--resume"; "skipEmpty", "--skip-empty"; "tokenizerPath", "--tokenizer"
            "DataRoot", "--data-root"; "allowUnsandboxed", "--unsafe-no-sandbox"; "Device", "--device"; "Task", "--task"
-           "Data", "--data"; "Name", "mofo repro <name>"; "Like", "--like"; "layers", "--layers"; "Precision", "--precision"; "GradientCheckpointing", "--gradient-checkpointing"
+           "Data", "--data"; "Output", "--output"; "t", "--t"; "Name", "mofo repro <name>"; "Like", "--like"; "layers", "--layers"; "Precision", "--precision"; "GradientCheckpointing", "--gradient-checkpointing"
            "TrackTouched", "--track-touched"; "MasterWeights", "--master-weights"; "StepInBackward", "--step-in-backward" ]
 
 /// An error as the command line says it: an option's field becomes its flag, a remedy names the flag that applies it.

@@ -41,6 +41,7 @@ type MofoArgs =
     | [<CliPrefix(CliPrefix.None)>] Generate of ParseResults<Generate.GenerateArgs>
     | [<CliPrefix(CliPrefix.None)>] Convert of ParseResults<Convert.ConvertArgs>
     | [<CliPrefix(CliPrefix.None)>] Init of ParseResults<Init.InitArgs>
+    | [<CliPrefix(CliPrefix.None)>] Average of ParseResults<Average.AverageArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
     | [<CliPrefix(CliPrefix.None)>] Repro of ParseResults<Repro.ReproArgs>
     | [<CliPrefix(CliPrefix.None)>] Methods of ParseResults<MethodsArgs>
@@ -52,6 +53,7 @@ type MofoArgs =
             match this with
             | Generate _ -> "generate text from an HF model folder or a llama2.c .bin."
             | Convert _ -> "save a model (llama2.c .bin or HF folder) as an HF folder (config.json, safetensors, tokenizer)."
+            | Average _ -> "interpolate a fine-tuned model with its base, θ = (1 − t)·θ_base + t·θ_tuned (WiSE-FT), into an HF folder."
             | Init _ -> "write a random-weight HF folder of a real model's exact shape (tinyllama-1.1b, pythia-160m, llama-2-7b) for rehearsals."
             | Repro _ -> "run a reproduction of the paper (table1..table6, figure-landscape, figure-fraction, frontier, toy-example, convergence, all): mofo repro <name> [--scale tiny|paper] [--seed N] [--config paper.json] [--strict] [--smoke] [--out DIR]."
             | Bench _ -> "benchmarks: model (forward tokens/s), optim (optimizer step time)."
@@ -102,6 +104,7 @@ let run (argv: string[]) =
         | Some (MofoArgs.Generate g) -> Generate.run g
         | Some (MofoArgs.Convert c) -> Convert.run c
         | Some (MofoArgs.Init i) -> Init.run i
+        | Some (MofoArgs.Average v) -> Average.run v
         | Some (MofoArgs.Repro r) -> Repro.run r
         | Some (MofoArgs.Methods _) -> methods ()
         | Some (MofoArgs.Plan p) -> Plan.run p

@@ -268,6 +268,28 @@ let table : Info list =
         Suite = None; Needs = [ Need.Base ]; Assets = (fun _ -> []); Available = (fun _ -> true); Task = Some "distance"
         Knobs = (fun _ -> EvalKnobs.None); Apply = (fun _ s -> s)
         Run = (fun ctx p -> distance p.Model ctx.Base.Value) }
+      { Measure = Measure.KlToBase; Key = "kl_to_base"; Name = "KL to base (task)"; HigherIsBetter = false; Unit = MeasureUnit.Nats
+        Suite = None; Needs = [ Need.Base; Need.Task ]; Assets = (fun s -> s.DataOf "kl_to_base" |> Option.toList); Available = (fun _ -> true)
+        Task = Some "kl-to-base"
+        Knobs = (fun s -> knobs s "kl_to_base")
+        Apply = (fun k s -> s |> orElse k "kl_to_base" |> limitOf k "kl_to_base")
+        Run = (fun ctx p ->
+            // the fine-tuning task's held-out examples, or (mofo eval) a jsonl of {prompt, completion} given as --data
+            let examples, maxLength =
+                match ctx.Task, ctx.Settings.DataOf "kl_to_base" with
+                | Some _, _ -> let t = taskOf ctx "KL to base" in t.HeldOut, t.MaxLength
+                | None, Some file -> MoFO.Data.InstructionData.Read(file, MoFO.Data.DataFormat.Jsonl) |> Seq.toList |> take (ctx.Settings.Limit "kl_to_base"), 512
+                | None, None -> raise (OptionException("Data", "Data: kl-to-base needs the task's held-out examples (mofo eval: --data, a jsonl of {prompt, completion})"))
+            let r = KlToBase.OnTask(p.Model, ctx.Base.Value, ResizeArray examples, maxLength)
+            { Value = r.MeanTokenKl; Metrics = [ "kl_to_base", r.MeanTokenKl; "tokens", float r.Tokens ]; Count = r.Examples; Items = null }) }
+      { Measure = Measure.KlToBaseSamples; Key = "kl_to_base_samples"; Name = "KL to base (samples)"; HigherIsBetter = false; Unit = MeasureUnit.Nats
+        Suite = None; Needs = [ Need.Base ]; Assets = (fun _ -> []); Available = (fun _ -> true); Task = Some "kl-to-base-samples"
+        Knobs = (fun s -> { knobs s "kl_to_base_samples" with Samples = Some s.Samples; MaxNewTokens = Some s.SampleTokens })
+        Apply = (fun k s -> s |> samplesOfKnobs k |> limitOf k "kl_to_base_samples" |> seedOf k)
+        Run = (fun ctx p ->
+            let samples = samplesOf ctx |> take (ctx.Settings.Limit "kl_to_base_samples") |> ResizeArray
+            let r = KlToBase.OnTexts(p.Model, ctx.Base.Value, samples)
+            { Value = r.MeanTokenKl; Metrics = [ "kl_to_base_samples", r.MeanTokenKl; "tokens", float r.Tokens ]; Count = r.Examples; Items = null }) }
       { Measure = Measure.TaskLoss; Key = "task_loss"; Name = "task loss"; HigherIsBetter = false; Unit = MeasureUnit.Nats
         Suite = None; Needs = [ Need.Task ]; Assets = (fun _ -> []); Available = (fun _ -> true); Task = None
         Knobs = (fun _ -> EvalKnobs.None); Apply = (fun _ s -> s)

@@ -35,6 +35,10 @@ type Measure =
     | GreedyIntact
     /// L2 distance of the weights from the base model
     | Distance
+    /// mean per-token KL(fine-tuned ‖ base) at the answer positions of the held-out task ("RL's Razor")
+    | KlToBase
+    /// mean per-token KL(fine-tuned ‖ base) on seeded samples of the base model
+    | KlToBaseSamples
     /// held-out loss of the fine-tuning task (answer tokens, teacher-forced)
     | TaskLoss
     /// held-out top-1 accuracy on the answer tokens of the fine-tuning task

@@ -31,3 +31,16 @@ module Experiment =
     let runAll (es: Experiment list) = Sweep.runAll es
     /// The base model on the experiment's measures (cached).
     let baseline (e: Experiment) = Training.baseline e
+    /// WiSE-FT: the experiment's fine-tuned model interpolated with its base, θ = (1 − t)·θ_base + t·θ_tuned
+    /// (`mofo average`), measured like a run. The averaged folder is kept in the run folder (`wise-t<t>/`) and its
+    /// measures cached there; no training beyond the experiment's own.
+    let averaged (t: float) (e: Experiment) : Run =
+        let tuned = Training.runWith false e
+        let dir = System.IO.Path.Combine(tuned.Dir, $"""wise-t{t.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)}""")
+        let model = System.IO.Path.Combine(dir, "model")
+        if not (System.IO.File.Exists(System.IO.Path.Combine(model, "config.json"))) && MoFO.Distributed.Job.IsRoot then
+            if System.IO.Directory.Exists model then System.IO.Directory.Delete(model, true)
+            MoFO.Models.WeightAverage.Write(e.Model.Path, tuned.ModelPath, t, model, e.Scale.Device)
+        let task = lazy (Some (snd (Datasets.load e.Data e.Recipe.MaxLength)))
+        let values = Training.evaluate dir model e.Model.Path e.Scale.Device task e.Settings e.Measures
+        { tuned with Label = $"{tuned.Label} · WiSE t={t}"; ModelPath = model; Dir = dir; Values = values }
