@@ -141,6 +141,9 @@ let withScale (o: TrainingOptions) (device: TorchSharp.torch.Device) (precision:
 /// Refuses a run whose memory plan does not fit (before its model is loaded); prints the plan's peak otherwise.
 let checkMemory (modelPath: string) (o: TrainingOptions) (budget: string option) (parseSize: string -> int64) =
     let plan = MemoryPlanner.CheckRun(modelPath, o, budget |> Option.map parseSize |> Option.toNullable)
-    eprintfn "memory plan: peak %s (weights %s, optimizer state %s, activations %s)" (MemoryPlan.Gb plan.Peak)
-        (MemoryPlan.Gb (plan.Part "weights")) (MemoryPlan.Gb (plan.Part "optimizer state")) (MemoryPlan.Gb (plan.Part "activations"))
+    let ranks =
+        if plan.Input.Ranks > 1 then $" per rank; {plan.Input.Ranks} ranks, {plan.Input.RanksPerDevice} on this machine's memory: {MemoryPlan.Gb plan.DeviceNeed}"
+        else ""
+    eprintfn "memory plan: peak %s (weights %s, optimizer state %s, activations %s)%s" (MemoryPlan.Gb plan.Peak)
+        (MemoryPlan.Gb (plan.Part "weights")) (MemoryPlan.Gb (plan.Part "optimizer state")) (MemoryPlan.Gb (plan.Part "activations")) ranks
     plan
