@@ -91,6 +91,8 @@ public sealed class ContinualRunner
     /// <summary>Evaluate on at most this many test examples per task.</summary>
     public int? EvalLimit { get; init; }
     public int MaxNewTokens { get; init; } = 64;
+    /// <summary>A folder for TensorBoard event files: one subfolder per task (null: none).</summary>
+    public string? TensorBoardDir { get; init; }
 
     public ContinualResult Run()
     {
@@ -102,7 +104,10 @@ public sealed class ContinualRunner
             var task = Tasks[t];
             var train = TrainingSetFor(t);
             var options = Options with { Epochs = task.Epochs, Steps = null };
-            var trainer = new Trainer(Model, train, null, options, Path.Combine(OutputDir, $"task{t + 1}-{Sanitize(task.Name)}"));
+            var trainer = new Trainer(Model, train, null, options, Path.Combine(OutputDir, $"task{t + 1}-{Sanitize(task.Name)}"))
+            {
+                TensorBoardDir = TensorBoardDir is null ? null : Path.Combine(TensorBoardDir, $"task{t + 1}-{Sanitize(task.Name)}"),
+            };
             GemProjection? gem = null;
             if (Gem && t > 0)
             {

@@ -50,6 +50,11 @@ public sealed class Trainer
 
     ICollective Comm => Collective ??= Job.World;
 
+    /// <summary>A folder for TensorBoard event files (null: none): per step the loss, learning rate, gradient norm, updated
+    /// fraction and tokens/s, the distance from the base when it is measured, the held-out loss when it is computed
+    /// (tags <c>train/…</c>, <c>eval/loss</c>). Rank 0 alone writes.</summary>
+    public string? TensorBoardDir { get; set; }
+
     public Trainer(CausalLM model, IReadOnlyList<TrainingExample> train, IReadOnlyList<TrainingExample>? eval, TrainingOptions options, string outputDir)
     {
         options.Validate();
@@ -175,6 +180,8 @@ public sealed class Trainer
         bool interrupted = false;
         int step = start;
         var log = root ? new StreamWriter(MetricsFile, append: true) : null;
+        var board = root && TensorBoardDir is not null ? TensorBoard.Open(TensorBoardDir) : null;
+        double lastElapsed = clock.Elapsed.TotalSeconds;
         for (; step < total; step++)
         {
             var lr = LrSchedule.At(_o.Schedule, _o.LearningRate, step, total, warmup);
@@ -292,6 +299,12 @@ public sealed class Trainer
             var metrics = new StepMetrics(step + 1, epoch, loss, lr, norm, stepDistance, skipped ? 0 : (double)updated / numel, tokens, clock.Elapsed.TotalSeconds, skipped, evalLoss);
             log?.WriteLine(RunFolder.MetricsLine(metrics));
             log?.Flush();
+            if (board is not null)
+            {
+                var now = clock.Elapsed.TotalSeconds;
+                TensorBoard.Write(board, metrics, tokens / Math.Max(1e-9, now - lastElapsed));
+                lastElapsed = now;
+            }
             if (bad >= _o.MaxBadSteps)
             {
                 log?.Dispose();

@@ -13,6 +13,7 @@ type ContinualArgs =
     | [<Mandatory>] Model of path: string
     | [<Mandatory>] Tasks of dirs: string
     | [<Mandatory>] Output of dir: string
+    | Tensorboard of dir: string
     | Method of name: string
     | Alpha of a: float
     | Lr of lr: float
@@ -40,6 +41,7 @@ type ContinualArgs =
             | Model _ -> "the base model: an HF folder or a llama2.c .bin."
             | Tasks _ -> "comma-separated TRACE task folders (train.json, test.json: lists of {prompt, answer}), in training order."
             | Output _ -> "the folder for per-task runs and continual.json (R, OP, BWT)."
+            | Tensorboard _ -> "write TensorBoard event files to this folder (loss, learning rate, gradient norm, updated fraction, tokens/s, distance, held-out loss; rank 0 alone)."
             | Method _ -> Common.methodUsage ()
             | Alpha _ -> $"MoFO / BCD update fraction (default {Defaults.Alpha})."
             | Lr _ -> $"learning rate (default {Defaults.LearningRate})."
@@ -98,7 +100,7 @@ let run (a: ParseResults<ContinualArgs>) =
     let runner =
         ContinualRunner(
             Model = model, Tasks = tasks, Options = o, OutputDir = a.GetResult Output, Metric = metric,
-            ReplayPerTask = a.GetResult(Replay, 0), GemMemoryPerTask = a.GetResult(Gem, 0),
+            ReplayPerTask = a.GetResult(Replay, 0), GemMemoryPerTask = a.GetResult(Gem, 0), TensorBoardDir = Option.toObj (a.TryGetResult Tensorboard),
             EvalLimit = (a.TryGetResult Eval_Limit |> Option.toNullable))
     let r = if a.Contains Mtl then runner.RunMultiTask() else runner.Run()
     let names = r.Tasks |> Seq.toArray

@@ -18,6 +18,7 @@ type TrainArgs =
     | [<Mandatory>] Data of path: string
     | [<Mandatory>] Format of name: string
     | [<Mandatory>] Output of dir: string
+    | Tensorboard of dir: string
     | Method of name: string
     | Alpha of a: float
     | Lr of lr: float
@@ -62,6 +63,7 @@ type TrainArgs =
             | Data _ -> "the training data (a file; a TRACE task folder)."
             | Format _ -> "tulu, alpaca, gsm8k, dpr, trace or jsonl."
             | Output _ -> "the run's folder: metrics.jsonl, checkpoint/, model/ (the fine-tuned HF folder), train_summary.json."
+            | Tensorboard _ -> "write TensorBoard event files to this folder (loss, learning rate, gradient norm, updated fraction, tokens/s, distance, held-out loss; rank 0 alone)."
             | Method _ -> Common.methodUsage ()
             | Alpha _ -> $"MoFO / BCD update fraction per parameter tensor (default {Defaults.Alpha})."
             | Lr _ -> $"peak learning rate (default {Defaults.LearningRate})."
@@ -191,6 +193,7 @@ let run (a: ParseResults<TrainArgs>) =
                 ForgettingReport.preflight (ForgettingReport.measures s task settings) settings
                 s, settings)
         let trainer = Trainer(model, train, Option.toObj (eval |> Option.map (fun e -> e :> Collections.Generic.IReadOnlyList<_>)), o, a.GetResult Output)
+        trainer.TensorBoardDir <- Option.toObj (a.TryGetResult Tensorboard)
         eprintfn "mofo train: %s, %d examples%s, %d steps of %d (micro-batch %d), lr %g (%A), output %s"
             (string o.Method) trainer.Examples (if o.Pack then " (packed rows)" else "") trainer.TotalSteps o.BatchSize o.MicroBatch
             o.LearningRate o.Schedule (Path.GetFullPath(a.GetResult Output))
