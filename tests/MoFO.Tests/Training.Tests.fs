@@ -60,13 +60,15 @@ let data =
             Expect.equal (List.ofArray t.Labels) (ign 4 @ ids "d") "labels"
         }
 
-        test "packing concatenates examples into rows of exactly the length, labels travelling along" {
+        test "packing puts whole examples in rows (an example longer than a row is cut), with example numbers" {
+            // (packing used to split examples across rows, attending across them; it now keeps boundaries: Packing.Tests)
             let a = TokenizedExample([| 1; 10; 11; 2 |], [| -100; -100; 11; 2 |], "a")
             let b = TokenizedExample([| 1; 20; 2 |], [| -100; 20; 2 |], "b")
             let rows = Tokenized.Pack([ a; b ], 3)
-            Expect.equal [ for r in rows -> List.ofArray r.InputIds ] [ [ 1; 10; 11 ]; [ 2; 1; 20 ]; [ 2 ] ] |> ignore
-            Expect.equal [ for r in rows -> List.ofArray r.InputIds ] [ [ 1; 10; 11 ]; [ 2; 1; 20 ] ] "the last row of one token predicts nothing and is dropped"
-            Expect.equal [ for r in rows -> List.ofArray r.Labels ] [ [ -100; -100; 11 ]; [ 2; -100; 20 ] ] "labels"
+            Expect.equal [ for r in rows -> List.ofArray r.InputIds ] [ [ 1; 10; 11 ]; [ 1; 20; 2 ] ] "a cut to the row, b in the next"
+            Expect.equal [ for r in rows -> List.ofArray r.Labels ] [ [ -100; -100; 11 ]; [ -100; 20; 2 ] ] "labels"
+            let rows = Tokenized.Pack([ b; b ], 7)
+            Expect.equal [ for r in rows -> List.ofArray r.Segments ] [ [ 1; 1; 1; 2; 2; 2 ] ] "two examples in one row, numbered"
         }
 
         test "padding: right-padded ids, ignored labels and a zero mask" {

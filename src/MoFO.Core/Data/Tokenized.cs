@@ -4,8 +4,9 @@ using static TorchSharp.torch;
 
 namespace MoFO.Data;
 
-/// <summary>Token ids and labels of one example; a label of <see cref="Tokenized.Ignore"/> carries no loss.</summary>
-public sealed record TokenizedExample(int[] InputIds, int[] Labels, string Source)
+/// <summary>Token ids and labels of one example; a label of <see cref="Tokenized.Ignore"/> carries no loss. A packed row
+/// (<see cref="Tokenized.Pack"/>) also carries each token's example number within the row, 1, 2, … (<see cref="Segments"/>).</summary>
+public sealed record TokenizedExample(int[] InputIds, int[] Labels, string Source, int[]? Segments = null)
 {
     public int TrainedTokens => Labels.Count(l => l != Tokenized.Ignore);
 }
@@ -72,7 +73,9 @@ public static class Tokenized
         }
     }
 
-    /// <summary>Right-pads examples into one batch (pad id: the tokenizer's EOS, else 0; padded labels ignored).</summary>
+    /// <summary>Right-pads examples into one batch (pad id: the tokenizer's EOS, else 0; padded labels ignored). The
+    /// attention mask is 1 on real tokens and 0 on padding — or, for packed rows, each token's example number (1, 2, …),
+    /// from which the model builds a block-diagonal causal mask and restarts positions at each example.</summary>
     public static Batch Pad(IReadOnlyList<TokenizedExample> examples, int padId)
     {
         if (examples.Count == 0) throw new ArgumentException("an empty batch");
@@ -89,7 +92,7 @@ public static class Tokenized
                 bool real = t < e.InputIds.Length;
                 ids[k] = real ? e.InputIds[t] : padId;
                 lab[k] = real ? e.Labels[t] : Ignore;
-                mask[k] = real ? 1 : 0;
+                mask[k] = real ? (e.Segments is null ? 1 : e.Segments[t]) : 0;
             }
         }
         long[] shape = [examples.Count, len];
@@ -97,9 +100,12 @@ public static class Tokenized
     }
 
     /// <summary>
-    /// Packs examples in order into rows of exactly <paramref name="length"/> tokens (the last row may be shorter),
-    /// labels travelling with their tokens. Examples in a row attend to the ones before them in that row (plain
-    /// packing); instruction data ends every example with EOS, which marks the boundary.
+    /// Packs whole examples in order into rows of at most <paramref name="length"/> tokens (an example that does not fit
+    /// in the current row starts the next one; an example longer than a row is cut to it), with boundaries: each token
+    /// carries its example's number in the row (<see cref="TokenizedExample.Segments"/>), so that the model attends only
+    /// within an example and restarts its positions there, and the first label of every example is ignored (no example
+    /// is trained to predict the next one's first token). The loss of a packed row is the sum of the loss of its
+    /// examples unpacked.
     /// </summary>
     public static List<TokenizedExample> Pack(IEnumerable<TokenizedExample> examples, int length)
     {
@@ -107,20 +113,28 @@ public static class Tokenized
         var rows = new List<TokenizedExample>();
         var ids = new List<int>();
         var labels = new List<int>();
+        var segments = new List<int>();
+        int segment = 0;
+        void Flush()
+        {
+            if (ids.Count > 0) rows.Add(new TokenizedExample(ids.ToArray(), labels.ToArray(), $"packed row {rows.Count}", segments.ToArray()));
+            ids.Clear(); labels.Clear(); segments.Clear();
+            segment = 0;
+        }
         foreach (var e in examples)
         {
-            for (int t = 0; t < e.InputIds.Length; t++)
+            int n = Math.Min(e.InputIds.Length, length);
+            if (n == 0) continue;
+            if (ids.Count + n > length) Flush();
+            segment++;
+            for (int t = 0; t < n; t++)
             {
                 ids.Add(e.InputIds[t]);
-                labels.Add(e.Labels[t]);
-                if (ids.Count == length)
-                {
-                    rows.Add(new TokenizedExample(ids.ToArray(), labels.ToArray(), $"packed row {rows.Count}"));
-                    ids.Clear(); labels.Clear();
-                }
+                labels.Add(t == 0 ? Ignore : e.Labels[t]);
+                segments.Add(segment);
             }
         }
-        if (ids.Count > 1) rows.Add(new TokenizedExample(ids.ToArray(), labels.ToArray(), $"packed row {rows.Count}"));
+        Flush();
         return rows;
     }
 }

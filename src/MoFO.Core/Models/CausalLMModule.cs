@@ -133,6 +133,15 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
     {
         if (positionIds is not null) return positionIds;
         var t = inputIds.shape[1];
+        if (attentionMask is not null && IsPacked(attentionMask))
+        {
+            // packed rows: the position within each example (a run of one example number)
+            var m = attentionMask.to(ScalarType.Int64);
+            var idx = torch.arange(m.shape[1], dtype: ScalarType.Int64, device: m.device).unsqueeze(0).expand_as(m);
+            var starts = m.ne(m.roll(1, 1)).logical_or(idx.eq(Scalars.ZeroL));
+            var startIdx = torch.where(starts, idx, torch.zeros_like(idx)).cummax(1).values;
+            return (idx - startIdx).narrow(1, m.shape[1] - t, t);
+        }
         if (attentionMask is not null)
         {
             var pos = attentionMask.to(ScalarType.Int64).cumsum(1).sub(Scalars.OneL);
@@ -145,6 +154,14 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
     /// <summary>The boolean attention mask [B or 1, 1, T, past + T]: causal, restricted to real keys; a padded query
     /// still sees itself (so that no row is empty). Null when no explicit mask is needed: no padding and either one new
     /// token (it sees every cached key) or no cache (then <see cref="Attend"/> uses the fused causal kernel).</summary>
+    /// <summary>Whether an attention mask holds packed rows' example numbers (a value above 1) rather than 0/1.</summary>
+    internal static bool IsPacked(Tensor attentionMask)
+    {
+        if (attentionMask.dtype == ScalarType.Bool || attentionMask.numel() == 0) return false;
+        using var max = attentionMask.max();
+        return max.to(ScalarType.Int64).item<long>() > 1;
+    }
+
     internal static Tensor? Mask(Tensor? attentionMask, long t, long past, Device device)
     {
         var total = past + t;
@@ -156,6 +173,15 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
         if (attentionMask is null) return causal.unsqueeze(0).unsqueeze(0);
         if (attentionMask.shape[1] != total)
             throw new ArgumentException($"attention mask covers {attentionMask.shape[1]} positions, expected past {past} + new {t}");
+        if (IsPacked(attentionMask))
+        {
+            // packed rows: a query sees the keys of its own example only (block-diagonal and causal); padding sees itself
+            var seg = attentionMask.to(ScalarType.Int64).to(device);
+            var qs = seg.narrow(1, past, t).unsqueeze(2);                  // [B,T,1]
+            var ks = seg.unsqueeze(1);                                      // [B,1,total]
+            var same = qs.eq(ks).logical_and(ks.gt(Scalars.ZeroL));
+            return causal.unsqueeze(0).logical_and(same.logical_or(k.eq(q).unsqueeze(0))).unsqueeze(1);
+        }
         var keys = attentionMask.to(ScalarType.Bool).unsqueeze(1).unsqueeze(1);   // [B,1,1,total]
         return causal.unsqueeze(0).unsqueeze(0).logical_and(keys.logical_or(k.eq(q).unsqueeze(0).unsqueeze(0)));
     }
