@@ -8,20 +8,21 @@ public static class Csv
     /// <summary>The records of a CSV file with the (1-based) line on which each record starts.</summary>
     public static IEnumerable<(int Line, string[] Fields)> Read(string path)
     {
-        using var reader = new StreamReader(path);
+        using var reader = TextFiles.OpenText(path);
+        if (TextFiles.Guard(path, reader.Peek) == '\uFEFF') reader.Read();   // a UTF-8 byte-order mark
         var fields = new List<string>();
         var field = new StringBuilder();
         int line = 1, recordLine = 1;
         bool quoted = false, fieldStarted = false, any = false;
         int c;
-        while ((c = reader.Read()) >= 0)
+        while ((c = TextFiles.Guard(path, reader.Read)) >= 0)
         {
             char ch = (char)c;
             if (quoted)
             {
                 if (ch == '"')
                 {
-                    if (reader.Peek() == '"') { reader.Read(); field.Append('"'); }
+                    if (TextFiles.Guard(path, reader.Peek) == '"') { reader.Read(); field.Append('"'); }
                     else quoted = false;
                 }
                 else

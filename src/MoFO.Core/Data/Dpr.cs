@@ -28,7 +28,7 @@ public static class Dpr
 
     public static List<DprRecord> Read(string path)
     {
-        var lines = File.ReadAllLines(path);
+        var lines = TextFiles.ReadAllLines(path);
         var records = new List<DprRecord>();
         int i = 0;
         while (i < lines.Length)

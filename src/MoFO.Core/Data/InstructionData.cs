@@ -78,7 +78,7 @@ public static class InstructionData
     public static List<TrainingExample> ReadAlpaca(string path, bool skipEmpty = false)
     {
         IEnumerable<(int Line, JsonElement Value)> records;
-        var text = File.ReadAllText(path).TrimStart();
+        var text = TextFiles.ReadAllText(path).TrimStart();
         if (text.StartsWith('['))
         {
             JsonDocument doc;
@@ -143,7 +143,7 @@ public static class InstructionData
         var file = Directory.Exists(path) ? Path.Combine(path, split + ".json") : path;
         if (!File.Exists(file)) throw new FileNotFoundException($"{file}: TRACE split not found (a task folder holds train.json, eval.json and test.json)", file);
         JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllText(file)); }
+        try { doc = JsonDocument.Parse(TextFiles.ReadAllText(file)); }
         catch (JsonException e) { throw new DataFormatException(file, (int?)(e.LineNumber + 1), $"not valid JSON ({e.Message})", e); }
         using var _ = doc;
         if (doc.RootElement.ValueKind != JsonValueKind.Array) throw new DataFormatException(file, null, "expected a JSON list of {prompt, answer}");

@@ -37,9 +37,10 @@ public static class JsonLines
         using var stream = OpenText(path);
         int lineNo = 0;
         string? line;
-        while ((line = stream.ReadLine()) is not null)
+        while ((line = ReadLine(stream, path)) is not null)
         {
             lineNo++;
+            if (lineNo == 1) line = line.TrimStart('\uFEFF');   // a UTF-8 byte-order mark
             if (string.IsNullOrWhiteSpace(line)) continue;
             JsonElement value;
             try
@@ -55,11 +56,8 @@ public static class JsonLines
         }
     }
 
-    /// <summary>Opens a text file, decompressing when the name ends in ".gz".</summary>
-    public static StreamReader OpenText(string path)
-    {
-        Stream s = System.IO.File.OpenRead(path);
-        if (path.EndsWith(".gz", StringComparison.OrdinalIgnoreCase)) s = new GZipStream(s, CompressionMode.Decompress);
-        return new StreamReader(s);
-    }
+    /// <summary>Opens a text file as strict UTF-8, decompressing when the name ends in ".gz" (<see cref="TextFiles"/>).</summary>
+    public static StreamReader OpenText(string path) => TextFiles.OpenText(path);
+
+    static string? ReadLine(StreamReader r, string path) => TextFiles.Guard(path, r.ReadLine);
 }
