@@ -106,6 +106,24 @@ let private attempt (job: Job) (threads: int) (inheritConsole: bool) (n: int) (l
 
 /// Runs the jobs, each in its own process, `par` at a time, retrying crashed points (three attempts); returns for each
 /// job whether it finished. A user error of a point (its exit code says so) stops the sweep with that class.
+/// The fraction of a running point's training done: its metrics lines over its steps (0 when unknown).
+let private fractionDone (job: Job) =
+    match job with
+    | Job.Train e ->
+        match e.Recipe.Steps with
+        | Some steps when steps > 0 ->
+            let file = Path.Combine(Identity.runDir e, "metrics.jsonl")
+            try
+                if File.Exists file then
+                    use r = new StreamReader(new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.ReadWrite))
+                    let mutable n = 0
+                    while not (isNull (r.ReadLine())) do n <- n + 1
+                    min 1.0 (float n / float steps)
+                else 0.0
+            with :? IOException -> 0.0
+        | _ -> 0.0
+    | Job.Continual _ -> 0.0
+
 let map (par: int) (jobs: Job list) : (Job * bool) list =
     let items = List.toArray jobs
     let results = Array.create items.Length false
@@ -139,15 +157,36 @@ let map (par: int) (jobs: Job list) : (Job * bool) list =
                 say "point %s FAILED three times (last exit code %d); its values are NaN. Last lines of %s:\n%s" job.Label code log (lastLines log 8)
                 false
         results[i] <- go 1
+    // in parallel mode the points' output goes to their logs: one live line follows the whole sweep (thousandths of
+    // the work: finished points and the running points' steps), with the running points and an ETA
+    let running = Collections.Concurrent.ConcurrentDictionary<int, Job>()
+    use progress =
+        if inheritConsole || not ConsoleProgress.Enabled then null
+        else new ConsoleProgress("sweep", int64 items.Length * 1000L, "‰")
+    let mutable shown = 0L
+    let refresh () =
+        if not (isNull progress) then
+            let partial = running.Values |> Seq.sumBy fractionDone
+            let now = int64 ((float finished.Value + partial) * 1000.0)
+            let names = running.Values |> Seq.map (fun j -> $"{j.Label} {100.0 * fractionDone j:F0}%%") |> String.concat "; "
+            progress.Status <- $"{finished.Value}/{items.Length} points done; running: {names}"
+            if now > shown then
+                progress.Advance(now - shown)
+                shown <- now
+    use timer = new Timer((fun _ -> lock printLock refresh), null, 2000, 2000)
     let worker () =
         let mutable go = true
         while go do
             let i = Interlocked.Increment next
             if i >= items.Length || stop.Value.IsSome then go <- false
-            else runOne i
+            else
+                running[i] <- items[i]
+                try runOne i finally running.TryRemove(i) |> ignore
     let ts = [ for _ in 1 .. max 1 (min par items.Length) -> Thread(worker) ]
     for t in ts do t.Start()
     for t in ts do t.Join()
+    timer.Dispose()
+    lock printLock refresh
     match stop.Value with
     | Some e -> raise e
     | None -> Array.zip items results |> Array.toList
