@@ -162,6 +162,9 @@ let tests =
                     Expect.equal (File.GetLastWriteTimeUtc(Path.Combine(again.Dir, "train_summary.json"))) stamp "the second run comes from the cache"
                     Expect.equal again.Values r.Values "same values"
                     Expect.isTrue (r[Measure.Distance] > 0.0) "the model moved"
+                    // the run's measures also in lm-evaluation-harness's format (the distance is not a harness task)
+                    use h = JsonDocument.Parse(File.ReadAllText(Path.Combine(r.Dir, "lm_eval_results.json")))
+                    Expect.equal (h.RootElement.GetProperty("results").GetProperty("task_loss").GetProperty("task_loss,none").GetDouble()) r[Measure.TaskLoss] "the task loss"
                     weights r.Dir)
             let resumed =
                 withCache (fun _ ->

@@ -106,6 +106,14 @@ let tests =
             Expect.equal (root.GetProperty("suite").GetString()) "tiny" "260K parameters: the tiny suite"
             let keys = [ for m in root.GetProperty("measures").EnumerateArray() -> m.GetProperty("key").GetString() ]
             Expect.equal keys [ "pretrain_proxy_nll"; "story_cloze"; "greedy_intact"; "distance_l2"; "task_loss"; "task_token_acc"; "task_acc" ] "measures"
+            // the same numbers in lm-evaluation-harness's results format, one file per model
+            for file in [ "lm_eval_results_base.json"; "lm_eval_results_tuned.json" ] do
+                use h = JsonDocument.Parse(File.ReadAllText(Path.Combine(output, file)))
+                let story = h.RootElement.GetProperty("results").GetProperty("story_cloze")
+                Expect.isTrue (story.TryGetProperty("acc_norm,none") |> fst) $"{file}: story_cloze acc_norm"
+            use tuned = JsonDocument.Parse(File.ReadAllText(Path.Combine(output, "lm_eval_results_tuned.json")))
+            Expect.equal (tuned.RootElement.GetProperty("results").GetProperty("story_cloze").GetProperty("acc_norm,none").GetDouble())
+                ((row root "story_cloze").GetProperty("fineTuned").GetDouble()) "the report's story cloze"
             for m in root.GetProperty("measures").EnumerateArray() do
                 let key = m.GetProperty("key").GetString()
                 let ft = m.GetProperty("fineTuned").GetDouble()

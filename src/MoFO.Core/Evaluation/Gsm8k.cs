@@ -12,7 +12,13 @@ public sealed record Gsm8kItem(string Id, string Question, string Answer)
 }
 
 /// <summary>One scored generation: the raw text, both extractions and whether each matches.</summary>
-public sealed record Gsm8kItemResult(string Id, string Generation, string Strict, string Flexible, string Target, bool StrictCorrect, bool FlexibleCorrect);
+public sealed record Gsm8kItemResult(string Id, string Generation, string Strict, string Flexible, string Target, bool StrictCorrect, bool FlexibleCorrect)
+{
+    /// <summary>The document (question and full answer) and the prompt the model was given (with its shots).</summary>
+    public string Question { get; init; } = "";
+    public string Answer { get; init; } = "";
+    public string Prompt { get; init; } = "";
+}
 
 public sealed record Gsm8kSummary(int Shots, double StrictMatch, double FlexibleMatch, IReadOnlyList<Gsm8kItemResult> Items);
 
@@ -110,7 +116,8 @@ public static partial class Gsm8k
         {
             var chunk = test.Skip(i).Take(batch).ToList();
             var gens = model.Generate(chunk.Select(it => Prompt(it, fewShot)).ToList(), options);
-            for (int j = 0; j < chunk.Count; j++) results.Add(Score(chunk[j], gens[j]));
+            for (int j = 0; j < chunk.Count; j++)
+                results.Add(Score(chunk[j], gens[j]) with { Question = chunk[j].Question, Answer = chunk[j].Answer, Prompt = Prompt(chunk[j], fewShot) });
             progress?.Advance(chunk.Count);
         }
         return new Gsm8kSummary(shots,

@@ -16,6 +16,11 @@ public sealed record McItem(string Id, string Context, IReadOnlyList<string> Cho
 /// <summary>Per-item outcome: the log-likelihood of every choice, and the predictions by acc and acc_norm.</summary>
 public sealed record McItemResult(string Id, string Group, int Gold, int Predicted, int PredictedNorm, IReadOnlyList<double> LogLikelihoods)
 {
+    /// <summary>The request as the model saw it: the context (with its shots) and each choice's continuation.</summary>
+    public string Context { get; init; } = "";
+    public IReadOnlyList<string> Continuations { get; init; } = [];
+    /// <summary>Whether each continuation is the model's greedy continuation of the context.</summary>
+    public IReadOnlyList<bool> IsGreedy { get; init; } = [];
     public bool Correct => Predicted == Gold;
     public bool CorrectNorm => PredictedNorm == Gold;
 }
@@ -102,13 +107,14 @@ public sealed class MultipleChoiceEvaluator
             .ThenBy(r => r)
             .ToArray();
         var ll = new double[requests.Count];
+        var greedy = new bool[requests.Count];
         for (int start = 0; start < order.Length; start += ChunkSize)
         {
             var chunk = order.Skip(start).Take(ChunkSize).ToArray();
             var results = model.LogLikelihoods(chunk.Select(r => requests[r].Request).ToList());
             if (results.Count != chunk.Length)
                 throw new InvalidOperationException($"{model.Name} returned {results.Count} log-likelihoods for {chunk.Length} requests");
-            for (int j = 0; j < chunk.Length; j++) ll[chunk[j]] = results[j].LogLikelihood;
+            for (int j = 0; j < chunk.Length; j++) { ll[chunk[j]] = results[j].LogLikelihood; greedy[chunk[j]] = results[j].IsGreedy; }
             progress?.Advance(chunk.Length);
         }
         var perItem = new List<McItemResult>(items.Count);
@@ -117,10 +123,17 @@ public sealed class MultipleChoiceEvaluator
         {
             var item = items[i];
             var lls = new double[item.Choices.Count];
-            for (int c = 0; c < lls.Length; c++) lls[c] = ll[k++];
+            var greedyOf = new bool[item.Choices.Count];
+            int first = k;
+            for (int c = 0; c < lls.Length; c++) { greedyOf[c] = greedy[k]; lls[c] = ll[k++]; }
             int pred = ArgMax(lls);
             int predNorm = ArgMax(lls.Select((v, c) => v / Math.Max(1, item.Choices[c].Length)).ToArray());
-            perItem.Add(new McItemResult(item.Id, item.Group, item.Gold, pred, predNorm, lls));
+            perItem.Add(new McItemResult(item.Id, item.Group, item.Gold, pred, predNorm, lls)
+            {
+                Context = requests[first].Request.Context,
+                Continuations = Enumerable.Range(first, lls.Length).Select(r => requests[r].Request.Continuation).ToList(),
+                IsGreedy = greedyOf,
+            });
         }
         return new McSummary(task, Shots,
             perItem.Count == 0 ? double.NaN : perItem.Average(r => r.Correct ? 1.0 : 0.0),

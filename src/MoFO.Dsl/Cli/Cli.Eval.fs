@@ -20,6 +20,7 @@ type EvalArgs =
     | Limit of n: int
     | Shots of k: int
     | Output of path: string
+    | Log_Samples
     | Base of path: string
     | Samples of n: int
     | Temperature of t: float
@@ -50,6 +51,7 @@ type EvalArgs =
             | Cache _ -> "folder that caches base-model samples (default results/cache)."
             | Device _ -> "cpu (default; float32, or bfloat16 for a bfloat16 checkpoint) or cuda (bfloat16)."
             | Unsafe_No_Sandbox -> "humaneval: run generated code without bubblewrap when it is missing (dangerous)."
+            | Log_Samples -> "with --output: also write lm-evaluation-harness's per-document samples, samples_<task>_<timestamp>.jsonl beside it."
 
 /// The settings of one `mofo eval` (the paper's protocol, with the flags applied through the measure's declaration).
 let settings (m: Measure) (args: ParseResults<EvalArgs>) =
@@ -74,6 +76,8 @@ let evaluate (model: CausalLM) (args: ParseResults<EvalArgs>) : Outcome =
         if baseModel.IsValueCreated && not (obj.ReferenceEquals(baseModel.Value, model)) then baseModel.Value.Dispose()
 
 let run (args: ParseResults<EvalArgs>) =
+    if args.Contains Log_Samples && not (args.Contains Output) then
+        raise (OptionException("Output", "--log-samples writes beside the results file: pass --output FILE"))
     let clock = Diagnostics.Stopwatch.StartNew()
     let modelPath = args.GetResult Model
     let m = Evals.ofTask (args.GetResult Task)
@@ -85,9 +89,21 @@ let run (args: ParseResults<EvalArgs>) =
         printfn "  %-24s %.4f" k v
     args.TryGetResult Output
     |> Option.iter (fun path ->
+        // lm-evaluation-harness's results JSON, with MoFO.NET's own record of the evaluation beside its keys
+        let s = settings m args
+        let ts, groups = LmEval.tasks m s outcome
+        let root = LmEval.results (Path.GetFullPath modelPath) s (args.TryGetResult Limit) clock.Elapsed.TotalSeconds ts groups
         let record =
             {| task = taskName; measure = m.Key; model = Path.GetFullPath modelPath; count = outcome.Count
                metrics = dict outcome.Metrics; elapsedSeconds = clock.Elapsed.TotalSeconds; items = outcome.Items |}
-        AtomicFile.WriteAllText(path, JsonSerializer.Serialize(record, JsonSerializerOptions(WriteIndented = true, NumberHandling = Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals)))
+        let options = JsonSerializerOptions(WriteIndented = true, NumberHandling = Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals)
+        let own = Text.Json.Nodes.JsonNode.Parse(JsonSerializer.Serialize(record, options)).AsObject()
+        for KeyValue (k, v) in Seq.toList own do
+            own.Remove k |> ignore
+            root[k] <- v
+        AtomicFile.WriteAllText(path, root.ToJsonString(options))
+        if args.Contains Log_Samples then
+            let stamp = DateTime.UtcNow.ToString("yyyy-MM-ddTHH-mm-ss.ffffff", Globalization.CultureInfo.InvariantCulture)
+            for f in LmEval.writeSamples (Path.GetDirectoryName(Path.GetFullPath path)) stamp ts do printfn "samples: %s" f
         printfn "written: %s" path)
     0

@@ -21,7 +21,10 @@ let mcOutcome (s: McSummary) =
     { Value = s.AccNorm
       Metrics = [ "acc", s.Acc; "acc_stderr", s.AccStderr; "acc_norm", s.AccNorm; "chance", s.Chance ]
       Count = s.Count
-      Items = s.Items |> Seq.map (fun i -> {| id = i.Id; gold = i.Gold; pred = i.Predicted; pred_norm = i.PredictedNorm; ll = i.LogLikelihoods |}) |> Seq.toArray :> obj }
+      Items = s.Items |> Seq.toArray :> obj }
+
+/// HumanEval's per-sample results with the problems they answer (what the lm-eval samples file needs).
+type HumanEvalItems = { Problems: HumanEvalProblem list; Results: HumanEvalSampleResult list }
 
 /// A progress display for a measure (off when the console is not a terminal or progress is disabled).
 let private progressFor name (total: int) unit = new ConsoleProgress(name, int64 total, unit)
@@ -64,7 +67,7 @@ let humanEval (model: ILanguageModel) (path: string) (n: int) (temperature: floa
     let s = HumanEval.Score(samples, Dictionary(problems |> Seq.map (fun p -> KeyValuePair(p.TaskId, p))), sandbox, ks, 0, progress)
     let metrics = [ for KeyValue (k, v) in s.PassAtK -> $"pass@{k}", v ]
     { Value = (match ks with k :: _ when s.PassAtK.ContainsKey k -> s.PassAtK[k] | _ -> nan)
-      Metrics = metrics; Count = s.Problems; Items = s.Results :> obj }
+      Metrics = metrics; Count = s.Problems; Items = { Problems = problems; Results = List.ofSeq s.Results } :> obj }
 
 /// Seeded samples of the base model from BOS (cached under `cache`).
 let baseSamples (baseModel: ILanguageModel) (n: int) (tokens: int) (seed: int64) (cache: string) =

@@ -315,6 +315,14 @@ let forgettingWith (o: Options) (basePath: string) (fineTunedPath: string) (task
           JsonPath = Path.GetFullPath(Path.Combine(outDir, "report.json")); HtmlPath = Path.GetFullPath(Path.Combine(outDir, "report.html")) }
     AtomicFile.WriteAllText(report.JsonPath, toJson report)
     AtomicFile.WriteAllText(report.HtmlPath, toHtml report)
+    // the benchmarks of each model also in lm-evaluation-harness's results format (comparable with the harness's files)
+    let harness (path: string) (outcomes: (Measure * Outcome) list) (file: string) =
+        let parts = outcomes |> List.filter (fun (m, _) -> m <> Measure.Distance) |> List.map (fun (m, o) -> LmEval.tasks m settings o)
+        if not parts.IsEmpty then
+            let json = LmEval.results (Path.GetFullPath path) settings None clock.Elapsed.TotalSeconds (parts |> List.collect fst) (parts |> List.collect snd)
+            AtomicFile.WriteAllText(Path.Combine(outDir, file), json.ToJsonString(Text.Json.JsonSerializerOptions(WriteIndented = true)))
+    harness basePath [ for KeyValue (m, o) in onBase -> m, o ] "lm_eval_results_base.json"
+    harness fineTunedPath onTuned "lm_eval_results_tuned.json"
     printf "%s" (table report)
     printfn "report: %s, %s" report.JsonPath report.HtmlPath
     report

@@ -69,6 +69,10 @@ let run (showProgress: bool) (j: Job) =
         let runner =
             ContinualRunner(
                 Model = model, Tasks = ResizeArray tasks, Options = o, OutputDir = dir, Metric = j.Metric,
-                ReplayPerTask = replay, GemMemoryPerTask = gem, EvalLimit = Nullable())
+                ReplayPerTask = replay, GemMemoryPerTask = gem, EvalLimit = Nullable(),
+                TensorBoardDir =
+                    (match Environment.GetEnvironmentVariable "MOFO_TENSORBOARD" with
+                     | null | "" -> null
+                     | board -> Path.Combine(board, Path.GetFileName(Path.TrimEndingDirectorySeparator dir))))
         if e.Method = Method.MTL then runner.RunMultiTask() |> ignore else runner.Run() |> ignore
         outcome e.Method (ContinualSummary.Read file)

@@ -44,3 +44,8 @@ module Experiment =
         let task = lazy (Some (snd (Datasets.load e.Data e.Recipe.MaxLength)))
         let values = Training.evaluate dir model e.Model.Path e.Scale.Device task e.Settings e.Measures
         { tuned with Label = $"{tuned.Label} · WiSE t={t}"; ModelPath = model; Dir = dir; Values = values }
+    /// A row from an lm-evaluation-harness results JSON (a model evaluated elsewhere, or by `mofo eval --output`): its
+    /// benchmark numbers as MoFO.NET's measures (`LmEval.measuresOf`), to put beside runs in a table.
+    let fromLmEval (label: string) (file: string) : Run =
+        { Label = label; Method = None; ModelPath = file; BasePath = ""; Dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath file)
+          Values = LmEval.measuresOf file; Train = None; Seed = 0 }

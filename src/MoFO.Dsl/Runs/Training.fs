@@ -31,10 +31,18 @@ let evaluate (dir: string) (modelPath: string) (basePath: string) (device: Torch
             let baseModel = lazy (if modelPath = basePath then model else ModelLoader.Load(basePath, null, device))
             try
                 let ctx: Context = { Base = baseModel; Task = task.Value; Settings = settings }
-                [ for m, outcome in Evals.measureAll ctx model todo ->
-                    // in a data-parallel job every rank measures; rank 0 alone writes the cache
-                    if MoFO.Distributed.Job.IsRoot then Store.writeEval dir key (keyOf m) outcome.Value
-                    keyOf m, outcome.Value ]
+                let clock = Diagnostics.Stopwatch.StartNew()
+                let outcomes =
+                    [ for m, outcome in Evals.measureAll ctx model todo ->
+                        // in a data-parallel job every rank measures; rank 0 alone writes the cache
+                        if MoFO.Distributed.Job.IsRoot then Store.writeEval dir key (keyOf m) outcome.Value
+                        m, outcome ]
+                // the same numbers in lm-evaluation-harness's format beside the cache (the benchmarks and the rest)
+                let parts = outcomes |> List.filter (fun (m, _) -> m <> Measure.Distance) |> List.map (fun (m, o) -> LmEval.tasks m settings o)
+                if MoFO.Distributed.Job.IsRoot && not parts.IsEmpty then
+                    LmEval.writeMerged (Path.Combine(dir, "lm_eval_results.json"))
+                        (LmEval.results (Path.GetFullPath modelPath) settings None clock.Elapsed.TotalSeconds (parts |> List.collect fst) (parts |> List.collect snd))
+                [ for m, o in outcomes -> keyOf m, o.Value ]
             finally
                 if baseModel.IsValueCreated && not (obj.ReferenceEquals(baseModel.Value, model)) then baseModel.Value.Dispose()
     let all = Seq.append (Map.toSeq cached) fresh |> Map.ofSeq
@@ -63,6 +71,10 @@ let train (e: Experiment) (showProgress: bool) =
         let dtype = if o.Precision = Precision.BFloat16 then TorchSharp.torch.ScalarType.BFloat16 else TorchSharp.torch.ScalarType.Float32
         use model = ModelLoader.Load(e.Model.Path, null, e.Scale.Device, dtype)
         let trainer = Trainer(model, ResizeArray trainSet, ResizeArray task.HeldOut, o, folder.Dir)
+        // MOFO_TENSORBOARD=DIR: every run of a script or sweep writes its event files to DIR/<run folder's name>
+        match Environment.GetEnvironmentVariable "MOFO_TENSORBOARD" with
+        | null | "" -> ()
+        | board -> trainer.TensorBoardDir <- Path.Combine(board, Path.GetFileName(Path.TrimEndingDirectorySeparator folder.Dir))
         let resume = File.Exists(Path.Combine(folder.CheckpointDir, "trainer_state.json")) || Directory.Exists(folder.CheckpointDir + ".old")
         if resume then eprintfn "resuming %s from its checkpoint" folder.Dir
         let r = trainer.Run(resume)
