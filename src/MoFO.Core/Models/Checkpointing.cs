@@ -40,7 +40,7 @@ public static class Checkpointing
     {
         if (!torch.is_grad_enabled()) return forward(hidden, cos, sin, mask);
         var inputGrad = hidden.requires_grad;
-        if (!inputGrad && !layer.parameters().Any(p => p.requires_grad)) return forward(hidden, cos, sin, mask);
+        if (!inputGrad && !layer.parameters().Any(p => p.requires_grad) && !LoraAdapters.Adapts(layer)) return forward(hidden, cos, sin, mask);
         using var scope = torch.NewDisposeScope();
         // A node joins the graph only when one of its tensor inputs requires a gradient. When only the parameters do
         // (frozen embeddings), a detached leaf stands in for the input; its gradient is never computed.

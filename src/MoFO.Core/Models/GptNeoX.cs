@@ -22,7 +22,7 @@ public sealed class GPTNeoXAttention : nn.Module
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KVCache? cache, int layer)
     {
         var (b, t) = (x.shape[0], x.shape[1]);
-        var qkv = query_key_value.forward(x).view(b, t, heads, 3 * headSize).transpose(1, 2);   // [B, H, T, 3hs]
+        var qkv = LoraAdapters.Forward(query_key_value, x).view(b, t, heads, 3 * headSize).transpose(1, 2);   // [B, H, T, 3hs]
         var q = qkv.narrow(-1, 0, headSize);
         var k = qkv.narrow(-1, headSize, headSize);
         var v = qkv.narrow(-1, 2 * headSize, headSize);
@@ -30,7 +30,7 @@ public sealed class GPTNeoXAttention : nn.Module
         k = Rotary.Apply(k, cos, sin);
         if (cache is not null) (k, v) = cache.Update(layer, k, v);
         var o = CausalLMModule.Attend(q, k, v, mask);
-        return dense.forward(o.transpose(1, 2).reshape(b, t, heads * headSize));
+        return LoraAdapters.Forward(dense, o.transpose(1, 2).reshape(b, t, heads * headSize));
     }
 }
 
@@ -52,14 +52,14 @@ public sealed class GPTNeoXMLP : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        var h = dense_h_to_4h.forward(x);
+        var h = LoraAdapters.Forward(dense_h_to_4h, x);
         h = act switch
         {
             "gelu" => nn.functional.gelu(h),
             "relu" => nn.functional.relu(h),
             _ => GeluTanh(h),
         };
-        return dense_4h_to_h.forward(h);
+        return LoraAdapters.Forward(dense_4h_to_h, h);
     }
 }
 
@@ -154,6 +154,6 @@ public sealed class GPTNeoXForCausalLM : CausalLMModule
             for (var i = 0; i < gpt_neox.layers.Count; i++) h = gpt_neox.layers[i].Forward(h, cos, sin, mask, cache, i);
         cache?.Advance(t);
         h = gpt_neox.final_layer_norm.forward(h);
-        return embed_out is not null ? embed_out.forward(h) : nn.functional.linear(h, gpt_neox.embed_in.weight!);
+        return embed_out is not null ? LoraAdapters.Forward(embed_out, h) : nn.functional.linear(h, gpt_neox.embed_in.weight!);
     }
 }

@@ -46,14 +46,14 @@ public sealed class LlamaAttention : nn.Module
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KVCache? cache, int layer)
     {
         var (b, t) = (x.shape[0], x.shape[1]);
-        var q = q_proj.forward(x).view(b, t, heads, headDim).transpose(1, 2);
-        var k = k_proj.forward(x).view(b, t, kvHeads, headDim).transpose(1, 2);
-        var v = v_proj.forward(x).view(b, t, kvHeads, headDim).transpose(1, 2);
+        var q = LoraAdapters.Forward(q_proj, x).view(b, t, heads, headDim).transpose(1, 2);
+        var k = LoraAdapters.Forward(k_proj, x).view(b, t, kvHeads, headDim).transpose(1, 2);
+        var v = LoraAdapters.Forward(v_proj, x).view(b, t, kvHeads, headDim).transpose(1, 2);
         q = Rotary.Apply(q, cos, sin);
         k = Rotary.Apply(k, cos, sin);
         if (cache is not null) (k, v) = cache.Update(layer, k, v);
         var o = CausalLMModule.Attend(q, k, v, mask);
-        return o_proj.forward(o.transpose(1, 2).reshape(b, t, heads * headDim));
+        return LoraAdapters.Forward(o_proj, o.transpose(1, 2).reshape(b, t, heads * headDim));
     }
 }
 
@@ -71,7 +71,7 @@ public sealed class LlamaMLP : nn.Module<Tensor, Tensor>
     }
 
     public override Tensor forward(Tensor x) =>
-        down_proj.forward(nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x));
+        LoraAdapters.Forward(down_proj, nn.functional.silu(LoraAdapters.Forward(gate_proj, x)) * LoraAdapters.Forward(up_proj, x));
 }
 
 public sealed class LlamaDecoderLayer : nn.Module
@@ -160,6 +160,6 @@ public sealed class LlamaForCausalLM : CausalLMModule
             for (var i = 0; i < model.layers.Count; i++) h = model.layers[i].Forward(h, cos, sin, mask, cache, i);
         cache?.Advance(t);
         h = model.norm.forward(h);
-        return lm_head is not null ? lm_head.forward(h) : nn.functional.linear(h, model.embed_tokens.weight!);
+        return lm_head is not null ? LoraAdapters.Forward(lm_head, h) : nn.functional.linear(h, model.embed_tokens.weight!);
     }
 }

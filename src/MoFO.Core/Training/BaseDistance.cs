@@ -28,6 +28,13 @@ public abstract class BaseDistance : IDisposable
         public override void Dispose() { if (owned) snapshot.Dispose(); base.Dispose(); }
     }
 
+    /// <summary>LoRA: the base is frozen, so the distance is that of the adapters' update, ‖(α/r)·B·A‖ summed over layers.</summary>
+    public sealed class OfAdapters(Models.LoraAdapters adapters) : BaseDistance
+    {
+        public override bool EveryStep => true;
+        public override double L2() => adapters.DeltaL2();
+    }
+
     /// <summary>Against a safetensors checkpoint (a file or an HF folder, sharded or not), read in slices of
     /// <see cref="Slice"/> elements converted to float32; the sum of squares accumulates in float64.</summary>
     public sealed class FromCheckpoint(string checkpoint, IReadOnlyDictionary<string, Tensor> parameters) : BaseDistance
@@ -65,12 +72,13 @@ public abstract class BaseDistance : IDisposable
     }
 
     /// <summary>
-    /// The distance of a run: the loss terms' snapshot when they have one; a copy in memory for models below
+    /// The distance of a run: LoRA's adapters' update; the loss terms' snapshot when they have one; a copy in memory for models below
     /// <see cref="Defaults.SmallModel"/> parameters or whose base is not a safetensors checkpoint; otherwise the base
     /// checkpoint on disk.
     /// </summary>
     public static BaseDistance For(Models.CausalLM lm, IEnumerable<ILossTerm> terms)
     {
+        if (Models.LoraAdapters.Of(lm.Module) is { } lora) return new OfAdapters(lora);
         var shared = terms.OfType<PenaltyToPretrained>().FirstOrDefault()?.Snapshot;
         if (shared is not null) return new InMemory(shared, owned: false);
         var parameters = lm.Module.StateDict();

@@ -61,17 +61,22 @@ public sealed record MethodSpec
     /// <summary>The update fraction of members that filter (ignored by the others).</summary>
     public double Alpha { get; init; } = Defaults.Alpha;
     public IReadOnlyList<LossTermSpec> Terms { get; init; } = [];
+    /// <summary>LoRA: the member trains low-rank adapters of the base's linear layers, the base frozen (null: the
+    /// member trains every weight).</summary>
+    public LoraSpec? Lora { get; init; }
 
-    /// <summary>A short description: <c>mofo(α=0.15)</c>, <c>adamw + l2(λ=0.001)</c>.</summary>
+    /// <summary>A short description: <c>mofo(α=0.15)</c>, <c>adamw + l2(λ=0.001)</c>, <c>lora(r=8, α=16)</c>,
+    /// <c>lora(r=8, α=16) on mofo(α=0.15)</c>.</summary>
     public override string ToString()
     {
         var m = Methods.Member(Optimizer);
         var head = m.UsesAlpha ? $"{m.Name}(α={Alpha.ToString("G", System.Globalization.CultureInfo.InvariantCulture)})" : m.Name;
+        if (Lora is not null) head = m.Name == "adamw" ? Lora.ToString() : $"{Lora} on {head}";
         return string.Concat(Terms.Select(t => $" + {t.Term}(λ={t.Lambda.ToString("G", System.Globalization.CultureInfo.InvariantCulture)})").Prepend(head));
     }
 
     public bool Equals(MethodSpec? other) =>
-        other is not null && Optimizer == other.Optimizer && Alpha.Equals(other.Alpha) && Terms.SequenceEqual(other.Terms);
+        other is not null && Optimizer == other.Optimizer && Alpha.Equals(other.Alpha) && Terms.SequenceEqual(other.Terms) && Equals(Lora, other.Lora);
 
     public override int GetHashCode() => HashCode.Combine(Optimizer, Alpha, Terms.Count);
 }
@@ -112,8 +117,15 @@ public static class Methods
     /// <summary>Other names users type for a member.</summary>
     static readonly Dictionary<string, string> Aliases = new() { ["adam"] = "adamw", ["full-ft"] = "adamw" };
 
-    /// <summary>Every name <see cref="Parse"/> accepts: the members, then the loss-term presets.</summary>
-    public static IReadOnlyList<string> Names => Members.Select(m => m.Name).Concat(Terms.Select(t => t.Name)).ToList();
+    /// <summary>The name of LoRA (<see cref="LoraSpec"/>: adapters trained by a member, the base frozen).</summary>
+    public const string LoraName = "lora";
+
+    /// <summary>How many times Adam's learning rate LoRA's adapters want (Biderman et al. 2024: LoRA's best learning
+    /// rates are about an order of magnitude above full fine-tuning's).</summary>
+    public const double LoraLrScale = 10;
+
+    /// <summary>Every name <see cref="Parse"/> accepts: the members, LoRA, then the loss-term presets.</summary>
+    public static IReadOnlyList<string> Names => Members.Select(m => m.Name).Append(LoraName).Concat(Terms.Select(t => t.Name)).ToList();
 
     /// <summary>The member of that name; an <see cref="OptionException"/> on field <c>Method</c> otherwise.</summary>
     public static Member Member(string name)
@@ -133,11 +145,22 @@ public static class Methods
     /// that term at <paramref name="l1Lambda"/> / <paramref name="l2Lambda"/>). With a member, a given λ adds its term
     /// (so <c>mofo</c> with λ2 is MoFO + L2).
     /// </summary>
-    public static MethodSpec Parse(string name, double alpha = Defaults.Alpha, double? l1Lambda = null, double? l2Lambda = null)
+    /// <para><c>lora</c>: adapters (<paramref name="lora"/>, default rank 8) trained by the spec's member (AdamW by
+    /// default; MoFO filters the adapters' moments with α = <paramref name="alpha"/>).</para>
+    public static MethodSpec Parse(string name, double alpha = Defaults.Alpha, double? l1Lambda = null, double? l2Lambda = null, LoraSpec? lora = null)
     {
         var key = name.ToLowerInvariant();
         var terms = new List<LossTermSpec>();
         string optimizer;
+        if (lora is not null && key != LoraName)
+            throw new OptionException("Method", $"Method {name}: LoRA options need the method {LoraName}");
+        if (key == LoraName)
+        {
+            lora ??= new LoraSpec();
+            if (l1Lambda is not null || l2Lambda is not null)
+                throw new OptionException("Method", "Method lora: the L1/L2 terms toward the pretrained weights do not apply to adapters (the base is frozen)");
+            return new MethodSpec { Optimizer = Member(lora.Optimizer).Name, Alpha = alpha, Lora = lora with { Optimizer = Member(lora.Optimizer).Name } };
+        }
         if (Terms.Any(t => t.Name == key))
         {
             optimizer = "adamw";
@@ -160,6 +183,12 @@ public static class Methods
     public static void Validate(MethodSpec m)
     {
         Member(m.Optimizer);
+        if (m.Lora is not null)
+        {
+            m.Lora.Validate();
+            if (m.Terms.Count > 0) throw new OptionException("Method", "Method lora: the L1/L2 terms toward the pretrained weights do not apply to adapters (the base is frozen)");
+            if (Member(m.Lora.Optimizer).Name != m.Optimizer) throw new OptionException("LoraOptimizer", $"LoraOptimizer {m.Lora.Optimizer}: differs from the method's member {m.Optimizer}");
+        }
         if (!(m.Alpha > 0 && m.Alpha <= 1)) throw new OptionException("Alpha", $"Alpha {m.Alpha}: must lie in (0, 1]");
         foreach (var t in m.Terms)
         {
@@ -168,10 +197,19 @@ public static class Methods
         }
     }
 
-    /// <summary>The one factory: the optimizer of the method over the module's parameters, and its loss terms.</summary>
+    /// <summary>The one factory: the optimizer of the method over the module's parameters (LoRA: over adapters attached
+    /// to the module now, or already attached with the same settings), and its loss terms.</summary>
     public static (BlockOptimizer Optimizer, IReadOnlyList<ILossTerm> Terms) Create(CausalLMModule module, TrainingOptions o)
     {
-        var named = module.named_parameters().ToList();
+        IReadOnlyList<(string name, Parameter parameter)> named;
+        if (o.Method.Lora is { } lora)
+        {
+            var set = LoraAdapters.Of(module);
+            if (set is not null && !set.Spec.Equals(lora))
+                throw new OptionException("Method", $"Method {o.Method}: the model already carries other LoRA adapters ({set.Spec})");
+            named = (set ?? LoraAdapters.Attach(module, lora, o.Seed)).Parameters;
+        }
+        else named = module.named_parameters().ToList();
         var member = Member(o.Method.Optimizer);
         var track = o.TrackTouched ?? named.Sum(p => p.parameter.numel()) < Defaults.SmallModel;
         var opt = member.Create(new OptimizerArgs(named, o.LearningRate, o.WeightDecay, o.Method.Alpha, o.Seed, track));

@@ -112,6 +112,16 @@ public sealed class Trainer
     {
         if (_eval.Count == 0) return double.NaN;
         using var _ = no_grad();
+        // evaluation mode (no LoRA dropout), back to training mode after
+        var module = _lm.Module;
+        bool training = module.training;
+        module.eval();
+        try { return HeldOutLoss(); }
+        finally { if (training) module.train(); }
+    }
+
+    double HeldOutLoss()
+    {
         double sum = 0; long count = 0;
         int pad = _lm.Tokenizer.EosId ?? 0;
         var comm = Comm;
@@ -137,6 +147,9 @@ public sealed class Trainer
         module.GradientCheckpointing = _o.GradientCheckpointing;
         module.train();
         var (opt, terms) = CreateOptimizer(module, _o);
+        // LoRA: the adapters the optimizer trains (the base frozen); merged into the weights when the run ends
+        var lora = LoraAdapters.Of(module);
+        var trained = opt.Blocks.Select(b => b.Parameter).ToList();
         var comm = Comm;
         bool root = comm.Rank == 0;
         var dp = comm.Size > 1 ? new DataParallel(comm, opt) : null;
@@ -191,13 +204,15 @@ public sealed class Trainer
             long tokens = batch.Sum(t => (long)PredictedTokens(t));
             // this rank's share of the global batch (the loss stays the mean over the global batch's tokens)
             var share = batch;
+            int shareStart = 0;
             // with checkpointing, each layer's gradients are summed into their owners in the last micro-batch's backward
             // and freed elsewhere (ZeRO-2); a batch smaller than the ranks (an epoch's last) sums after the backward
-            bool reduceInBackward = dp is not null && _o.GradientCheckpointing && AfterBackward is null && batch.Count >= comm.Size;
+            bool reduceInBackward = dp is not null && lora is null && _o.GradientCheckpointing && AfterBackward is null && batch.Count >= comm.Size;
             if (dp is not null)
             {
                 var (first, count) = dp.ShareOf(batch.Count);
                 share = batch.Skip(first).Take(count).ToList();
+                shareStart = first;
                 dp.Collective.Activity(step + 1, "forward and backward");
             }
             double lossSum = 0;
@@ -220,10 +235,10 @@ public sealed class Trainer
                     p.grad = null;
                 }
                 module.AfterLayerBackward = layer => { foreach (var p in layer.parameters()) StepAndFree(p); };
-                try { lossSum += ForwardBackward(batch.ToList(), tokens, pad); }
+                try { lossSum += ForwardBackward(batch.ToList(), tokens, pad, DropoutSeed(step, 0)); }
                 finally { module.AfterLayerBackward = null; }
                 OnPhase?.Invoke("step");
-                foreach (var p in module.parameters()) StepAndFree(p);
+                foreach (var p in trained) StepAndFree(p);
                 opt.FinishStep();
                 norm = Math.Sqrt(sq);
                 stepped = true;
@@ -236,7 +251,7 @@ public sealed class Trainer
                 {
                     // the hook is taken by the forward pass's checkpointed layers, so it is set before the forward
                     if (reduceInBackward && m + _o.MicroBatch >= share.Count) module.AfterLayerBackward = layer => dp!.ReduceNow(layer.parameters());
-                    try { lossSum += ForwardBackward(share.Skip(m).Take(_o.MicroBatch).ToList(), tokens, pad); }
+                    try { lossSum += ForwardBackward(share.Skip(m).Take(_o.MicroBatch).ToList(), tokens, pad, DropoutSeed(step, shareStart + m)); }
                     finally { module.AfterLayerBackward = null; }
                 }
             }
@@ -248,12 +263,12 @@ public sealed class Trainer
                 AfterBackward?.Invoke(module);
                 dp?.DropUnowned();
                 double sq;
-                if (dp is null) sq = SquaredGradNorm(module);
+                if (dp is null) sq = SquaredGradNorm(trained);
                 else
                 {
                     // each tensor's Σg² at its owner, summed over the ranks per tensor (zeros elsewhere: exact) and then
                     // added in the single process's order, so that the norm and the clipping factor are bit-identical
-                    var perTensor = SquaredNorms(module);
+                    var perTensor = SquaredNorms(trained);
                     perTensor[^1] = lossSum;
                     var sums = comm.Sum(perTensor);
                     lossSum = sums[^1];
@@ -283,7 +298,7 @@ public sealed class Trainer
             else
             {
                 bad = 0;
-                if (_o.MaxGradNorm > 0 && norm > _o.MaxGradNorm) ScaleGrads(module, _o.MaxGradNorm / (norm + 1e-6));
+                if (_o.MaxGradNorm > 0 && norm > _o.MaxGradNorm) ScaleGrads(trained, _o.MaxGradNorm / (norm + 1e-6));
                 OnPhase?.Invoke("step");
                 opt.step();
                 dp?.Collective.Activity(step + 1, "broadcasting weights");
@@ -333,16 +348,36 @@ public sealed class Trainer
             evalLoss = _eval.Count > 0 ? EvalLoss() : null;
             modelDir = Path.Combine(_out, "model");
         }
+        double touchedFraction = double.NaN;
+        if (lora is not null)
+        {
+            // the fraction of the model's entries that the merged update changes (B·A is dense in each adapted weight)
+            var (changed, all) = lora.ChangedEntries();
+            touchedFraction = (double)changed / all;
+        }
+        string? adapterDir = null;
+        if (lora is not null && modelDir is not null && root)
+        {
+            adapterDir = Path.Combine(_out, $".adapter-{Guid.NewGuid():N}");
+            lora.Save(adapterDir, _lm.SourcePath);
+        }
+        // the in-memory model leaves the run as the fine-tuned one: the adapters merged into its weights
+        lora?.Merge();
+        lora?.Dispose();
         if (modelDir is not null && root)
         {
             var tmp = Path.Combine(_out, $".model-{Guid.NewGuid():N}");
             OnPhase?.Invoke("final");
             HfFolder.Save(_lm, tmp);
+            if (adapterDir is not null)
+            {
+                foreach (var f in Directory.GetFiles(adapterDir)) File.Move(f, Path.Combine(tmp, Path.GetFileName(f)));
+                Directory.Delete(adapterDir);
+            }
             if (Directory.Exists(modelDir)) Directory.Delete(modelDir, true);
             Directory.Move(tmp, modelDir);
         }
-        double touchedFraction = double.NaN;
-        if (opt.TrackTouched)
+        if (lora is null && opt.TrackTouched)
         {
             var (touched, counted) = opt.TouchedCount();
             var sums = comm.Sum(touched, counted);
@@ -362,9 +397,10 @@ public sealed class Trainer
 
     /// <summary>The forward and backward pass of one micro-batch, its loss scaled by the step's token count; returns the
     /// micro-batch's summed token loss.</summary>
-    double ForwardBackward(List<TokenizedExample> examples, long tokens, int pad)
+    double ForwardBackward(List<TokenizedExample> examples, long tokens, int pad, long dropoutSeed)
     {
         using var scope = NewDisposeScope();
+        if (LoraAdapters.Of(_lm.Module) is { } lora) lora.DropoutSeed = dropoutSeed;
         using var b = Tokenized.Pad(examples, pad);
         OnPhase?.Invoke("forward");
         var (sum, _) = LossSum(_lm, b);
@@ -372,6 +408,11 @@ public sealed class Trainer
         using (Scalar denominator = ((double)tokens).ToScalar()) (sum / denominator).backward();
         return sum.item<float>();
     }
+
+    /// <summary>The seed of LoRA's dropout masks for the micro-batch that starts at example <paramref name="first"/> of a
+    /// step's global batch: a function of the run's seed, the step and the example (a resume and every rank layout draw
+    /// the same masks).</summary>
+    long DropoutSeed(int step, int first) => unchecked((_o.Seed * 1_000_003L + step) * 65_537L + first);
 
     static void TermsBackward(IReadOnlyList<ILossTerm> terms)
     {
@@ -382,11 +423,10 @@ public sealed class Trainer
         }
     }
 
-    /// <summary>Σ g² of each parameter's gradient (0 without one), in the order of the module's parameters, with one
-    /// more slot at the end for the caller.</summary>
-    static double[] SquaredNorms(CausalLMModule module)
+    /// <summary>Σ g² of each trained tensor's gradient (0 without one), in the optimizer's order, with one more slot at
+    /// the end for the caller.</summary>
+    static double[] SquaredNorms(IReadOnlyList<Tensor> ps)
     {
-        var ps = module.parameters().ToList();
         var sq = new double[ps.Count + 1];
         for (int i = 0; i < ps.Count; i++)
         {
@@ -397,10 +437,10 @@ public sealed class Trainer
     }
 
     /// <summary>Σ g² over the gradients this process holds, accumulated in float64 slice by slice.</summary>
-    static double SquaredGradNorm(CausalLMModule module)
+    static double SquaredGradNorm(IEnumerable<Tensor> trained)
     {
         double sq = 0;
-        foreach (var p in module.parameters())
+        foreach (var p in trained)
         {
             using var g = p.grad;
             if (g is not null) sq += SquaredNorm(g);
@@ -424,13 +464,13 @@ public sealed class Trainer
         return sq;
     }
 
-    static void ScaleGrads(CausalLMModule module, double factor)
+    static void ScaleGrads(IEnumerable<Tensor> trained, double factor)
     {
         using var _ = no_grad();
         // An explicit Scalar held for the whole call: TorchSharp may finalize an implicit one (double → Scalar) while
         // the native call still reads it (seen as "toDouble" check failures when trainings run on several threads).
         using Scalar s = factor.ToScalar();
-        foreach (var p in module.parameters())
+        foreach (var p in trained)
         {
             using var g = p.grad;
             g?.mul_(s);
@@ -455,7 +495,9 @@ public sealed class Trainer
         Directory.CreateDirectory(_out);
         var tmp = Path.Combine(_out, $".checkpoint-{Guid.NewGuid():N}");
         Directory.CreateDirectory(tmp);
-        SafeTensors.Save(Path.Combine(tmp, "model.safetensors"), _lm.Module.StateDict());
+        // LoRA: the adapters alone (the base is frozen, and read again from the model on resume)
+        if (LoraAdapters.Of(_lm.Module) is { } lora) SafeTensors.Save(Path.Combine(tmp, LoraAdapters.WeightsFile), lora.StateDict());
+        else SafeTensors.Save(Path.Combine(tmp, "model.safetensors"), _lm.Module.StateDict());
         // both streamed tensor by tensor from the model's and the optimizer's own memory (no copy of the state)
         try { SafeTensors.Save(Path.Combine(tmp, "optimizer.safetensors"), dp?.GatherState(opt.StateWrites()) ?? opt.StateWrites()); }
         finally { dp?.EndGather(); }
@@ -476,8 +518,8 @@ public sealed class Trainer
             ?? throw new CheckpointException($"{stateFile}: empty trainer state");
         if (state.Fingerprint != Fingerprint())
             throw new RunFolderException($"{stateFile}: the checkpoint was written by a run with other settings or data; resume with the same options (checkpoint: {state.Fingerprint}; now: {Fingerprint()})");
-        var weights = Path.Combine(CheckpointDir, "model.safetensors");
-        _lm.Module.LoadWeights(weights);
+        if (LoraAdapters.Of(_lm.Module) is { } lora) lora.LoadWeights(Path.Combine(CheckpointDir, LoraAdapters.WeightsFile));
+        else _lm.Module.LoadWeights(Path.Combine(CheckpointDir, "model.safetensors"));
         // the optimizer state is read one tensor at a time (never a second copy of the moments)
         using (var file = SafeTensorFile.Open(Path.Combine(CheckpointDir, "optimizer.safetensors")))
         using (var saved = new StreamedTensors(file))

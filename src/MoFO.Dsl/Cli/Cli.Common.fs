@@ -16,7 +16,8 @@ let flags =
            "Lambda", "--l1-lambda / --l2-lambda"; "Resume", "--resume"; "skipEmpty", "--skip-empty"; "tokenizerPath", "--tokenizer"
            "DataRoot", "--data-root"; "allowUnsandboxed", "--unsafe-no-sandbox"; "Device", "--device"; "Task", "--task"
            "Data", "--data"; "Output", "--output"; "t", "--t"; "Name", "mofo repro <name>"; "Like", "--like"; "layers", "--layers"; "Precision", "--precision"; "GradientCheckpointing", "--gradient-checkpointing"
-           "TrackTouched", "--track-touched"; "MasterWeights", "--master-weights"; "StepInBackward", "--step-in-backward" ]
+           "TrackTouched", "--track-touched"; "MasterWeights", "--master-weights"; "StepInBackward", "--step-in-backward"
+           "LoraRank", "--lora-rank"; "LoraAlpha", "--lora-alpha"; "LoraDropout", "--lora-dropout"; "LoraTargets", "--lora-targets"; "LoraOptimizer", "--lora-optimizer" ]
 
 /// An error as the command line says it: an option's field becomes its flag, a remedy names the flag that applies it.
 let render (e: exn) =
@@ -106,11 +107,24 @@ let guard (f: unit -> int) =
 let methodUsage () =
     let members = Methods.Members |> Seq.map (fun m -> m.Name) |> String.concat ", "
     let terms = Methods.Terms |> Seq.map (fun t -> $"{t.Name} (AdamW + {t.Description})") |> String.concat ", "
-    $"{members}, or {terms} (default {Defaults.Method}). Run `mofo methods` for a description of each."
+    $"{members}, {Methods.LoraName} (adapters, the base frozen; see --lora-*), or {terms} (default {Defaults.Method}). Run `mofo methods` for a description of each."
+
+/// LoRA's settings from `--lora-rank`, `--lora-alpha`, `--lora-dropout`, `--lora-targets` (comma-separated layer names),
+/// `--lora-optimizer`; None when none is given.
+let loraSpec (rank: int option) (alpha: float option) (dropout: float option) (targets: string option) (optimizer: string option) =
+    if [ rank.IsSome; alpha.IsSome; dropout.IsSome; targets.IsSome; optimizer.IsSome ] |> List.exists id then
+        let targets = targets |> Option.map (fun t -> t.Split(',', StringSplitOptions.TrimEntries ||| StringSplitOptions.RemoveEmptyEntries) :> seq<string>)
+        Some(MoFO.Models.LoraSpec.Of(Option.toNullable rank, Option.toNullable alpha, Option.toNullable dropout, Option.toObj targets, Option.toObj optimizer))
+    else None
+
+/// The method of `--method`, `--alpha`, `--l1-lambda`, `--l2-lambda` (a λ with a member adds its loss term) and the
+/// LoRA settings (with `--method lora`).
+let methodSpecWith (name: string option) (alpha: float option) (l1: float option) (l2: float option) (lora: MoFO.Models.LoraSpec option) =
+    Methods.Parse(defaultArg name Defaults.Method, defaultArg alpha Defaults.Alpha, Option.toNullable l1, Option.toNullable l2, Option.toObj lora)
 
 /// The method of `--method`, `--alpha`, `--l1-lambda`, `--l2-lambda` (a λ with a member adds its loss term).
 let methodSpec (name: string option) (alpha: float option) (l1: float option) (l2: float option) =
-    Methods.Parse(defaultArg name Defaults.Method, defaultArg alpha Defaults.Alpha, Option.toNullable l1, Option.toNullable l2)
+    methodSpecWith name alpha l1 l2 None
 
 /// `--precision`: the dtype of weights, gradients and activations.
 [<RequireQualifiedAccess>]

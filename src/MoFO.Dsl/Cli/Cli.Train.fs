@@ -21,6 +21,11 @@ type TrainArgs =
     | Tensorboard of dir: string
     | Method of name: string
     | Alpha of a: float
+    | Lora_Rank of r: int
+    | Lora_Alpha of a: float
+    | Lora_Dropout of p: float
+    | Lora_Targets of names: string
+    | Lora_Optimizer of name: string
     | Lr of lr: float
     | Epochs of n: int
     | Steps of n: int
@@ -66,7 +71,12 @@ type TrainArgs =
             | Tensorboard _ -> "write TensorBoard event files to this folder (loss, learning rate, gradient norm, updated fraction, tokens/s, distance, held-out loss; rank 0 alone)."
             | Method _ -> Common.methodUsage ()
             | Alpha _ -> $"MoFO / BCD update fraction per parameter tensor (default {Defaults.Alpha})."
-            | Lr _ -> $"peak learning rate (default {Defaults.LearningRate})."
+            | Lora_Rank _ -> "--method lora: the adapters' rank r (default 8)."
+            | Lora_Alpha _ -> "--method lora: the scaling α (the update is α/r · B·A; default 2r)."
+            | Lora_Dropout _ -> "--method lora: dropout on the adapters' input (default 0)."
+            | Lora_Targets _ -> "--method lora: comma-separated linear layers to adapt (default: the attention and MLP projections; Llama q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; GPT-NeoX query_key_value,dense,dense_h_to_4h,dense_4h_to_h)."
+            | Lora_Optimizer _ -> "--method lora: the member that trains the adapters, adamw (default) or mofo (the filter on the adapters' moments, --alpha)."
+            | Lr _ -> $"peak learning rate (default {Defaults.LearningRate}; LoRA usually wants about {Methods.LoraLrScale}× more)."
             | Epochs _ -> $"epochs over the data (default {Defaults.Epochs})."
             | Steps _ -> "optimizer steps (overrides --epochs)."
             | Batch_Size _ -> $"examples per optimizer step (default {Defaults.BatchSize})."
@@ -106,7 +116,8 @@ type TrainArgs =
 let options (a: ParseResults<TrainArgs>) =
     let batch = a.GetResult(Batch_Size, Defaults.BatchSize)
     TrainingOptions(
-        Method = Common.methodSpec (a.TryGetResult Method) (a.TryGetResult Alpha) (a.TryGetResult L1_Lambda) (a.TryGetResult L2_Lambda),
+        Method = Common.methodSpecWith (a.TryGetResult Method) (a.TryGetResult Alpha) (a.TryGetResult L1_Lambda) (a.TryGetResult L2_Lambda)
+                    (Common.loraSpec (a.TryGetResult Lora_Rank) (a.TryGetResult Lora_Alpha) (a.TryGetResult Lora_Dropout) (a.TryGetResult Lora_Targets) (a.TryGetResult Lora_Optimizer)),
         LearningRate = a.GetResult(Lr, Defaults.LearningRate),
         Epochs = a.GetResult(Epochs, Defaults.Epochs),
         Steps = (a.TryGetResult Steps |> Option.toNullable),
