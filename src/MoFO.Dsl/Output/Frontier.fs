@@ -66,6 +66,8 @@ let advantage (reference: (float * float) list) (curve: (float * float) list) (n
 /// The matched-loss comparison of one method with the reference, per seed and over seeds.
 type Matched =
     { Method: Method
+      /// what the method is compared with ("Full FT", "LoRA (r=8)", "Full FT + WiSE-FT")
+      Reference: string
       /// per seed: (mean advantage, the reference's mean forgetting there, the overlap range)
       PerSeed: (int * (float * float * (float * float)) option) list
       Mean: float
@@ -75,15 +77,67 @@ type Matched =
       /// the advantage relative to the reference's forgetting at the same loss
       Relative: float }
 
-let matched (reference: Method) (points: Point list) (m: Method) =
-    let seeds = points |> List.map (fun p -> p.Seed) |> List.distinct |> List.sort
-    let curve meth seed = points |> List.filter (fun p -> p.Method = meth && p.Seed = seed) |> List.map (fun p -> p.Learn, p.Forget)
-    let per = [ for s in seeds -> s, advantage (curve reference s) (curve m s) 9 ]
+/// The matched-loss comparison of `m`'s points with a reference curve per seed (`referenceCurve seed`: its
+/// (task loss, forgetting) points, of which the frontier is taken).
+let matchedWith (referenceName: string) (referenceCurve: int -> (float * float) list) (points: Point list) (m: Method) =
+    let seeds = points |> List.filter (fun p -> p.Method = m) |> List.map (fun p -> p.Seed) |> List.distinct |> List.sort
+    let curve seed = points |> List.filter (fun p -> p.Method = m && p.Seed = seed) |> List.map (fun p -> p.Learn, p.Forget)
+    let per = [ for s in seeds -> s, advantage (referenceCurve s) (curve s) 9 ]
     let vals = per |> List.choose (fun (_, a) -> a |> Option.map (fun (d, _, _) -> d))
     let refs = per |> List.choose (fun (_, a) -> a |> Option.map (fun (_, r, _) -> r))
     let mean = if vals.IsEmpty then nan else List.average vals
     let se =
         if vals.Length < 2 then nan
         else sqrt ((vals |> List.sumBy (fun v -> (v - mean) ** 2.0)) / float (vals.Length - 1) / float vals.Length)
-    { Method = m; PerSeed = per; Mean = mean; BandLow = mean - 1.96 * se; BandHigh = mean + 1.96 * se
+    { Method = m; Reference = referenceName; PerSeed = per; Mean = mean; BandLow = mean - 1.96 * se; BandHigh = mean + 1.96 * se
       Relative = (if refs.IsEmpty then nan else mean / List.average refs) }
+
+/// How much less `m` forgets than the `reference` method at matched fine-tuning loss (`matchedWith`).
+let matched (reference: Method) (points: Point list) (m: Method) =
+    let curve seed = points |> List.filter (fun p -> p.Method = reference && p.Seed = seed) |> List.map (fun p -> p.Learn, p.Forget)
+    matchedWith reference.Label curve points m
+
+/// Ranks 1..n of the values, ties sharing their mean rank.
+let ranks (xs: float list) =
+    let arr = List.toArray xs
+    let order = Array.init arr.Length id |> Array.sortBy (fun i -> arr[i])
+    let r = Array.zeroCreate arr.Length
+    let mutable i = 0
+    while i < order.Length do
+        let mutable j = i
+        while j + 1 < order.Length && arr[order[j + 1]] = arr[order[i]] do j <- j + 1
+        let mid = float (i + j) / 2.0 + 1.0
+        for k in i .. j do r[order[k]] <- mid
+        i <- j + 1
+    List.ofArray r
+
+/// Pearson's correlation of two equally long lists (NaN when either is constant or shorter than 2).
+let pearson (xs: float list) (ys: float list) =
+    let n = List.length xs
+    if n < 2 || n <> List.length ys then nan
+    else
+        let mx, my = List.average xs, List.average ys
+        let sxy = List.map2 (fun x y -> (x - mx) * (y - my)) xs ys |> List.sum
+        let sxx, syy = xs |> List.sumBy (fun x -> (x - mx) ** 2.0), ys |> List.sumBy (fun y -> (y - my) ** 2.0)
+        if sxx = 0.0 || syy = 0.0 then nan else sxy / sqrt (sxx * syy)
+
+/// Spearman's rank correlation: Pearson's on the ranks (ties at their mean rank). Pairs with a non-finite value are left out.
+let spearman (pairs: (float * float) list) =
+    let ok = pairs |> List.filter (fun (x, y) -> Double.IsFinite x && Double.IsFinite y)
+    pearson (ranks (List.map fst ok)) (ranks (List.map snd ok))
+
+/// Spearman's ρ of the pairs with a percentile bootstrap band over them: `n` resamples of the pairs with replacement
+/// (seeded), the 2.5th and 97.5th percentiles of ρ (resamples whose ρ is undefined are left out).
+let spearmanBand (pairs: (float * float) list) (n: int) (seed: int) =
+    let ok = pairs |> List.filter (fun (x, y) -> Double.IsFinite x && Double.IsFinite y) |> List.toArray
+    let rho = spearman (List.ofArray ok)
+    if ok.Length < 3 then rho, nan, nan
+    else
+        let rng = Random(seed)
+        let rs =
+            [| for _ in 1 .. n -> spearman [ for _ in 1 .. ok.Length -> ok[rng.Next ok.Length] ] |]
+            |> Array.filter Double.IsFinite |> Array.sort
+        if rs.Length = 0 then rho, nan, nan
+        else
+            let at (q: float) = rs[min (rs.Length - 1) (int (Math.Floor(q * float (rs.Length - 1))))]
+            rho, at 0.025, at 0.975

@@ -17,6 +17,9 @@ type Method =
     | GradBCD of alpha: float
     | RandomBCD of alpha: float
     | GDMoFO of alpha: float
+    /// LoRA adapters of rank r on the attention and MLP projections (α = 2r), the base frozen; trained by AdamW, or by
+    /// MoFO at update fraction `filter` (the filter on the adapters' moments)
+    | LoRA of rank: int * filter: float option
     | Replay of perTask: int * Method
     | GEM of memory: int * Method
     | MTL
@@ -33,10 +36,19 @@ type Method =
         | GradBCD a -> Methods.Parse("grad-bcd", a)
         | RandomBCD a -> Methods.Parse("random-bcd", a)
         | GDMoFO a -> Methods.Parse("gd-mofo", a)
+        | LoRA (r, None) -> Methods.Parse(Methods.LoraName, lora = MoFO.Models.LoraSpec(Rank = r))
+        | LoRA (r, Some a) -> Methods.Parse(Methods.LoraName, a, lora = MoFO.Models.LoraSpec(Rank = r, Optimizer = "mofo"))
         | Replay (_, inner) | GEM (_, inner) -> inner.Spec
 
     /// The optimizer member (its name, description, learning-rate factor).
     member m.Member = Methods.Member m.Spec.Optimizer
+
+    /// The factor of Adam's learning rate the method runs at: the member's (Lion 0.2), LoRA's (`Methods.LoraLrScale`).
+    member m.LrScale =
+        match m with
+        | LoRA _ -> Methods.LoraLrScale
+        | Replay (_, inner) | GEM (_, inner) -> inner.LrScale
+        | _ -> m.Member.LrScale
 
     member m.Label =
         let pct (a: float) = (a * 100.0).ToString("0.##", Globalization.CultureInfo.InvariantCulture) + "%"
@@ -44,6 +56,7 @@ type Method =
         | FullFT -> "Full FT" | MoFO a -> $"MoFO (α={pct a})" | HFT -> "HFT" | L1 _ -> "L1-regularization" | L2 _ -> "L2-regularization"
         | Lion -> "Lion" | GradBCD a -> $"Gradient-filtered BCD (α={pct a})" | RandomBCD a -> $"Randomized BCD (α={pct a})"
         | GDMoFO a -> $"GD-MoFO (α={pct a})"
+        | LoRA (r, None) -> $"LoRA (r={r})" | LoRA (r, Some a) -> $"LoRA (r={r}) + MoFO (α={pct a})"
         | Replay (_, FullFT) -> "Replay" | Replay (_, inner) -> $"Replay + {inner.Label}"
         | GEM (_, FullFT) -> "GEM" | GEM (_, inner) -> $"GEM + {inner.Label}"
         | MTL -> "MTL"
@@ -52,7 +65,7 @@ type Method =
     member m.Key =
         match m with
         | FullFT -> "adamw" | MoFO a -> $"mofo{a}" | HFT -> "hft" | L1 l -> $"l1-{l}" | L2 l -> $"l2-{l}" | Lion -> "lion"
-        | GradBCD a -> $"gradbcd{a}" | RandomBCD a -> $"randbcd{a}" | GDMoFO a -> $"gdmofo{a}" | Replay (n, i) -> $"replay{n}-{i.Key}" | GEM (n, i) -> $"gem{n}-{i.Key}"
+        | GradBCD a -> $"gradbcd{a}" | RandomBCD a -> $"randbcd{a}" | GDMoFO a -> $"gdmofo{a}" | LoRA (r, None) -> $"lora{r}" | LoRA (r, Some a) -> $"lora{r}-mofo{a}" | Replay (n, i) -> $"replay{n}-{i.Key}" | GEM (n, i) -> $"gem{n}-{i.Key}"
         | MTL -> "mtl"
 
     /// The continual strategy's memory: (replayed examples per earlier task, GEM memory per earlier task).

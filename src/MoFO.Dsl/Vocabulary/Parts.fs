@@ -82,8 +82,8 @@ type Recipe =
           Precision = Precision.Float32; BFloat16Update = MoFO.Optim.BFloat16Update.StochasticRounding; GradientCheckpointing = false }
 
 module Recipe =
-    /// The learning rate a method runs at under a recipe: `Lr` times the member's factor (Lion: 0.2).
-    let lrFor (m: Method) (r: Recipe) = r.Lr * m.Member.LrScale
+    /// The learning rate a method runs at under a recipe: `Lr` times the method's factor (Lion: 0.2; LoRA: 10).
+    let lrFor (m: Method) (r: Recipe) = r.Lr * m.LrScale
 
 /// The paper's models and data at paper scale (from a JSON config file); None = not given.
 type PaperPaths =
