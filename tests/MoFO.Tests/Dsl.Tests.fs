@@ -79,6 +79,19 @@ let tests =
             Expect.equal (m.PerSeed |> List.length) 2 "two seeds"
         }
 
+        test "Dsl.Stats.spearman: ranks with ties at their mean rank; ρ by hand; a seeded bootstrap band around it" {
+            Expect.equal (Stats.ranks [ 3.0; 1.0; 2.0; 1.0 ]) [ 4.0; 1.5; 3.0; 1.5 ] "ties share the mean rank"
+            Expect.floatClose Accuracy.high (Stats.spearman [ 1.0, 10.0; 2.0, 20.0; 3.0, 30.0; 4.0, 40.0 ]) 1.0 "monotone: 1"
+            Expect.floatClose Accuracy.high (Stats.spearman [ 1.0, 4.0; 2.0, 3.0; 3.0, 2.0; 4.0, 1.0 ]) -1.0 "reversed: -1"
+            // ranks x 1 2 3 4 5, y 2 1 4 3 5: Σd² = 4, ρ = 1 − 6·4 / (5·24) = 0.8
+            Expect.floatClose Accuracy.high (Stats.spearman [ 1.0, 0.2; 2.0, 0.1; 3.0, 0.4; 4.0, 0.3; 5.0, 0.5 ]) 0.8 "by hand"
+            Expect.floatClose Accuracy.high (Stats.spearman [ 1.0, 0.2; 2.0, nan; 3.0, 0.4 ]) 1.0 "a non-finite pair is left out"
+            let pairs = [ for i in 1 .. 30 -> float i, float i + 8.0 * sin (float i) ]
+            let rho, lo, hi = Stats.spearmanBand pairs 500 1
+            Expect.isTrue (lo <= rho && rho <= hi && lo < hi) $"the band [{lo:F3}, {hi:F3}] holds ρ {rho:F3}"
+            Expect.equal (Stats.spearmanBand pairs 500 1) (rho, lo, hi) "seeded: the same band again"
+        }
+
         test "Dsl.Claims.trend: Spearman's ρ over the sweep decides" {
             let runs = [ for a, v in [ 0.05, 1.0; 0.1, 1.2; 0.2, 1.1; 0.4, 1.5; 0.8, 2.0 ] -> a, run "" (Some (Method.MoFO a)) [ Measure.PretrainProxy, v ] ]
             let c = Claims.trend "rises" Measure.PretrainProxy true runs

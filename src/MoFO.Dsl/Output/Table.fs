@@ -160,17 +160,7 @@ module Claims =
 
     /// `m` rises (or falls) along a sequence of runs: Spearman's rank correlation with the order at least 0.8 in size.
     let trend (claim: string) (m: Measure) (increasing: bool) (runs: (float * Run) list) =
-        let xs = runs |> List.map fst |> List.toArray
-        let ys = runs |> List.map (fun (_, r) -> r[m]) |> List.toArray
-        let rank (v: float[]) =
-            let idx = v |> Array.mapi (fun i x -> i, x) |> Array.sortBy snd |> Array.map fst
-            let r = Array.zeroCreate v.Length
-            idx |> Array.iteri (fun k i -> r[i] <- float k)
-            r
-        let rx, ry = rank xs, rank ys
-        let n = float xs.Length
-        let d2 = Array.map2 (fun a b -> (a - b) ** 2.0) rx ry |> Array.sum
-        let rho = if n < 2.0 then nan else 1.0 - 6.0 * d2 / (n * (n * n - 1.0))
+        let rho = Stats.spearman [ for x, r in runs -> x, r[m] ]
         let ok = if increasing then rho >= 0.8 else rho <= -0.8
         let detail = String.Join(", ", runs |> List.map (fun (x, r) -> $"{x:G3}: {f4 r[m]}"))
         Results.check claim ok $"Spearman ρ = {rho:F2} over {detail}"

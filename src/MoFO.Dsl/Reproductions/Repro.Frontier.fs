@@ -51,7 +51,7 @@ let frontier (c: Ctx) =
     let correlations =
         [ for name, f in predictors ->
             let pairs = [ for forget, r in sample -> f r, forget ]
-            let rho, lo, hi = Frontier.spearmanBand pairs 2000 c.Seed
+            let rho, lo, hi = Stats.spearmanBand pairs 2000 c.Seed
             name, rho, lo, hi, (pairs |> List.filter (fun (x, y) -> Double.IsFinite x && Double.IsFinite y) |> List.length) ]
     let best = correlations |> List.filter (fun (_, rho, _, _, _) -> Double.IsFinite rho) |> List.sortByDescending (fun (_, rho, _, _, _) -> rho)
     let f4 (x: float) = if Double.IsNaN x then "–" else x.ToString("0.0000", Globalization.CultureInfo.InvariantCulture)
