@@ -163,6 +163,21 @@ let tests =
             Expect.equal diff 0.0 $"bit-identical ({where})"
         }
 
+        test "Distributed.lora: LoRA (rank 4, dropout 0.1) on 2 ranks ends with the single process's adapters and merged weights (30 steps, within 1e-5)" {
+            use one = new TempDir()
+            use two = new TempDir()
+            let args dir =
+                trainArgs "lora" dir [ "--lora-rank"; "4"; "--lora-dropout"; "0.1" ]
+                |> List.map (fun a -> if a = "100" then "30" elif a = "1e-3" then "5e-3" else a)
+            let code, text = finish (start 1 (args one.Path))
+            Expect.equal code 0 text
+            let code, text = finish (start 2 (args two.Path))
+            Expect.equal code 0 text
+            for file in [ "model/adapter_model.safetensors"; "model/model.safetensors" ] do
+                let diff, where = largestDifference (one.File file) (two.File file)
+                Expect.isLessThanOrEqual diff 1e-5 $"{file}: largest difference {diff:G3} ({where})"
+        }
+
         test "Distributed.plan: the plan is per rank; the state is sharded by the shard plan; ZeRO-2 gradients with checkpointing" {
             let c = MoFO.Models.ModelPresets.Get("llama-2-7b", "Like")
             let inputOn perDevice ranks ckpt =
