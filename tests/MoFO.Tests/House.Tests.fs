@@ -42,7 +42,7 @@ let vocabulary =
             Expect.equal (Methods.Parse "full-ft").Optimizer "adamw" "alias"
             let e = throwsWith<OptionException> (fun () -> Methods.Parse "sgd" |> ignore)
             Expect.equal e.Field "Method" "names the field"
-            for name in [ "mofo"; "adamw"; "lion"; "hft"; "grad-bcd"; "random-bcd"; "gd-mofo"; "l1"; "l2" ] do
+            for name in [ "mofo"; "adamw"; "lion"; "hft"; "grad-bcd"; "random-bcd"; "gd-mofo"; "lora"; "l1"; "l2" ] do
                 Expect.contains Methods.Names name $"{name} is in the vocabulary"
         }
 
@@ -50,7 +50,7 @@ let vocabulary =
             use lm = MoFO.Models.ModelLoader.Load(stories ())
             let classes =
                 dict [ "mofo", "MoFOOptimizer"; "adamw", "AdamW"; "lion", "Lion"; "hft", "HFT"; "grad-bcd", "GradientFilteredBCD"
-                       "random-bcd", "RandomizedBCD"; "gd-mofo", "GDMoFO"; "l1", "AdamW"; "l2", "AdamW" ]
+                       "random-bcd", "RandomizedBCD"; "gd-mofo", "GDMoFO"; "lora", "AdamW"; "l1", "AdamW"; "l2", "AdamW" ]
             for name in Methods.Names do
                 let o = TrainingOptions(Method = Methods.Parse name, LearningRate = 1e-3)
                 let struct (opt, terms) = Methods.Create(lm.Module, o)
@@ -58,6 +58,13 @@ let vocabulary =
                 Expect.equal terms.Count (if name = "l1" || name = "l2" then 1 else 0) $"{name}: loss terms"
                 opt.Dispose()
                 for t in terms do (box t :?> IDisposable).Dispose()
+                // LoRA attached adapters to the model (and froze it): take them off for the next name
+                match MoFO.Models.LoraAdapters.Of lm.Module with
+                | null -> ()
+                | adapters ->
+                    Expect.equal name "lora" "only LoRA attaches adapters"
+                    Expect.equal opt.Blocks.Count (2 * 5 * 7) $"{name}: the optimizer holds A and B of 7 projections × 5 layers"
+                    adapters.Dispose()
         }
 
         test "House.vocabulary.gdMoFO: a method added in one line of the vocabulary trains from the CLI" {

@@ -14,7 +14,9 @@ public enum Precision
 
 /// <summary>What a memory plan is computed for: a model's shape and a run's settings.</summary>
 /// <param name="Config">the model's config (its shape: no weights are read).</param>
-/// <param name="Method">the method (its member decides the optimizer state; its loss terms keep a copy of θ0).</param>
+/// <param name="Method">the method (its member decides the optimizer state; its loss terms keep a copy of θ0; with
+/// <see cref="MethodSpec.Lora"/> the base weights are frozen and gradients, optimizer state, master weights and the
+/// touched mask are the adapters' alone).</param>
 /// <param name="MicroBatch">examples per forward/backward pass.</param>
 /// <param name="SequenceLength">tokens per example (the padded length of a batch, at most the run's max length).</param>
 /// <param name="MasterWeights">bfloat16 runs keep a float32 copy of the weights in the optimizer.</param>
@@ -47,6 +49,12 @@ public sealed record PlanPart(string Name, long Bytes, string Detail);
 public sealed record MemoryPlan(PlanInput Input, long Parameters, IReadOnlyList<PlanPart> Parts, long LoadPeak, long StepPeak, long CheckpointPeak)
 {
     public long Peak => Math.Max(LoadPeak, Math.Max(StepPeak, CheckpointPeak));
+
+    /// <summary>The entries the optimizer trains: every parameter, or with LoRA the adapters' (<see cref="Adapters"/>).</summary>
+    public long Trained { get; init; }
+
+    /// <summary>The LoRA adapters' entries (A and B of every targeted linear layer); 0 without LoRA.</summary>
+    public long Adapters { get; init; }
 
     public long Part(string name) => Parts.Where(p => p.Name == name).Sum(p => p.Bytes);
 
@@ -86,6 +94,13 @@ public static class MemoryPlanner
     /// <summary>The backward of the embedding and output layers keeps temporaries of vocabulary × hidden entries beyond
     /// their gradients: bytes per entry, a float32 part and copies in the weights' dtype (measured, as above).</summary>
     public const double HeadFloat32Bytes = 10, HeadWeightCopies = 2;
+
+    /// <summary>LoRA: the frozen embeddings and head take no gradient, and neither their backward's temporaries nor
+    /// libtorch's working memory for the large weight-gradient products appear; what remains is a float32 buffer of
+    /// vocabulary × hidden entries (bytes per entry), in float32 and bfloat16 alike. Measured with <c>mofo bench memory
+    /// --method lora</c> (bf16 and fp32, hidden 512 and 2048, 2 and 4 layers, 256 and 1024 tokens, checkpointed): the
+    /// plan is 0.95–1.2 × the measured peak, where the full fine-tuning terms over-planned it 1.7–3×.</summary>
+    public const double LoraHeadBytes = 4;
 
     /// <summary>Activations kept for the backward pass per token and decoder layer, in units of the activation dtype's
     /// size, as coefficients of the hidden size, the intermediate size and the key/value width.</summary>
@@ -158,6 +173,44 @@ public static class MemoryPlanner
 
     static long Numel(long[] shape) => shape.Aggregate(1L, (a, b) => a * b);
 
+    /// <summary>The entries of a config's parameters.</summary>
+    public static long ParameterCount(ModelConfig config) => ParameterShapes(config).Sum(s => Numel(s.Shape));
+
+    /// <summary>
+    /// The LoRA adapters of a config, in PEFT's names (<c>base_model.model.{layer}.lora_A.weight</c> [r, in], then
+    /// <c>….lora_B.weight</c> [out, r] per layer), with their shapes: one pair per linear layer whose last name is among
+    /// <see cref="LoraSpec.TargetsFor"/>, as <see cref="LoraAdapters.Attach"/> makes them (no weights are read). A target
+    /// that names no linear layer is an <see cref="OptionException"/> on <c>LoraTargets</c>, as in training.
+    /// </summary>
+    public static IReadOnlyList<(string Name, long[] Shape)> AdapterShapes(ModelConfig config, LoraSpec lora)
+    {
+        var targets = lora.TargetsFor(config);
+        // the linear layers: every matrix but the token embeddings (module name, [out, in])
+        var linears = ParameterShapes(config)
+            .Where(s => s.Shape.Length == 2 && s.Name.EndsWith(".weight", StringComparison.Ordinal))
+            .Select(s => (Module: s.Name[..^".weight".Length], s.Shape))
+            .Where(l => LastName(l.Module) is not ("embed_tokens" or "embed_in"))
+            .ToList();
+        foreach (var t in targets)
+            if (!linears.Any(l => LastName(l.Module) == t))
+                throw new OptionException("LoraTargets",
+                    $"LoraTargets: no linear layer named '{t}' in this {config.ModelType} model (its linear layers: {string.Join(", ", linears.Select(l => LastName(l.Module)).Distinct())})");
+        var list = new List<(string, long[])>();
+        foreach (var (module, shape) in linears.Where(l => targets.Contains(LastName(l.Module))))
+        {
+            list.Add(($"base_model.model.{module}.lora_A.weight", [lora.Rank, shape[1]]));
+            list.Add(($"base_model.model.{module}.lora_B.weight", [shape[0], lora.Rank]));
+        }
+        return list;
+    }
+
+    static string LastName(string path) => path[(path.LastIndexOf('.') + 1)..];
+
+    /// <summary>The tensors the optimizer of a method trains, by name, with their shapes: every parameter, or with LoRA
+    /// the adapters (<see cref="AdapterShapes"/>).</summary>
+    public static IReadOnlyList<(string Name, long[] Shape)> TrainedShapes(ModelConfig config, MethodSpec method)
+        => method.Lora is { } lora ? AdapterShapes(config, lora) : ParameterShapes(config);
+
     /// <summary>The config of a model path without reading its weights: an HF folder's config.json, or a llama2.c
     /// .bin's header.</summary>
     public static ModelConfig ConfigOf(string path)
@@ -185,29 +238,46 @@ public static class MemoryPlanner
         int wb = Bytes(x.Precision);
         var member = Methods.Member(x.Method.Optimizer);
         int moments = member.Name switch { "lion" => 1, "gd-mofo" => 0, _ => 2 };
-        var parts = new List<PlanPart> { new("weights", n * wb, $"{n:N0} parameters × {wb} B ({x.Precision})") };
+        var lora = x.Method.Lora;
+        var parts = new List<PlanPart> { new("weights", n * wb, $"{n:N0} parameters × {wb} B ({x.Precision}){(lora is null ? "" : ", frozen")}") };
+        // the tensors the optimizer trains: every parameter, or LoRA's adapters (the base frozen: no gradient, moment,
+        // master or touched byte of its own)
+        var trained = lora is null ? shapes : AdapterShapes(c, lora);
+        long t = trained.Sum(s => Numel(s.Shape));
+        long largestTrained = trained.Select(s => Numel(s.Shape)).DefaultIfEmpty(0).Max();
+        string what = lora is null ? "parameter" : "adapter entry";
+        if (lora is not null)
+        {
+            var layers = trained.Count / 2;
+            parts.Add(new("adapters", t * wb,
+                $"LoRA r={lora.Rank} on {string.Join(", ", lora.TargetsFor(c))}: {layers:N0} linear layers × (A [r, in] + B [out, r]), {t:N0} entries × {wb} B ({x.Precision}); {100.0 * t / n:F2} % of the parameters"));
+        }
         // the embeddings, final norm and head (outside the layers) and the largest layer
         long outside = shapes.Where(s => !s.Name.Contains(".layers.")).Sum(s => Numel(s.Shape));
         long layer = shapes.Where(s => s.Name.Contains(".layers."))
                            .GroupBy(s => s.Name.Substring(0, s.Name.IndexOf('.', s.Name.IndexOf(".layers.") + 8)))
                            .Select(g => g.Sum(s => Numel(s.Shape))).DefaultIfEmpty(0).Max();
         // a data-parallel rank holds the state of the tensors it owns (whole tensors, balanced): the largest share
-        long owned = x.Ranks > 1 ? new Distributed.ShardPlan(shapes.Select(s => Numel(s.Shape)).ToList(), x.Ranks).Load.Max() : n;
-        if (x.StepInBackward)
+        long owned = x.Ranks > 1 ? new Distributed.ShardPlan(trained.Select(s => Numel(s.Shape)).ToList(), x.Ranks).Load.Max() : t;
+        if (lora is not null)
+            // the adapters' gradients: all of them until the step (the trainer steps them after the backward, also with
+            // StepInBackward, and sums them over ranks after the backward)
+            parts.Add(new("gradients", t * wb, $"one per adapter entry, {x.Precision} (none for the frozen base)"));
+        else if (x.StepInBackward)
             parts.Add(new("gradients", (outside + layer) * wb, $"stepped and freed per layer in the backward: one layer's and the embeddings' and head's, {x.Precision}"));
         else if (x.Ranks > 1 && x.ReduceInBackward)
             parts.Add(new("gradients", Math.Min(n, owned + outside + layer) * wb, $"summed into their owners per layer in the backward (ZeRO-2): this rank's share, one layer's and the embeddings' and head's, {x.Precision}"));
         else parts.Add(new("gradients", n * wb, $"one per parameter, {x.Precision}"));
         long state = owned * 4L * moments;
-        string stateDetail = $"{moments} float32 moment{(moments == 1 ? "" : "s")} per entry ({member.Name})";
+        string stateDetail = $"{moments} float32 moment{(moments == 1 ? "" : "s")} per {what} ({member.Name})";
         if (x.Precision == Precision.BFloat16 && x.MasterWeights) { state += owned * 4L; stateDetail += " + float32 master weights"; }
-        if (x.TrackTouched) { state += owned; stateDetail += " + a touched byte per entry"; }
+        if (x.TrackTouched) { state += owned; stateDetail += $" + a touched byte per {what}"; }
         if (x.Ranks > 1) stateDetail += $"; sharded over {x.Ranks} ranks: the largest share, {owned:N0} entries";
         if (member.UsesAlpha && moments > 0)
         {
             // the fused kernel's pooled buffers for the largest filtered tensor: a 1/64 key sample, the candidates and
             // the speculative record (≈ 1.25·α·numel floats and 2 bits per entry)
-            long buffers = largest / 64 * 4 + (long)(1.25 * x.Method.Alpha * largest) * 8 + largest / 4;
+            long buffers = largestTrained / 64 * 4 + (long)(1.25 * x.Method.Alpha * largestTrained) * 8 + largestTrained / 4;
             state += buffers;
         }
         parts.Add(new("optimizer state", state, stateDetail));
@@ -219,37 +289,64 @@ public static class MemoryPlanner
         long kvWidth = c is LlamaConfig l ? 2L * l.NumKeyValueHeads * l.HeadDim : 2L * c.HiddenSize;
         long inter = c switch { LlamaConfig lc => lc.IntermediateSize, GptNeoXConfig gc => gc.IntermediateSize, _ => 4L * c.HiddenSize };
         double perTokenLayer = (ActHidden * c.HiddenSize + ActIntermediate * inter + ActKv * kvWidth) * ab;
+        // LoRA: each adapted layer keeps its [tokens, r] intermediate A·x for B's gradient (and with dropout the mask
+        // and the dropped input, [tokens, in] each, for A's); per token, all adapters and the largest layer's
+        double adapterAll = 0, adapterLayer = 0;
+        if (lora is not null)
+        {
+            double Per(long[] a) => (lora.Rank + (lora.Dropout > 0 ? 2.0 * a[1] : 0)) * ab;   // a: A's shape [r, in]
+            var perAdapter = trained.Where(s => s.Name.EndsWith(".lora_A.weight", StringComparison.Ordinal)).ToList();
+            adapterAll = perAdapter.Sum(s => Per(s.Shape));
+            adapterLayer = perAdapter.Where(s => !s.Name.Contains(".layers.")).Sum(s => Per(s.Shape))
+                           + perAdapter.Where(s => s.Name.Contains(".layers."))
+                                       .GroupBy(s => s.Name.Substring(0, s.Name.IndexOf('.', s.Name.IndexOf(".layers.") + 8)))
+                                       .Select(g => g.Sum(s => Per(s.Shape))).DefaultIfEmpty(0).Max();
+        }
         long activations;
         string actDetail;
         if (x.GradientCheckpointing)
         {
             // each layer keeps its input; the backward recomputes one layer at a time
-            activations = (long)(tokens * c.NumHiddenLayers * (double)c.HiddenSize * ab + tokens * perTokenLayer);
+            activations = (long)(tokens * c.NumHiddenLayers * (double)c.HiddenSize * ab + tokens * (perTokenLayer + adapterLayer));
             actDetail = $"checkpointed: {c.NumHiddenLayers} layer inputs + one layer's activations, {tokens:N0} tokens";
         }
         else
         {
-            activations = (long)(tokens * c.NumHiddenLayers * perTokenLayer);
+            activations = (long)(tokens * (c.NumHiddenLayers * perTokenLayer + adapterAll));
             actDetail = $"{c.NumHiddenLayers} layers × {tokens:N0} tokens";
         }
+        if (lora is not null) actDetail += $"; adapters' intermediates {MemoryPlan.Gb((long)(tokens * (x.GradientCheckpointing ? adapterLayer : adapterAll)))}";
         // attention probabilities where the kernel materialises them (an explicit mask): heads × T² per example, per layer
         long attention = (long)x.MicroBatch * c.NumAttentionHeads * (long)x.SequenceLength * x.SequenceLength * 4L
                          * (x.GradientCheckpointing ? 2 : c.NumHiddenLayers);
         parts.Add(new("activations", activations + attention, actDetail + $" (+ attention {MemoryPlan.Gb(attention)})"));
         // the logits in the model's dtype, their float32 copy, log-softmax and their gradients; the output layers' backward
+        // (LoRA: the frozen embeddings and head take no gradient; see LoraHeadBytes)
         long logits = tokens * c.VocabSize * (ab + 4L * 3)
-                      + (long)((double)c.VocabSize * c.HiddenSize * (HeadFloat32Bytes + HeadWeightCopies * ab));
-        parts.Add(new("logits and head", logits, $"{tokens:N0} tokens × {c.VocabSize:N0} vocabulary, and the output layers' backward"));
-        long runtime = RuntimeBytes + (c.HiddenSize >= LargeHidden ? WorkingBytes : 0);
-        parts.Add(new("runtime", runtime, ".NET, libtorch, tokenizer, data" + (c.HiddenSize >= LargeHidden ? ", libtorch's working memory for large products" : "")));
+                      + (long)((double)c.VocabSize * c.HiddenSize * (lora is null ? HeadFloat32Bytes + HeadWeightCopies * ab : LoraHeadBytes));
+        parts.Add(new("logits and head", logits, $"{tokens:N0} tokens × {c.VocabSize:N0} vocabulary, and the output layers' backward"
+                                                 + (lora is null ? "" : " (frozen: no weight gradient)")));
+        bool working = lora is null && c.HiddenSize >= LargeHidden;
+        long runtime = RuntimeBytes + (working ? WorkingBytes : 0);
+        parts.Add(new("runtime", runtime, ".NET, libtorch, tokenizer, data" + (working ? ", libtorch's working memory for large products" : "")));
 
-        long resident = parts.Where(p => p.Name is "weights" or "optimizer state" or "θ0 for loss terms" or "runtime").Sum(p => p.Bytes);
+        long resident = parts.Where(p => p.Name is "weights" or "adapters" or "optimizer state" or "θ0 for loss terms" or "runtime").Sum(p => p.Bytes);
         long step = parts.Sum(p => p.Bytes);
         long load = n * wb + largest * 4L + RuntimeBytes;   // no large products yet
+        long checkpoint;
+        if (lora is not null)
+        {
+            // the adapters' gradients stay; a checkpoint streams the adapters and their state, and the run's end merges
+            // each adapter into its layer (the weight in float32 and (α/r)·B·A in float32) before the model is written
+            long largestAdapted = trained.Where(s => s.Name.EndsWith(".lora_A.weight", StringComparison.Ordinal))
+                                         .Zip(trained.Where(s => s.Name.EndsWith(".lora_B.weight", StringComparison.Ordinal)),
+                                              (a, b) => a.Shape[1] * b.Shape[0]).DefaultIfEmpty(0).Max();
+            checkpoint = resident + t * wb + Math.Max(largest * 4L, 2 * largestAdapted * 4L);
+        }
         // gradients stay allocated between steps (zeroed, not freed), unless the step in the backward freed them; a
         // data-parallel rank keeps only those it owns
-        long checkpoint = resident + (x.StepInBackward ? 0 : x.Ranks > 1 ? owned * wb : n * wb) + largest * 4L;
-        return new MemoryPlan(x, n, parts, load, step, checkpoint);
+        else checkpoint = resident + (x.StepInBackward ? 0 : x.Ranks > 1 ? owned * wb : n * wb) + largest * 4L;
+        return new MemoryPlan(x, n, parts, load, step, checkpoint) { Trained = t, Adapters = lora is null ? 0 : t };
     }
 
     /// <summary>
@@ -271,7 +368,8 @@ public static class MemoryPlanner
         Add(bf16, ("Precision", "bf16"));
         Add(bf16 with { GradientCheckpointing = true }, ("Precision", "bf16"), ("GradientCheckpointing", "true"));
         Add(bf16 with { GradientCheckpointing = true, TrackTouched = false }, ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"));
-        if (x.MicroBatch >= 1)
+        // the step in the backward frees the base's gradients per layer; a LoRA run has only the adapters' (all kept)
+        if (x.MicroBatch >= 1 && x.Method.Lora is null)
             Add(bf16 with { GradientCheckpointing = true, TrackTouched = false, StepInBackward = true },
                 ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"), ("StepInBackward", "true"));
         for (var mb = x.MicroBatch / 2; mb >= 1; mb /= 2)
@@ -284,7 +382,9 @@ public static class MemoryPlanner
         var need = string.Join(", ", plan.Parts.Select(p => $"{p.Name} {MemoryPlan.Gb(p.Bytes)}"));
         var perRank = x.RanksPerDevice > 1 ? $" per rank × {x.RanksPerDevice} ranks on this device = {MemoryPlan.Gb(plan.DeviceNeed)}" : "";
         var advice = fit.Plan is null
-            ? $"no setting of precision, checkpointing, micro-batch or length fits: use a device with more memory, or more devices (mpirun -n N shards the optimizer state over N ranks)"
+            ? x.Method.Lora is not null
+                ? $"no setting of precision, checkpointing, micro-batch or length fits: use a device with more memory (with LoRA the frozen base weights, {MemoryPlan.Gb(plan.Part("weights"))}, are resident on every rank, so more ranks do not help)"
+                : $"no setting of precision, checkpointing, micro-batch or length fits: use a device with more memory, or more devices (mpirun -n N shards the optimizer state over N ranks)"
             : $"it would fit with {string.Join(", ", fit.Fields.Select(f => $"{f.Field} = {f.Value}"))} ({MemoryPlan.Gb(fit.Plan.DeviceNeed)})";
         throw new MemoryPlanException(
             $"the run needs {MemoryPlan.Gb(plan.Peak)} ({need}){perRank} but {MemoryPlan.Gb(available)} is available; {advice}",
@@ -293,14 +393,16 @@ public static class MemoryPlanner
 
     /// <summary>The plan input of a training run on a model (its config read from <paramref name="modelPath"/>): the
     /// options' micro-batch at the full max length (the worst case), precision, checkpointing, master weights and
-    /// touched mask (auto: only below <see cref="Defaults.SmallModel"/> parameters).</summary>
+    /// touched mask (auto: only below <see cref="Defaults.SmallModel"/> trained entries, as <see cref="Methods.Create"/>
+    /// decides: the parameters, or with LoRA the adapters).</summary>
     public static PlanInput InputOf(string modelPath, TrainingOptions o, int ranks = 1, int ranksPerDevice = 1)
     {
         var config = ConfigOf(modelPath);
-        var n = ParameterShapes(config).Sum(s => Numel(s.Shape));
+        var n = TrainedShapes(config, o.Method).Sum(s => Numel(s.Shape));
+        // the trainer sums a LoRA run's (small) gradients after the backward pass, never in it
         return new PlanInput(config, o.Method, o.Precision, o.MicroBatch, o.MaxLength, o.GradientCheckpointing,
                              o.MasterWeights, o.TrackTouched ?? n < Defaults.SmallModel, ranks, o.StepInBackward, ranksPerDevice,
-                             ReduceInBackward: ReducesInBackward(o.GradientCheckpointing, o.BatchSize, o.MicroBatch, ranks));
+                             ReduceInBackward: o.Method.Lora is null && ReducesInBackward(o.GradientCheckpointing, o.BatchSize, o.MicroBatch, ranks));
     }
 
     /// <summary>Whether a data-parallel run sums each layer's gradients in the backward pass (the trainer does when

@@ -14,6 +14,11 @@ type PlanArgs =
     | Layers of n: int
     | Method of name: string
     | Alpha of a: float
+    | Lora_Rank of r: int
+    | Lora_Alpha of a: float
+    | Lora_Dropout of p: float
+    | Lora_Targets of names: string
+    | Lora_Optimizer of name: string
     | Precision of PrecisionArg
     | Master_Weights
     | Batch_Size of n: int
@@ -33,6 +38,11 @@ type PlanArgs =
             | Layers _ -> "with --like: another number of layers."
             | Method _ -> Common.methodUsage ()
             | Alpha _ -> $"the update fraction of members that filter (default {Defaults.Alpha})."
+            | Lora_Rank _ -> "--method lora: the adapters' rank r (default 8)."
+            | Lora_Alpha _ -> "--method lora: the scaling α (the update is α/r · B·A; default 2r)."
+            | Lora_Dropout _ -> "--method lora: dropout on the adapters' input (default 0)."
+            | Lora_Targets _ -> "--method lora: comma-separated linear layers to adapt (default: the attention and MLP projections; Llama q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; GPT-NeoX query_key_value,dense,dense_h_to_4h,dense_4h_to_h)."
+            | Lora_Optimizer _ -> "--method lora: the member that trains the adapters, adamw (default) or mofo (the filter on the adapters' moments, --alpha)."
             | Precision _ -> "fp32 (default on CPU) or bf16 (bfloat16 weights, gradients and activations; float32 moments)."
             | Master_Weights -> "bf16: float32 master weights in the optimizer instead of stochastic rounding."
             | Batch_Size _ -> $"examples per step (default {Defaults.BatchSize})."
@@ -65,8 +75,11 @@ let run (a: ParseResults<PlanArgs>) =
             name, (match a.TryGetResult Layers with Some n -> MoFO.Models.ModelPresets.WithLayers(c, n) | None -> c)
         | _ -> raise (ArgumentException "mofo plan: pass --model PATH or --like NAME")
     let batch = a.GetResult(Batch_Size, Defaults.BatchSize)
+    let lora = Common.loraSpec (a.TryGetResult Lora_Rank) (a.TryGetResult Lora_Alpha) (a.TryGetResult Lora_Dropout) (a.TryGetResult Lora_Targets) (a.TryGetResult Lora_Optimizer)
+    let methodSpec = Common.methodSpecWith (a.TryGetResult Method) (a.TryGetResult Alpha) None None lora
+    Methods.Validate methodSpec
     let input =
-        PlanInput(config, Common.methodSpec (a.TryGetResult Method) (a.TryGetResult Alpha) None None,
+        PlanInput(config, methodSpec,
                   (match a.TryGetResult Precision with Some PrecisionArg.Bf16 -> Training.Precision.BFloat16 | _ -> Training.Precision.Float32),
                   a.GetResult(Micro_Batch_Size, batch), a.GetResult(Max_Len, Defaults.MaxLength), a.Contains Gradient_Checkpointing,
                   MasterWeights = a.Contains Master_Weights, TrackTouched = a.Contains Track_Touched, StepInBackward = a.Contains Step_In_Backward,
@@ -77,8 +90,9 @@ let run (a: ParseResults<PlanArgs>) =
         raise (ArgumentException $"--ranks {input.Ranks} --ranks-per-device {input.RanksPerDevice}: expected 1 ≤ ranks per device ≤ ranks")
     let available = MemoryPlanner.Available(a.TryGetResult Memory |> Option.map (parseSize "--memory") |> Option.toNullable)
     let plan = MemoryPlanner.Plan input
-    printfn "memory plan: %s (%s, %s parameters), %s, %O, micro-batch %d × %d tokens%s"
-        path config.ModelType (plan.Parameters.ToString("N0")) (string input.Method) input.Precision input.MicroBatch input.SequenceLength
+    let trained = if isNull input.Method.Lora then "" else $"; {plan.Adapters:N0} trained adapter entries"
+    printfn "memory plan: %s (%s, %s parameters%s), %s, %O, micro-batch %d × %d tokens%s"
+        path config.ModelType (plan.Parameters.ToString("N0")) trained (string input.Method) input.Precision input.MicroBatch input.SequenceLength
         ((if input.GradientCheckpointing then ", gradient checkpointing" else "") + (if input.Ranks > 1 then $", {input.Ranks} ranks (per rank below)" else ""))
     printfn "%s" (plan.Describe())
     printfn "  %-18s %10s  %s" "available" (MemoryPlan.Gb available) (if a.Contains Memory then "(--memory)" else "(this machine, now)")
