@@ -19,7 +19,7 @@ let private task name (cue: string) (answer: string) n =
 
 [<Tests>]
 let tests =
-    testList "Training.Continual" [
+    testList "Training.Continual" <| [
         test "OP and BWT on a hand-checked matrix" {
             let r = [| [| 0.8; nan; nan |]; [| 0.6; 0.9; nan |]; [| 0.5; 0.7; 0.95 |] |]
             Expect.floatClose Accuracy.veryHigh (ContinualMetrics.OP r) ((0.5 + 0.7 + 0.95) / 3.0) "OP = mean of the last row"
@@ -64,12 +64,14 @@ let tests =
             Expect.equal [ for e in runner.TrainingSetFor 2 -> e.Source ] [ for e in third -> e.Source ] "seeded"
         }
 
-        test "a two-task stream with MoFO + GEM: R is filled, GEM's applied gradients respect every memory" {
+      ] @ [
+        for name, spec, lr in [ "MoFO", Methods.Parse "mofo", 2e-3; "LoRA", Methods.Parse("lora", lora = MoFO.Models.LoraSpec(Rank = 4)), 2e-2 ] ->
+        test $"a two-task stream with {name} + GEM: R is filled, GEM's applied gradients respect every memory" {
             ConsoleProgress.Enabled <- false
             use lm = ModelLoader.Load(requireAsset DataRoot.Assets.Stories260K)
             let out = Directory.CreateTempSubdirectory("mofo-cl-").FullName
             let tasks = [ task "a" "cue-a" "red" 16; task "b" "cue-b" "blue" 16 ]
-            let o = TrainingOptions(Method = Methods.Parse "mofo", LearningRate = 2e-3, BatchSize = 8, MaxLength = 32, ShowProgress = false, Schedule = Schedule.Constant)
+            let o = TrainingOptions(Method = spec, LearningRate = lr, BatchSize = 8, MaxLength = 32, ShowProgress = false, Schedule = Schedule.Constant)
             let runner = ContinualRunner(Model = lm, Tasks = tasks, Options = o, OutputDir = out, Metric = TaskMetric.AnswerLikelihood, GemMemoryPerTask = 4)
             let r = runner.Run()
             Expect.isFalse (Double.IsNaN(r.R[0][0])) "R[0,0]"

@@ -178,7 +178,7 @@ public sealed class LoraAdapters : IDisposable
                 throw new OptionException("LoraTargets",
                     $"LoraTargets: no linear layer named '{t}' in this {module.Config.ModelType} model (its linear layers: {string.Join(", ", linears.Select(l => LastName(l.name)).Distinct())})");
         var set = new LoraAdapters(module, spec);
-        var g = new Generator((ulong)seed);
+        using var g = new Generator((ulong)seed);
         using (no_grad())
             foreach (var (name, layer) in linears.Where(l => targets.Contains(LastName(l.name))))
             {

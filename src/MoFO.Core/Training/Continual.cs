@@ -210,7 +210,10 @@ public sealed class GemProjection
     public void Project(Models.CausalLMModule module)
     {
         Steps++;
-        var ps = module.parameters().Where(p => p.requires_grad).ToList();
+        // the trained tensors: LoRA's adapters when the model carries them, else the parameters that take a gradient
+        var ps = Models.LoraAdapters.Of(module) is { } lora
+            ? lora.Parameters.Select(p => p.Parameter).ToList()
+            : module.parameters().Where(p => p.requires_grad).ToList();
         using var scope = NewDisposeScope();
         var g = Flatten(ps);
         var stored = new List<Tensor>();
