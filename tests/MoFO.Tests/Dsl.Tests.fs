@@ -79,6 +79,15 @@ let tests =
             Expect.equal (m.PerSeed |> List.length) 2 "two seeds"
         }
 
+        test "Dsl.Frontier.dominatedBy: a point is beaten when one of the same seed has both a lower loss and less forgetting" {
+            let p m seed x y : Frontier.Point = { Method = m; Lr = 1.0; Seed = seed; Learn = x; Forget = y; Run = run "" None [] }
+            let lora = Method.LoRA (2, None)
+            let pts = [ p (Method.MoFO 0.15) 0 1.0 1.0; p lora 0 2.0 2.0; p lora 0 0.5 3.0; p lora 1 2.0 2.0 ]
+            let beaten, mine = Frontier.dominatedBy (Method.MoFO 0.15) pts lora
+            Expect.equal mine.Length 3 "LoRA's points"
+            Expect.equal (beaten |> List.map (fun q -> q.Learn, q.Forget, q.Seed)) [ 2.0, 2.0, 0 ] "only the seed-0 point worse on both axes"
+        }
+
         test "Dsl.Stats.spearman: ranks with ties at their mean rank; ρ by hand; a seeded bootstrap band around it" {
             Expect.equal (Stats.ranks [ 3.0; 1.0; 2.0; 1.0 ]) [ 4.0; 1.5; 3.0; 1.5 ] "ties share the mean rank"
             Expect.floatClose Accuracy.high (Stats.spearman [ 1.0, 10.0; 2.0, 20.0; 3.0, 30.0; 4.0, 40.0 ]) 1.0 "monotone: 1"

@@ -96,3 +96,10 @@ let matchedWith (referenceName: string) (referenceCurve: int -> (float * float) 
 let matched (reference: Method) (points: Point list) (m: Method) =
     let curve seed = points |> List.filter (fun p -> p.Method = reference && p.Seed = seed) |> List.map (fun p -> p.Learn, p.Forget)
     matchedWith reference.Label curve points m
+
+/// The points of `m` that a point of `by` with the same seed beats on both task loss and forgetting, and all of `m`'s
+/// points: where two frontiers do not overlap in task loss, dominance still compares them.
+let dominatedBy (by: Method) (points: Point list) (m: Method) =
+    let mine = points |> List.filter (fun p -> p.Method = m)
+    let beaten = mine |> List.filter (fun p -> points |> List.exists (fun q -> q.Method = by && q.Seed = p.Seed && q.Learn < p.Learn && q.Forget < p.Forget))
+    beaten, mine

@@ -38,14 +38,17 @@ let frontier (c: Ctx) =
                 let r = Experiment.averaged t x
                 yield { T = t; Lr = x.Recipe.Lr; Seed = x.Seed; Learn = r[Measure.TaskLoss]; Forget = r[Measure.PretrainProxy] - baseRun[Measure.PretrainProxy]; Run = r } ]
     let mofo = Method.MoFO 0.15
+    let loras = methods |> List.filter (fun m -> match m with Method.LoRA _ -> true | _ -> false)
     let wiseCurve seed =
         (baseRun[Measure.TaskLoss], 0.0)
         :: [ for p in points do if p.Method = Method.FullFT && p.Seed = seed then yield p.Learn, p.Forget ]
         @ [ for w in wise do if w.Seed = seed then yield w.Learn, w.Forget ]
     let matched =
         (methods |> List.filter (fun m -> m <> Method.FullFT) |> List.map (Frontier.matched Method.FullFT points))
-        @ [ for m in methods do if (match m with Method.LoRA _ -> true | _ -> false) then yield Frontier.matched m points mofo ]
-        @ [ Frontier.matchedWith "Full FT + WiSE-FT" wiseCurve points mofo ]
+        @ [ for m in loras -> Frontier.matched m points mofo ]
+        @ [ for m in mofo :: loras -> Frontier.matchedWith "Full FT + WiSE-FT" wiseCurve points m ]
+    // where frontiers do not overlap in task loss: is every LoRA point beaten by a MoFO point on both axes?
+    let dominance = [ for m in loras -> m, Frontier.dominatedBy mofo points m ]
     // which measure predicts forgetting: Spearman's ρ over every fine-tune and WiSE point, with a bootstrap band
     let sample = [ for p in points -> p.Forget, p.Run ] @ [ for w in wise -> w.Forget, w.Run ]
     let correlations =
@@ -88,6 +91,11 @@ let frontier (c: Ctx) =
             let holds = perSeed |> List.forall (fun a -> match a with Some (d, _, _) -> d > 0.0 | None -> false)
             yield Results.check $"{mt.Method.Label} forgets less than {mt.Reference} at matched fine-tuning loss (for every seed, whose frontier must overlap {mt.Reference}'s)" holds
                       $"mean {f4 mt.Mean} nats/token less ({100.0 * mt.Relative:F0} %% of {mt.Reference}'s forgetting), band [{f4 mt.BandLow}, {f4 mt.BandHigh}]; {per}"
+          for m, (beaten, mine) in dominance do
+              let best (ps: Frontier.Point list) = if ps.IsEmpty then nan else ps |> List.map (fun p -> p.Learn) |> List.min
+              let mofoPts = points |> List.filter (fun p -> p.Method = mofo)
+              yield Results.check $"every {m.Label} point is beaten by a {mofo.Label} point of its seed on both task loss and forgetting" (not mine.IsEmpty && beaten.Length = mine.Length)
+                        $"{beaten.Length} of {mine.Length} beaten; best task loss {m.Label} {f4 (best mine)}, {mofo.Label} {f4 (best mofoPts)}"
           let corrText = String.Join("; ", correlations |> List.map (fun (name, rho, lo, hi, n) -> $"{name}: ρ {f4 rho} [{f4 lo}, {f4 hi}] over {n} points"))
           match best with
           | (name, rho, lo, _, _) :: rest ->
@@ -157,6 +165,9 @@ let frontier (c: Ctx) =
         sb.AppendLine("| method | compared with | less forgetting (nats/token) | 95 % band over seeds | relative to the reference's forgetting |").AppendLine("|---|---|---|---|---|") |> ignore
         for mt in matched do
             sb.AppendLine($"| {mt.Method.Label} | {mt.Reference} | {f4 mt.Mean} | [{f4 mt.BandLow}, {f4 mt.BandHigh}] | {100.0 * mt.Relative:F0} %% |") |> ignore
+        for m, (beaten, mine) in dominance do
+            sb.AppendLine().Append($"{m.Label}: {beaten.Length} of its {mine.Length} points are beaten by a {mofo.Label} point of the same seed on both task loss and forgetting.") |> ignore
+        sb.AppendLine() |> ignore
         sb.AppendLine().AppendLine($"### WiSE-FT: each Full FT fine-tune averaged with the base, θ = (1 − t)·θ_base + t·θ_tuned (means over seeds)").AppendLine() |> ignore
         sb.AppendLine("| t | Full FT lr | task loss | forgetting (Δ proxy) | L2 from base | KL to base |").AppendLine("|---|---|---|---|---|---|") |> ignore
         for (t, lr), ws in wise |> List.groupBy (fun w -> w.T, w.Lr) |> List.sortBy fst do
