@@ -157,6 +157,8 @@ let tests =
                 use _ = torch.no_grad()
                 for a in set.Adapters do a.B.normal_(0.0, 0.05) |> ignore
             let adapted = logitsOf lm
+            let dense = set.Adapters |> Seq.sumBy (fun a -> let d = a.Delta().``to``(torch.ScalarType.Float64) in (d * d).sum().item<float>())
+            Expect.floatClose { absolute = 0.0; relative = 1e-6 } (set.DeltaL2()) (sqrt dense) "the distance from r × r products equals the dense ‖(α/r)·B·A‖"
             set.Merge()
             Expect.isLessThan (maxDiff (logitsOf lm) adapted) 1e-5 "merging keeps the adapted model's logits"
             // the filter on the adapters

@@ -48,7 +48,7 @@ let tests =
             Expect.equal (lr.Part "activations" - full.Part "activations") (int64 (512.0 * 7.0 * 16.0 * 2.0)) "activations: the one recomputed layer's 7 [T, r] intermediates more"
             let withMaster = MemoryPlanner.Plan(PlanInput(c, lora 16, Precision.BFloat16, 1, 512, true, MasterWeights = true, TrackTouched = true))
             Expect.equal (withMaster.Part "optimizer state") (8L * byHand + 4L * byHand + byHand) "float32 masters and touched bytes of the adapters only"
-            let mofoLora = MemoryPlanner.Plan(input (Methods.Parse("lora", lora = LoraSpec(Rank = 16, Optimizer = "mofo"))))
+            let mofoLora = MemoryPlanner.Plan(input (Methods.Parse("lora", lora = LoraSpec(Rank = 16), loraMember = "mofo")))
             Expect.isGreaterThanOrEqual (mofoLora.Part "optimizer state") (8L * byHand) "MoFO on the adapters: their moments"
             Expect.isLessThan (mofoLora.Part "optimizer state") (9L * byHand) "and the filter's buffers for the largest adapter, not the largest weight"
             // the totals (bf16, checkpointing, 1 × 512 tokens): full fine-tuning 84.37 GB, LoRA 15.39 GB (the frozen bfloat16

@@ -42,37 +42,28 @@ public static class KlToBase
     {
         if (model.Tokenizer.VocabSize != baseModel.Tokenizer.VocabSize)
             throw new ArgumentException($"KL to the base: the models' vocabularies differ ({model.Name}: {model.Tokenizer.VocabSize}, {baseModel.Name}: {baseModel.Tokenizer.VocabSize})");
-        var (wasTraining, baseWasTraining) = (model.Module.training, baseModel.Module.training);
-        model.Module.eval();
-        baseModel.Module.eval();
-        try
+        using var mode = model.Module.EvalMode();
+        using var baseMode = baseModel.Module.EvalMode();
+        using var _ = no_grad();
+        double sum = 0;
+        long count = 0;
+        int pad = model.Tokenizer.EosId ?? 0;
+        rows.Sort((a, b) => b.InputIds.Length.CompareTo(a.InputIds.Length));
+        for (int i = 0; i < rows.Count; i += batch)
         {
-            using var _ = no_grad();
-            double sum = 0;
-            long count = 0;
-            int pad = model.Tokenizer.EosId ?? 0;
-            rows.Sort((a, b) => b.InputIds.Length.CompareTo(a.InputIds.Length));
-            for (int i = 0; i < rows.Count; i += batch)
-            {
-                using var scope = NewDisposeScope();
-                using var b = Tokenized.Pad(rows.Skip(i).Take(batch).ToList(), pad);
-                var lm = model.Logits(b.InputIds, b.AttentionMask);
-                var lb = baseModel.Logits(b.InputIds.to(baseModel.Module.Device), b.AttentionMask.to(baseModel.Module.Device)).to(lm.device);
-                long v = lm.shape[^1];
-                if (lb.shape[^1] != v) throw new ArgumentException($"KL to the base: the models' output widths differ ({v} and {lb.shape[^1]})");
-                var pm = nn.functional.log_softmax(lm[.., ..^1, ..].reshape(-1, v).to(ScalarType.Float32), -1);
-                var pb = nn.functional.log_softmax(lb[.., ..^1, ..].reshape(-1, v).to(ScalarType.Float32), -1);
-                var mask = b.Labels[.., 1..].reshape(-1).to(lm.device).ne(Tokenized.Ignore);
-                var kl = (pm.exp() * (pm - pb)).sum(-1);
-                sum += kl.masked_select(mask).to(ScalarType.Float64).sum().item<double>();
-                count += mask.sum().item<long>();
-            }
-            return new KlResult(sum / count, count, rows.Count);
+            using var scope = NewDisposeScope();
+            using var b = Tokenized.Pad(rows.Skip(i).Take(batch).ToList(), pad);
+            var lm = model.Logits(b.InputIds, b.AttentionMask);
+            var lb = baseModel.Logits(b.InputIds.to(baseModel.Module.Device), b.AttentionMask.to(baseModel.Module.Device)).to(lm.device);
+            long v = lm.shape[^1];
+            if (lb.shape[^1] != v) throw new ArgumentException($"KL to the base: the models' output widths differ ({v} and {lb.shape[^1]})");
+            var pm = nn.functional.log_softmax(lm[.., ..^1, ..].reshape(-1, v).to(ScalarType.Float32), -1);
+            var pb = nn.functional.log_softmax(lb[.., ..^1, ..].reshape(-1, v).to(ScalarType.Float32), -1);
+            var mask = b.Labels[.., 1..].reshape(-1).to(lm.device).ne(Tokenized.Ignore);
+            var kl = (pm.exp() * (pm - pb)).sum(-1);
+            sum += kl.masked_select(mask).to(ScalarType.Float64).sum().item<double>();
+            count += mask.sum().item<long>();
         }
-        finally
-        {
-            if (wasTraining) model.Module.train();
-            if (baseWasTraining) baseModel.Module.train();
-        }
+        return new KlResult(sum / count, count, rows.Count);
     }
 }

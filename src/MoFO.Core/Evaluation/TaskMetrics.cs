@@ -20,30 +20,25 @@ public static class TaskMetrics
         var rows = examples.Select(e => Tokenized.Encode(e, model.Tokenizer, Math.Min(maxLength, model.MaxSequenceLength)))
             .Where(t => t.TrainedTokens > 0).ToList();
         if (rows.Count == 0) throw new ArgumentException($"TaskMetrics.Fit: none of the {examples.Count} examples keeps an answer token within {maxLength} tokens");
-        var training = model.Module.training;
-        model.Module.eval();
-        try
+        using var mode = model.Module.EvalMode();
+        using var _ = no_grad();
+        double nll = 0; long correct = 0, count = 0;
+        int pad = model.Tokenizer.EosId ?? 0;
+        // Longest first so that a batch pads little.
+        rows.Sort((a, b) => b.InputIds.Length.CompareTo(a.InputIds.Length));
+        for (int i = 0; i < rows.Count; i += batch)
         {
-            using var _ = no_grad();
-            double nll = 0; long correct = 0, count = 0;
-            int pad = model.Tokenizer.EosId ?? 0;
-            // Longest first so that a batch pads little.
-            rows.Sort((a, b) => b.InputIds.Length.CompareTo(a.InputIds.Length));
-            for (int i = 0; i < rows.Count; i += batch)
-            {
-                using var scope = NewDisposeScope();
-                using var b = Tokenized.Pad(rows.Skip(i).Take(batch).ToList(), pad);
-                var logits = model.Logits(b.InputIds, b.AttentionMask);
-                var v = logits.shape[^1];
-                var shifted = logits[.., ..^1, ..].reshape(-1, v).to(ScalarType.Float32);
-                var labels = b.Labels[.., 1..].reshape(-1).to(logits.device);
-                var mask = labels.ne(Tokenized.Ignore);
-                count += mask.sum().item<long>();
-                nll += nn.functional.cross_entropy(shifted, labels, ignore_index: Tokenized.Ignore, reduction: nn.Reduction.Sum).to(ScalarType.Float64).item<double>();
-                correct += shifted.argmax(-1).eq(labels).logical_and(mask).sum().item<long>();
-            }
-            return new TaskFit(nll / count, (double)correct / count, count, rows.Count);
+            using var scope = NewDisposeScope();
+            using var b = Tokenized.Pad(rows.Skip(i).Take(batch).ToList(), pad);
+            var logits = model.Logits(b.InputIds, b.AttentionMask);
+            var v = logits.shape[^1];
+            var shifted = logits[.., ..^1, ..].reshape(-1, v).to(ScalarType.Float32);
+            var labels = b.Labels[.., 1..].reshape(-1).to(logits.device);
+            var mask = labels.ne(Tokenized.Ignore);
+            count += mask.sum().item<long>();
+            nll += nn.functional.cross_entropy(shifted, labels, ignore_index: Tokenized.Ignore, reduction: nn.Reduction.Sum).to(ScalarType.Float64).item<double>();
+            correct += shifted.argmax(-1).eq(labels).logical_and(mask).sum().item<long>();
         }
-        finally { if (training) model.Module.train(); }
+        return new TaskFit(nll / count, (double)correct / count, count, rows.Count);
     }
 }

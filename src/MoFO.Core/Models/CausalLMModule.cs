@@ -34,6 +34,20 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
     /// <summary>Whether this forward pass checkpoints its decoder layers (see <see cref="GradientCheckpointing"/>).</summary>
     protected bool UsesCheckpointing(KVCache? cache) => GradientCheckpointing && training && cache is null && torch.is_grad_enabled();
 
+    /// <summary>Evaluation mode (no LoRA dropout) until the returned scope is disposed; then the module is back in the
+    /// mode it had.</summary>
+    public IDisposable EvalMode()
+    {
+        var was = training;
+        eval();
+        return new ModeScope(this, was);
+    }
+
+    sealed class ModeScope(CausalLMModule module, bool training) : IDisposable
+    {
+        public void Dispose() { if (training) module.train(); }
+    }
+
     /// <summary>The dtype of the parameters (by default float32 on CPU unless the checkpoint is bfloat16, bfloat16 on CUDA).</summary>
     public ScalarType DType => parameters().First().dtype;
 

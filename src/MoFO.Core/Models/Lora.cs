@@ -12,7 +12,7 @@ namespace MoFO.Models;
 /// <summary>
 /// A LoRA configuration (Hu et al. 2021): rank r, scaling α (the update is α/r · B·A), dropout on the adapters' input,
 /// the targeted linear layers (by their last name: <c>q_proj</c>, <c>query_key_value</c>, …; empty = the model's
-/// attention and MLP projections) and the optimizer member that trains the adapters.
+/// attention and MLP projections). The member that trains the adapters is the method's (<c>MethodSpec.Optimizer</c>).
 /// </summary>
 public sealed record LoraSpec
 {
@@ -21,8 +21,6 @@ public sealed record LoraSpec
     public double? Alpha { get; init; }
     public double Dropout { get; init; }
     public IReadOnlyList<string> Targets { get; init; } = [];
-    /// <summary>The member that trains the adapters (<c>adamw</c>, or <c>mofo</c>: the filter on the adapters' moments).</summary>
-    public string Optimizer { get; init; } = "adamw";
 
     [System.Text.Json.Serialization.JsonIgnore] public double ResolvedAlpha => Alpha ?? 2.0 * Rank;
     [System.Text.Json.Serialization.JsonIgnore] public double Scale => ResolvedAlpha / Rank;
@@ -34,14 +32,10 @@ public sealed record LoraSpec
         : ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
     /// <summary>The defaults with the given settings (null: the default).</summary>
-    public static LoraSpec Of(int? rank, double? alpha, double? dropout, IEnumerable<string>? targets, string? optimizer)
+    public static LoraSpec Of(int? rank, double? alpha, double? dropout, IEnumerable<string>? targets)
     {
         var d = new LoraSpec();
-        return d with
-        {
-            Rank = rank ?? d.Rank, Alpha = alpha, Dropout = dropout ?? d.Dropout,
-            Targets = targets?.ToList() ?? d.Targets, Optimizer = optimizer ?? d.Optimizer,
-        };
+        return d with { Rank = rank ?? d.Rank, Alpha = alpha, Dropout = dropout ?? d.Dropout, Targets = targets?.ToList() ?? d.Targets };
     }
 
     public void Validate()
@@ -62,9 +56,9 @@ public sealed record LoraSpec
     }
 
     public bool Equals(LoraSpec? o) =>
-        o is not null && Rank == o.Rank && ResolvedAlpha.Equals(o.ResolvedAlpha) && Dropout.Equals(o.Dropout) && Targets.SequenceEqual(o.Targets) && Optimizer == o.Optimizer;
+        o is not null && Rank == o.Rank && ResolvedAlpha.Equals(o.ResolvedAlpha) && Dropout.Equals(o.Dropout) && Targets.SequenceEqual(o.Targets);
 
-    public override int GetHashCode() => HashCode.Combine(Rank, ResolvedAlpha, Dropout, Targets.Count, Optimizer);
+    public override int GetHashCode() => HashCode.Combine(Rank, ResolvedAlpha, Dropout, Targets.Count);
 }
 
 /// <summary>The low-rank adapter of one linear layer: y = W·x + b + (α/r)·B·A·dropout(x), with A [r, in] and B [out, r]
@@ -212,15 +206,19 @@ public sealed class LoraAdapters : IDisposable
 
     static string LastName(string path) => path[(path.LastIndexOf('.') + 1)..];
 
-    /// <summary>‖(α/r)·B·A‖ over every adapter: the distance of the merged model from the base (the base is frozen).</summary>
+    /// <summary>‖(α/r)·B·A‖ over every adapter: the distance of the merged model from the base (the base is frozen).
+    /// Each ‖B·A‖² is Σ (BᵀB) ⊙ (A·Aᵀ) over two r × r matrices, in float64: the dense out × in product is never formed, so
+    /// the trainer can measure it every step at O(r²·(in + out)).</summary>
     public double DeltaL2()
     {
+        using var _ = no_grad();
         double sq = 0;
         foreach (var a in _adapters)
         {
             using var scope = NewDisposeScope();
-            var d = a.Delta().to(ScalarType.Float64);
-            sq += (d * d).sum().item<double>();
+            var b = a.B.to(ScalarType.Float64);
+            var aa = a.A.to(ScalarType.Float64);
+            sq += a.Scale * a.Scale * (b.t().matmul(b) * aa.matmul(aa.t())).sum().item<double>();
         }
         return Math.Sqrt(sq);
     }

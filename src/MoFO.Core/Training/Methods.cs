@@ -144,22 +144,24 @@ public static class Methods
     /// A method by name: a member (α = <paramref name="alpha"/>), or a loss-term preset (<c>l1</c>, <c>l2</c>: AdamW with
     /// that term at <paramref name="l1Lambda"/> / <paramref name="l2Lambda"/>). With a member, a given λ adds its term
     /// (so <c>mofo</c> with λ2 is MoFO + L2).
+    /// <para><c>lora</c>: adapters (<paramref name="lora"/>, default rank 8) trained by <paramref name="loraMember"/>
+    /// (AdamW by default; <c>mofo</c> filters the adapters' moments with α = <paramref name="alpha"/>).</para>
     /// </summary>
-    /// <para><c>lora</c>: adapters (<paramref name="lora"/>, default rank 8) trained by the spec's member (AdamW by
-    /// default; MoFO filters the adapters' moments with α = <paramref name="alpha"/>).</para>
-    public static MethodSpec Parse(string name, double alpha = Defaults.Alpha, double? l1Lambda = null, double? l2Lambda = null, LoraSpec? lora = null)
+    public static MethodSpec Parse(string name, double alpha = Defaults.Alpha, double? l1Lambda = null, double? l2Lambda = null,
+                                   LoraSpec? lora = null, string? loraMember = null)
     {
         var key = name.ToLowerInvariant();
         var terms = new List<LossTermSpec>();
         string optimizer;
-        if (lora is not null && key != LoraName)
+        if ((lora is not null || loraMember is not null) && key != LoraName)
             throw new OptionException("Method", $"Method {name}: LoRA options need the method {LoraName}");
         if (key == LoraName)
         {
-            lora ??= new LoraSpec();
             if (l1Lambda is not null || l2Lambda is not null)
                 throw new OptionException("Method", "Method lora: the L1/L2 terms toward the pretrained weights do not apply to adapters (the base is frozen)");
-            return new MethodSpec { Optimizer = Member(lora.Optimizer).Name, Alpha = alpha, Lora = lora with { Optimizer = Member(lora.Optimizer).Name } };
+            var member = Members.FirstOrDefault(m => m.Name == Aliases.GetValueOrDefault((loraMember ?? "adamw").ToLowerInvariant(), (loraMember ?? "adamw").ToLowerInvariant()))
+                         ?? throw new OptionException("LoraOptimizer", $"LoraOptimizer {loraMember}: not an optimizer member (expected {string.Join(", ", Members.Select(m => m.Name))})");
+            return new MethodSpec { Optimizer = member.Name, Alpha = alpha, Lora = lora ?? new LoraSpec() };
         }
         if (Terms.Any(t => t.Name == key))
         {
@@ -187,7 +189,6 @@ public static class Methods
         {
             m.Lora.Validate();
             if (m.Terms.Count > 0) throw new OptionException("Method", "Method lora: the L1/L2 terms toward the pretrained weights do not apply to adapters (the base is frozen)");
-            if (Member(m.Lora.Optimizer).Name != m.Optimizer) throw new OptionException("LoraOptimizer", $"LoraOptimizer {m.Lora.Optimizer}: differs from the method's member {m.Optimizer}");
         }
         if (!(m.Alpha > 0 && m.Alpha <= 1)) throw new OptionException("Alpha", $"Alpha {m.Alpha}: must lie in (0, 1]");
         foreach (var t in m.Terms)

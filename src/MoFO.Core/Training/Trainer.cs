@@ -112,16 +112,7 @@ public sealed class Trainer
     {
         if (_eval.Count == 0) return double.NaN;
         using var _ = no_grad();
-        // evaluation mode (no LoRA dropout), back to training mode after
-        var module = _lm.Module;
-        bool training = module.training;
-        module.eval();
-        try { return HeldOutLoss(); }
-        finally { if (training) module.train(); }
-    }
-
-    double HeldOutLoss()
-    {
+        using var mode = _lm.Module.EvalMode();
         double sum = 0; long count = 0;
         int pad = _lm.Tokenizer.EosId ?? 0;
         var comm = Comm;
@@ -262,19 +253,18 @@ public sealed class Trainer
                 dp?.ReduceGradients(toAll: AfterBackward is not null);
                 AfterBackward?.Invoke(module);
                 dp?.DropUnowned();
-                double sq;
-                if (dp is null) sq = SquaredGradNorm(trained);
-                else
+                // each tensor's Σg², in a data-parallel run at its owner and summed over the ranks per tensor (zeros
+                // elsewhere: exact), then added in the optimizer's order: the norm and the clipping factor are the
+                // single process's bit for bit
+                var perTensor = SquaredNorms(trained);
+                if (dp is not null)
                 {
-                    // each tensor's Σg² at its owner, summed over the ranks per tensor (zeros elsewhere: exact) and then
-                    // added in the single process's order, so that the norm and the clipping factor are bit-identical
-                    var perTensor = SquaredNorms(trained);
                     perTensor[^1] = lossSum;
-                    var sums = comm.Sum(perTensor);
-                    lossSum = sums[^1];
-                    sq = 0;
-                    for (int i = 0; i < sums.Length - 1; i++) sq += sums[i];
+                    perTensor = comm.Sum(perTensor);
+                    lossSum = perTensor[^1];
                 }
+                double sq = 0;
+                for (int i = 0; i < perTensor.Length - 1; i++) sq += perTensor[i];
                 norm = Math.Sqrt(sq);
             }
             double loss = lossSum / tokens;
@@ -355,28 +345,22 @@ public sealed class Trainer
             var (changed, all) = lora.ChangedEntries();
             touchedFraction = (double)changed / all;
         }
-        string? adapterDir = null;
-        if (lora is not null && modelDir is not null && root)
-        {
-            adapterDir = Path.Combine(_out, $".adapter-{Guid.NewGuid():N}");
-            lora.Save(adapterDir, _lm.SourcePath);
-        }
-        // the in-memory model leaves the run as the fine-tuned one: the adapters merged into its weights
+        // the in-memory model leaves the run as the fine-tuned one: the adapters merged into its weights (the
+        // adapters' own tensors stay until they are written beside the merged model)
         lora?.Merge();
-        lora?.Dispose();
-        if (modelDir is not null && root)
+        try
         {
-            var tmp = Path.Combine(_out, $".model-{Guid.NewGuid():N}");
-            OnPhase?.Invoke("final");
-            HfFolder.Save(_lm, tmp);
-            if (adapterDir is not null)
+            if (modelDir is not null && root)
             {
-                foreach (var f in Directory.GetFiles(adapterDir)) File.Move(f, Path.Combine(tmp, Path.GetFileName(f)));
-                Directory.Delete(adapterDir);
+                var tmp = Path.Combine(_out, $".model-{Guid.NewGuid():N}");
+                OnPhase?.Invoke("final");
+                HfFolder.Save(_lm, tmp);
+                lora?.Save(tmp, _lm.SourcePath);
+                if (Directory.Exists(modelDir)) Directory.Delete(modelDir, true);
+                Directory.Move(tmp, modelDir);
             }
-            if (Directory.Exists(modelDir)) Directory.Delete(modelDir, true);
-            Directory.Move(tmp, modelDir);
         }
+        finally { lora?.Dispose(); }
         if (lora is null && opt.TrackTouched)
         {
             var (touched, counted) = opt.TouchedCount();
@@ -432,18 +416,6 @@ public sealed class Trainer
         {
             using var g = ps[i].grad;
             if (g is not null) sq[i] = SquaredNorm(g);
-        }
-        return sq;
-    }
-
-    /// <summary>Σ g² over the gradients this process holds, accumulated in float64 slice by slice.</summary>
-    static double SquaredGradNorm(IEnumerable<Tensor> trained)
-    {
-        double sq = 0;
-        foreach (var p in trained)
-        {
-            using var g = p.grad;
-            if (g is not null) sq += SquaredNorm(g);
         }
         return sq;
     }

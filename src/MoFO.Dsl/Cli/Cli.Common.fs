@@ -51,6 +51,12 @@ let render (e: exn) =
 /// The process's standard error before a rank other than 0 is quietened: its errors still reach the launcher.
 let mutable private stderr0 : IO.TextWriter = null
 
+/// `MOFO_THREADS`: the torch threads a process asks for (None: unset or not a positive number).
+let private threadsWanted () =
+    match Int32.TryParse(Environment.GetEnvironmentVariable "MOFO_THREADS") with
+    | true, n when n > 0 -> Some n
+    | _ -> None
+
 /// Starts this rank of a distributed job (a process that an MPI launcher started with several ranks): MPI, a share of
 /// the machine's cores per rank (`MOFO_THREADS` overrides), and quiet output on ranks other than 0 (rank 0 alone
 /// prints, logs and writes; errors of any rank are printed with its rank). A rank that the launcher ends with SIGTERM
@@ -58,10 +64,7 @@ let mutable private stderr0 : IO.TextWriter = null
 let private startRank () =
     let world = MoFO.Distributed.Job.World
     let local = MoFO.Distributed.MpiCollective.LocalRanks |> Option.ofNullable |> Option.defaultValue 1
-    let threads =
-        match Int32.TryParse(Environment.GetEnvironmentVariable "MOFO_THREADS") with
-        | true, n when n > 0 -> n
-        | _ -> max 1 (Environment.ProcessorCount / max 1 local)
+    let threads = threadsWanted () |> Option.defaultWith (fun () -> max 1 (Environment.ProcessorCount / max 1 local))
     TorchSharp.torch.set_num_threads threads
     stderr0 <- Console.Error
     if world.Rank <> 0 then
@@ -82,10 +85,7 @@ let guard (f: unit -> int) =
     try
         try
             if distributed then signal <- startRank ()
-            else
-                match Int32.TryParse(Environment.GetEnvironmentVariable "MOFO_THREADS") with
-                | true, n when n > 0 -> TorchSharp.torch.set_num_threads n
-                | _ -> ()
+            else threadsWanted () |> Option.iter TorchSharp.torch.set_num_threads
             let code = f ()
             if distributed then MoFO.Distributed.Job.End()
             code
@@ -109,22 +109,22 @@ let methodUsage () =
     let terms = Methods.Terms |> Seq.map (fun t -> $"{t.Name} (AdamW + {t.Description})") |> String.concat ", "
     $"{members}, {Methods.LoraName} (adapters, the base frozen; see --lora-*), or {terms} (default {Defaults.Method}). Run `mofo methods` for a description of each."
 
-/// LoRA's settings from `--lora-rank`, `--lora-alpha`, `--lora-dropout`, `--lora-targets` (comma-separated layer names),
-/// `--lora-optimizer`; None when none is given.
-let loraSpec (rank: int option) (alpha: float option) (dropout: float option) (targets: string option) (optimizer: string option) =
-    if [ rank.IsSome; alpha.IsSome; dropout.IsSome; targets.IsSome; optimizer.IsSome ] |> List.exists id then
+/// LoRA's settings from `--lora-rank`, `--lora-alpha`, `--lora-dropout`, `--lora-targets` (comma-separated layer
+/// names); None when none is given.
+let loraSpec (rank: int option) (alpha: float option) (dropout: float option) (targets: string option) =
+    if [ rank.IsSome; alpha.IsSome; dropout.IsSome; targets.IsSome ] |> List.exists id then
         let targets = targets |> Option.map (fun t -> t.Split(',', StringSplitOptions.TrimEntries ||| StringSplitOptions.RemoveEmptyEntries) :> seq<string>)
-        Some(MoFO.Models.LoraSpec.Of(Option.toNullable rank, Option.toNullable alpha, Option.toNullable dropout, Option.toObj targets, Option.toObj optimizer))
+        Some(MoFO.Models.LoraSpec.Of(Option.toNullable rank, Option.toNullable alpha, Option.toNullable dropout, Option.toObj targets))
     else None
 
 /// The method of `--method`, `--alpha`, `--l1-lambda`, `--l2-lambda` (a λ with a member adds its loss term) and the
-/// LoRA settings (with `--method lora`).
-let methodSpecWith (name: string option) (alpha: float option) (l1: float option) (l2: float option) (lora: MoFO.Models.LoraSpec option) =
-    Methods.Parse(defaultArg name Defaults.Method, defaultArg alpha Defaults.Alpha, Option.toNullable l1, Option.toNullable l2, Option.toObj lora)
+/// LoRA settings and `--lora-optimizer` (with `--method lora`).
+let methodSpecWith (name: string option) (alpha: float option) (l1: float option) (l2: float option) (lora: MoFO.Models.LoraSpec option) (loraMember: string option) =
+    Methods.Parse(defaultArg name Defaults.Method, defaultArg alpha Defaults.Alpha, Option.toNullable l1, Option.toNullable l2, Option.toObj lora, Option.toObj loraMember)
 
 /// The method of `--method`, `--alpha`, `--l1-lambda`, `--l2-lambda` (a λ with a member adds its loss term).
 let methodSpec (name: string option) (alpha: float option) (l1: float option) (l2: float option) =
-    methodSpecWith name alpha l1 l2 None
+    methodSpecWith name alpha l1 l2 None None
 
 /// `--precision`: the dtype of weights, gradients and activations.
 [<RequireQualifiedAccess>]

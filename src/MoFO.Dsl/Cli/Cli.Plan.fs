@@ -75,8 +75,8 @@ let run (a: ParseResults<PlanArgs>) =
             name, (match a.TryGetResult Layers with Some n -> MoFO.Models.ModelPresets.WithLayers(c, n) | None -> c)
         | _ -> raise (ArgumentException "mofo plan: pass --model PATH or --like NAME")
     let batch = a.GetResult(Batch_Size, Defaults.BatchSize)
-    let lora = Common.loraSpec (a.TryGetResult Lora_Rank) (a.TryGetResult Lora_Alpha) (a.TryGetResult Lora_Dropout) (a.TryGetResult Lora_Targets) (a.TryGetResult Lora_Optimizer)
-    let methodSpec = Common.methodSpecWith (a.TryGetResult Method) (a.TryGetResult Alpha) None None lora
+    let lora = Common.loraSpec (a.TryGetResult Lora_Rank) (a.TryGetResult Lora_Alpha) (a.TryGetResult Lora_Dropout) (a.TryGetResult Lora_Targets)
+    let methodSpec = Common.methodSpecWith (a.TryGetResult Method) (a.TryGetResult Alpha) None None lora (a.TryGetResult Lora_Optimizer)
     Methods.Validate methodSpec
     let input =
         PlanInput(config, methodSpec,

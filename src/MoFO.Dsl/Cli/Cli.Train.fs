@@ -117,7 +117,7 @@ let options (a: ParseResults<TrainArgs>) =
     let batch = a.GetResult(Batch_Size, Defaults.BatchSize)
     TrainingOptions(
         Method = Common.methodSpecWith (a.TryGetResult Method) (a.TryGetResult Alpha) (a.TryGetResult L1_Lambda) (a.TryGetResult L2_Lambda)
-                    (Common.loraSpec (a.TryGetResult Lora_Rank) (a.TryGetResult Lora_Alpha) (a.TryGetResult Lora_Dropout) (a.TryGetResult Lora_Targets) (a.TryGetResult Lora_Optimizer)),
+                    (Common.loraSpec (a.TryGetResult Lora_Rank) (a.TryGetResult Lora_Alpha) (a.TryGetResult Lora_Dropout) (a.TryGetResult Lora_Targets)) (a.TryGetResult Lora_Optimizer),
         LearningRate = a.GetResult(Lr, Defaults.LearningRate),
         Epochs = a.GetResult(Epochs, Defaults.Epochs),
         Steps = (a.TryGetResult Steps |> Option.toNullable),

@@ -37,7 +37,7 @@ type Method =
         | RandomBCD a -> Methods.Parse("random-bcd", a)
         | GDMoFO a -> Methods.Parse("gd-mofo", a)
         | LoRA (r, None) -> Methods.Parse(Methods.LoraName, lora = MoFO.Models.LoraSpec(Rank = r))
-        | LoRA (r, Some a) -> Methods.Parse(Methods.LoraName, a, lora = MoFO.Models.LoraSpec(Rank = r, Optimizer = "mofo"))
+        | LoRA (r, Some a) -> Methods.Parse(Methods.LoraName, a, lora = MoFO.Models.LoraSpec(Rank = r), loraMember = "mofo")
         | Replay (_, inner) | GEM (_, inner) -> inner.Spec
 
     /// The optimizer member (its name, description, learning-rate factor).
