@@ -53,18 +53,18 @@ let vocabulary =
                        "random-bcd", "RandomizedBCD"; "gd-mofo", "GDMoFO"; "lora", "AdamW"; "l1", "AdamW"; "l2", "AdamW" ]
             for name in Methods.Names do
                 let o = TrainingOptions(Method = Methods.Parse name, LearningRate = 1e-3)
-                let struct (opt, terms) = Methods.Create(lm.Module, o)
+                use trained = TrainedSet.Attach(lm, o.Method, o.Seed)
+                let struct (opt, terms) = Methods.Create(trained, o)
                 Expect.equal (opt.GetType().Name) classes[name] $"{name}: the member's class"
                 Expect.equal terms.Count (if name = "l1" || name = "l2" then 1 else 0) $"{name}: loss terms"
                 opt.Dispose()
                 for t in terms do (box t :?> IDisposable).Dispose()
-                // LoRA attached adapters to the model (and froze it): take them off for the next name
+                // LoRA attached adapters to the model (and froze it); disposing the trained set takes them off for the next name
                 match MoFO.Models.LoraAdapters.Of lm.Module with
                 | null -> ()
-                | adapters ->
+                | _ ->
                     Expect.equal name "lora" "only LoRA attaches adapters"
                     Expect.equal opt.Blocks.Count (2 * 5 * 7) $"{name}: the optimizer holds A and B of 7 projections × 5 layers"
-                    adapters.Dispose()
         }
 
         test "House.vocabulary.gdMoFO: a method added in one line of the vocabulary trains from the CLI" {

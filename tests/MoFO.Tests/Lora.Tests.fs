@@ -88,7 +88,8 @@ let tests =
             use adapters = LoraAdapters.Load(unmerged.Module, modelDir)
             let d2 = maxDiff (logitsOf unmerged) expected
             Expect.isLessThan d2 1e-4 $"the adapters loaded unmerged give the same logits (largest |difference| {d2:G3})"
-            Expect.isTrue (unmerged.Module.parameters() |> Seq.forall (fun p -> not p.requires_grad)) "the base is frozen while adapters are attached"
+            Expect.isTrue (unmerged.Module.ModelParameters() |> Seq.forall (fun struct (_, p) -> not p.requires_grad)) "the base is frozen while adapters are attached"
+            Expect.isTrue (adapters.Parameters |> Seq.forall (fun struct (_, p) -> p.requires_grad)) "the adapters are trainable"
             // the summary: distance = ‖(α/r)·B·A‖, updated entries = the adapted weights' share of the model
             let summary = MoFO.Training.RunFolder(out).ReadSummary()
             Expect.isGreaterThan summary.Distance 0.0 "the distance counts the adapters' update"

@@ -138,7 +138,8 @@ let tests =
                 let o = TrainingOptions(Method = lora 4, LearningRate = 1e-3, Steps = Nullable 2, BatchSize = 2, MaxLength = 32,
                                         ShowProgress = false, Schedule = Schedule.Constant).WithScale(precision, update, false, track)
                 let plan = MemoryPlanner.Plan(MemoryPlanner.InputOf(path, o))
-                let struct (opt, _) = Methods.Create(lm.Module, o)
+                use trained = TrainedSet.Attach(lm, o.Method, o.Seed)
+                let struct (opt, _) = Methods.Create(trained, o)
                 use opt = opt
                 let set = LoraAdapters.Of lm.Module
                 lm.Module.train()
@@ -157,7 +158,7 @@ let tests =
                 Expect.isTrue (losses |> List.forall Single.IsFinite) $"{precision}: finite losses {losses}"
                 let name = $"{precision}"
                 // weights: the base, frozen, without gradients
-                let baseParams = lm.Module.parameters() |> Seq.toList
+                let baseParams = lm.Module.ModelParameters() |> Seq.map (fun struct (_, p) -> p) |> Seq.toList
                 Expect.equal (baseParams |> List.sumBy bytes) (plan.Part "weights") $"{name}: the base weights"
                 Expect.isTrue (baseParams |> List.forall (fun p -> not p.requires_grad && isNull p.grad)) $"{name}: the base takes no gradient"
                 // adapters and their gradients
@@ -175,6 +176,5 @@ let tests =
                 Expect.equal (moments + masters + touched) (plan.Part "optimizer state") $"{name}: moments {moments}, masters {masters}, touched {touched}"
                 if precision = Precision.BFloat16 then Expect.equal masters (4L * plan.Adapters) "float32 masters of the adapters"
                 else Expect.equal touched plan.Adapters "a touched byte per adapter entry (auto: the adapters are a small model)"
-                set.Dispose()
         }
     ]

@@ -20,7 +20,7 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
 
     /// <summary>Gradient (activation) checkpointing per decoder layer (default off): in training mode with gradients
     /// enabled, each layer keeps only its input during the forward pass and recomputes its activations during the
-    /// backward (<see cref="Checkpointing"/>): activation memory of one hidden state per layer, for one more forward
+    /// backward (<see cref="GradientCheckpoint"/>): activation memory of one hidden state per layer, for one more forward
     /// pass of the layers (at most a third more compute). Losses and gradients equal those without it. No effect in
     /// eval mode, under <c>no_grad</c>, or with a <see cref="KVCache"/> (generation: nothing to backpropagate, and a
     /// recomputation would write the cache twice).</summary>
@@ -34,7 +34,7 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
     /// <summary>Whether this forward pass checkpoints its decoder layers (see <see cref="GradientCheckpointing"/>).</summary>
     protected bool UsesCheckpointing(KVCache? cache) => GradientCheckpointing && training && cache is null && torch.is_grad_enabled();
 
-    /// <summary>Evaluation mode (no LoRA dropout) until the returned scope is disposed; then the module is back in the
+    /// <summary>Evaluation mode (no adapter dropout) until the returned scope is disposed; then the module is back in the
     /// mode it had.</summary>
     public IDisposable EvalMode()
     {
@@ -53,9 +53,24 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
 
     public Device Device => parameters().First().device;
 
-    /// <summary>Parameter names (HF checkpoint keys) and tensors.</summary>
+    /// <summary>The model's own parameters under their HF checkpoint keys, in the module's order. A layer wrapped by an
+    /// adapter (<see cref="LinearWrapper"/>) contributes its base layer's parameters under the layer's name; the
+    /// adapters' own tensors are not the model's and are left out.</summary>
+    public IEnumerable<(string Name, Parameter Parameter)> ModelParameters()
+    {
+        var wrappers = named_modules().Where(m => m.module is LinearWrapper).Select(m => m.name + ".").ToList();
+        var inner = LinearWrapper.BaseName + ".";
+        foreach (var (name, p) in named_parameters())
+        {
+            var w = wrappers.Count == 0 ? null : wrappers.FirstOrDefault(prefix => name.StartsWith(prefix, StringComparison.Ordinal));
+            if (w is null) yield return (name, p);
+            else if (string.CompareOrdinal(name, w.Length, inner, 0, inner.Length) == 0) yield return (w + name[(w.Length + inner.Length)..], p);
+        }
+    }
+
+    /// <summary>Parameter names (HF checkpoint keys) and tensors (<see cref="ModelParameters"/>).</summary>
     public IReadOnlyDictionary<string, Tensor> StateDict() =>
-        named_parameters().ToDictionary(p => p.name, p => (Tensor)p.parameter);
+        ModelParameters().ToDictionary(p => p.Name, p => (Tensor)p.Parameter);
 
     /// <summary>Checkpoint keys that are not parameters but that HF checkpoints may carry (ignored on load).</summary>
     protected virtual bool IsIgnorableKey(string key) => key.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal);
@@ -84,7 +99,7 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
     /// </summary>
     public void LoadWeights(IEnumerable<ITensorSource> parts, string checkpoint, Device? device = null)
     {
-        var own = named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        var own = ModelParameters().ToDictionary(p => p.Name, p => p.Parameter);
         var loaded = new HashSet<string>();
         Dictionary<string, nn.Module>? owners = null;
         using var _ = torch.no_grad();
@@ -120,6 +135,7 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
     {
         var cut = name.LastIndexOf('.');
         var owner = cut < 0 ? this : owners[name[..cut]];
+        if (owner is LinearWrapper wrapper) owner = wrapper.Base;
         var t = torch.empty(placeholder.shape, placeholder.dtype, device);
         try { part.ReadInto(name, t); }
         catch { t.Dispose(); throw; }
@@ -134,7 +150,7 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
     {
         using var _ = torch.no_grad();
         var g = new Generator((ulong)seed);
-        foreach (var (n, p) in named_parameters())
+        foreach (var (n, p) in ModelParameters())
         {
             if (n.EndsWith(".bias", StringComparison.Ordinal)) p.zero_();
             else if (p.dim() == 1) p.fill_(1.0);

@@ -8,7 +8,8 @@ namespace MoFO.Models;
 /// holds each head's [q, k, v]; partial rotary on the first <c>rotary_pct</c> of each head; <c>dense</c> output.</summary>
 public sealed class GPTNeoXAttention : nn.Module
 {
-    readonly Linear query_key_value, dense;
+    /// <summary>The projections (linear layers; an adapter may take a projection's place: <see cref="LinearWrapper"/>).</summary>
+    nn.Module<Tensor, Tensor> query_key_value, dense;
     readonly int heads, headSize;
 
     public GPTNeoXAttention(GptNeoXConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(GPTNeoXAttention))
@@ -22,7 +23,7 @@ public sealed class GPTNeoXAttention : nn.Module
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KVCache? cache, int layer)
     {
         var (b, t) = (x.shape[0], x.shape[1]);
-        var qkv = LoraAdapters.Forward(query_key_value, x).view(b, t, heads, 3 * headSize).transpose(1, 2);   // [B, H, T, 3hs]
+        var qkv = query_key_value.forward(x).view(b, t, heads, 3 * headSize).transpose(1, 2);   // [B, H, T, 3hs]
         var q = qkv.narrow(-1, 0, headSize);
         var k = qkv.narrow(-1, headSize, headSize);
         var v = qkv.narrow(-1, 2 * headSize, headSize);
@@ -30,13 +31,13 @@ public sealed class GPTNeoXAttention : nn.Module
         k = Rotary.Apply(k, cos, sin);
         if (cache is not null) (k, v) = cache.Update(layer, k, v);
         var o = CausalLMModule.Attend(q, k, v, mask);
-        return LoraAdapters.Forward(dense, o.transpose(1, 2).reshape(b, t, heads * headSize));
+        return dense.forward(o.transpose(1, 2).reshape(b, t, heads * headSize));
     }
 }
 
 public sealed class GPTNeoXMLP : nn.Module<Tensor, Tensor>
 {
-    readonly Linear dense_h_to_4h, dense_4h_to_h;
+    nn.Module<Tensor, Tensor> dense_h_to_4h, dense_4h_to_h;
     readonly string act;
 
     public GPTNeoXMLP(GptNeoXConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(GPTNeoXMLP))
@@ -52,14 +53,14 @@ public sealed class GPTNeoXMLP : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        var h = LoraAdapters.Forward(dense_h_to_4h, x);
+        var h = dense_h_to_4h.forward(x);
         h = act switch
         {
             "gelu" => nn.functional.gelu(h),
             "relu" => nn.functional.relu(h),
             _ => GeluTanh(h),
         };
-        return LoraAdapters.Forward(dense_4h_to_h, h);
+        return dense_4h_to_h.forward(h);
     }
 }
 
@@ -112,7 +113,7 @@ public sealed class GPTNeoXModel : nn.Module
 public sealed class GPTNeoXForCausalLM : CausalLMModule
 {
     readonly GPTNeoXModel gpt_neox;
-    readonly Linear? embed_out;
+    nn.Module<Tensor, Tensor>? embed_out;
     readonly GptNeoXConfig config;
     readonly Rotary rotary;
 
@@ -149,11 +150,11 @@ public sealed class GPTNeoXForCausalLM : CausalLMModule
         var mask = Mask(attentionMask, t, past, h.device);
         if (UsesCheckpointing(cache))
             foreach (var layer in gpt_neox.layers)
-                h = Checkpointing.Run(layer, (x, c, s, m) => layer.Forward(x, c, s, m, null, 0), h, cos, sin, mask, AfterLayerBackward);
+                h = GradientCheckpoint.Run(layer, (x, c, s, m) => layer.Forward(x, c, s, m, null, 0), h, cos, sin, mask, AfterLayerBackward);
         else
             for (var i = 0; i < gpt_neox.layers.Count; i++) h = gpt_neox.layers[i].Forward(h, cos, sin, mask, cache, i);
         cache?.Advance(t);
         h = gpt_neox.final_layer_norm.forward(h);
-        return embed_out is not null ? LoraAdapters.Forward(embed_out, h) : nn.functional.linear(h, gpt_neox.embed_in.weight!);
+        return embed_out is not null ? embed_out.forward(h) : nn.functional.linear(h, gpt_neox.embed_in.weight!);
     }
 }

@@ -30,7 +30,8 @@ public sealed class LlamaRMSNorm : nn.Module<Tensor, Tensor>
 /// <summary>Grouped-query self-attention with rotary embeddings (HF <c>LlamaAttention</c>).</summary>
 public sealed class LlamaAttention : nn.Module
 {
-    readonly Linear q_proj, k_proj, v_proj, o_proj;
+    /// <summary>The projections (linear layers; an adapter may take a projection's place: <see cref="LinearWrapper"/>).</summary>
+    nn.Module<Tensor, Tensor> q_proj, k_proj, v_proj, o_proj;
     readonly int heads, kvHeads, headDim;
 
     public LlamaAttention(LlamaConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(LlamaAttention))
@@ -46,21 +47,21 @@ public sealed class LlamaAttention : nn.Module
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KVCache? cache, int layer)
     {
         var (b, t) = (x.shape[0], x.shape[1]);
-        var q = LoraAdapters.Forward(q_proj, x).view(b, t, heads, headDim).transpose(1, 2);
-        var k = LoraAdapters.Forward(k_proj, x).view(b, t, kvHeads, headDim).transpose(1, 2);
-        var v = LoraAdapters.Forward(v_proj, x).view(b, t, kvHeads, headDim).transpose(1, 2);
+        var q = q_proj.forward(x).view(b, t, heads, headDim).transpose(1, 2);
+        var k = k_proj.forward(x).view(b, t, kvHeads, headDim).transpose(1, 2);
+        var v = v_proj.forward(x).view(b, t, kvHeads, headDim).transpose(1, 2);
         q = Rotary.Apply(q, cos, sin);
         k = Rotary.Apply(k, cos, sin);
         if (cache is not null) (k, v) = cache.Update(layer, k, v);
         var o = CausalLMModule.Attend(q, k, v, mask);
-        return LoraAdapters.Forward(o_proj, o.transpose(1, 2).reshape(b, t, heads * headDim));
+        return o_proj.forward(o.transpose(1, 2).reshape(b, t, heads * headDim));
     }
 }
 
 /// <summary>SwiGLU MLP: down(silu(gate(x)) * up(x)).</summary>
 public sealed class LlamaMLP : nn.Module<Tensor, Tensor>
 {
-    readonly Linear gate_proj, up_proj, down_proj;
+    nn.Module<Tensor, Tensor> gate_proj, up_proj, down_proj;
 
     public LlamaMLP(LlamaConfig c, Device? device = null, ScalarType? dtype = null) : base(nameof(LlamaMLP))
     {
@@ -71,7 +72,7 @@ public sealed class LlamaMLP : nn.Module<Tensor, Tensor>
     }
 
     public override Tensor forward(Tensor x) =>
-        LoraAdapters.Forward(down_proj, nn.functional.silu(LoraAdapters.Forward(gate_proj, x)) * LoraAdapters.Forward(up_proj, x));
+        down_proj.forward(nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x));
 }
 
 public sealed class LlamaDecoderLayer : nn.Module
@@ -120,7 +121,7 @@ public sealed class LlamaModel : nn.Module
 public sealed class LlamaForCausalLM : CausalLMModule
 {
     readonly LlamaModel model;
-    readonly Linear? lm_head;
+    nn.Module<Tensor, Tensor>? lm_head;
     readonly LlamaConfig config;
     readonly Rotary rotary;
 
@@ -155,11 +156,11 @@ public sealed class LlamaForCausalLM : CausalLMModule
         var mask = CausalLMModule.Mask(attentionMask, t, past, h.device);
         if (UsesCheckpointing(cache))
             foreach (var layer in model.layers)
-                h = Checkpointing.Run(layer, (x, c, s, m) => layer.Forward(x, c, s, m, null, 0), h, cos, sin, mask, AfterLayerBackward);
+                h = GradientCheckpoint.Run(layer, (x, c, s, m) => layer.Forward(x, c, s, m, null, 0), h, cos, sin, mask, AfterLayerBackward);
         else
             for (var i = 0; i < model.layers.Count; i++) h = model.layers[i].Forward(h, cos, sin, mask, cache, i);
         cache?.Advance(t);
         h = model.norm.forward(h);
-        return lm_head is not null ? LoraAdapters.Forward(lm_head, h) : nn.functional.linear(h, model.embed_tokens.weight!);
+        return lm_head is not null ? lm_head.forward(h) : nn.functional.linear(h, model.embed_tokens.weight!);
     }
 }

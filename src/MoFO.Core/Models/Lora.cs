@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Runtime.CompilerServices;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using MoFO.Checkpoints;
@@ -61,34 +60,60 @@ public sealed record LoraSpec
     public override int GetHashCode() => HashCode.Combine(Rank, ResolvedAlpha, Dropout, Targets.Count);
 }
 
-/// <summary>The low-rank adapter of one linear layer: y = W·x + b + (α/r)·B·A·dropout(x), with A [r, in] and B [out, r]
-/// (B starts at zero, so a fresh adapter leaves the model unchanged).</summary>
-public sealed class LoraAdapter : IDisposable
+/// <summary>One matrix of an adapter as a module with a <c>weight</c> (so that its parameter is named
+/// <c>….lora_A.weight</c>, as PEFT names it): y = x·Wᵀ.</summary>
+public sealed class AdapterMatrix : nn.Module<Tensor, Tensor>
 {
-    internal LoraAdapter(string name, Linear target, Parameter a, Parameter b, double scale, double dropout, int index, LoraAdapters owner)
+    readonly Parameter weight;
+
+    internal AdapterMatrix(Tensor value) : base(nameof(AdapterMatrix))
     {
-        Name = name; Target = target; A = a; B = b; Scale = scale; Dropout = dropout; Index = index; Owner = owner;
+        weight = new Parameter(value);
+        RegisterComponents();
+    }
+
+    public Parameter Weight => weight;
+
+    public override Tensor forward(Tensor x) => nn.functional.linear(x, weight);
+}
+
+/// <summary>A linear layer with a low-rank adapter, in the layer's place in the model's tree (PEFT's
+/// <c>lora.Linear</c>): y = base_layer(x) + (α/r)·lora_B(lora_A(dropout(x))), with A [r, in] and B [out, r] (B starts at
+/// zero, so a fresh adapter leaves the model unchanged). Its parameters are <c>{layer}.lora_A.weight</c> and
+/// <c>{layer}.lora_B.weight</c>; the layer's own stay under <c>{layer}.base_layer</c> and keep their HF names in the
+/// model's state dict (<see cref="LinearWrapper"/>).</summary>
+public sealed class LoraLinear : LinearWrapper
+{
+#pragma warning disable IDE1006 // PEFT's names
+    readonly AdapterMatrix lora_A, lora_B;
+#pragma warning restore IDE1006
+    readonly Scalar scaleScalar, keepScalar;
+
+    internal LoraLinear(string name, Linear target, Tensor a, Tensor b, double scale, double dropout, int index, LoraAdapters owner)
+        : base(nameof(LoraLinear), target)
+    {
+        Name = name; Scale = scale; Dropout = dropout; Index = index; Owner = owner;
+        lora_A = new AdapterMatrix(a);
+        lora_B = new AdapterMatrix(b);
         scaleScalar = scale.ToScalar();
         keepScalar = (1.0 / (1.0 - dropout)).ToScalar();
+        RegisterComponents();
     }
 
     /// <summary>The linear layer's module path (<c>model.layers.0.self_attn.q_proj</c>).</summary>
     public string Name { get; }
-    public Linear Target { get; }
-    public Parameter A { get; }
-    public Parameter B { get; }
+    public Parameter A => lora_A.Weight;
+    public Parameter B => lora_B.Weight;
     public double Scale { get; }
     public double Dropout { get; }
     internal int Index { get; }
     internal LoraAdapters Owner { get; }
-    readonly Scalar scaleScalar, keepScalar;
 
-    /// <summary>The adapted layer's output.</summary>
-    public Tensor Forward(Tensor x)
+    public override Tensor forward(Tensor x)
     {
-        var y = Target.forward(x);
+        var y = base_layer.forward(x);
         var h = x;
-        if (Dropout > 0 && Target.training)
+        if (Dropout > 0 && training)
         {
             // in training mode (also in a checkpointed layer's forward under no_grad): a mask drawn from a generator
             // seeded by the micro-batch and the adapter, the same in the layer's recomputation and after a resume
@@ -96,7 +121,7 @@ public sealed class LoraAdapter : IDisposable
             using var keep = torch.empty_like(x).bernoulli_(1.0 - Dropout, g);
             h = x.mul(keep).mul(keepScalar);
         }
-        return y + nn.functional.linear(nn.functional.linear(h, A), B).mul(scaleScalar);
+        return y + lora_B.forward(lora_A.forward(h)).mul(scaleScalar);
     }
 
     /// <summary>(α/r)·B·A in float32: what merging adds to the layer's weight.</summary>
@@ -106,37 +131,36 @@ public sealed class LoraAdapter : IDisposable
         return B.to(ScalarType.Float32).matmul(A.to(ScalarType.Float32)).mul(scaleScalar);
     }
 
-    public void Dispose()
+    /// <summary>Frees the adapter's own tensors (not the wrapped layer's: disposing the wrapper as a module would).</summary>
+    internal void DisposeAdapter()
     {
-        A.Dispose(); B.Dispose();
+        lora_A.Dispose(); lora_B.Dispose();
         scaleScalar.Dispose(); keepScalar.Dispose();
     }
 }
 
 /// <summary>
-/// LoRA adapters attached to a model's linear layers, outside the model's own parameters (its checkpoint keys stay the
-/// HF ones): the models route their projections through <see cref="Forward"/>, which adds a layer's adapter when it has
-/// one. <see cref="Attach"/> freezes the base weights; <see cref="Merge"/> folds the adapters into them and detaches.
-/// Saved in PEFT's layout: <c>adapter_model.safetensors</c> with keys <c>base_model.model.{layer}.lora_A.weight</c> [r, in]
-/// and <c>….lora_B.weight</c> [out, r], and <c>adapter_config.json</c>.
+/// LoRA adapters in a model's tree: each targeted linear layer is replaced by a <see cref="LoraLinear"/> that holds it
+/// (<see cref="ModuleTree.Replace"/>), so the models' code knows nothing of them and device moves, casts and
+/// <c>named_modules</c> see them; the model's state dict keeps the HF keys. <see cref="Attach"/> freezes the base
+/// weights; <see cref="Merge"/> folds the adapters into them and puts the plain layers back. Saved in PEFT's layout:
+/// <c>adapter_model.safetensors</c> with keys <c>base_model.model.{layer}.lora_A.weight</c> [r, in] and
+/// <c>….lora_B.weight</c> [out, r], and <c>adapter_config.json</c>.
 /// </summary>
 public sealed class LoraAdapters : IDisposable
 {
-    static readonly ConditionalWeakTable<Linear, LoraAdapter> OfLayer = new();
-    static readonly ConditionalWeakTable<CausalLMModule, LoraAdapters> OfModel = new();
-
     public const string WeightsFile = "adapter_model.safetensors";
     public const string ConfigFile = "adapter_config.json";
 
     readonly CausalLMModule _module;
-    readonly List<LoraAdapter> _adapters = new();
+    readonly List<LoraLinear> _adapters = new();
     readonly List<(Parameter P, bool RequiresGrad)> _frozen = new();
     bool _detached;
 
     LoraAdapters(CausalLMModule module, LoraSpec spec) { _module = module; Spec = spec; }
 
     public LoraSpec Spec { get; }
-    public IReadOnlyList<LoraAdapter> Adapters => _adapters;
+    public IReadOnlyList<LoraLinear> Adapters => _adapters;
 
     /// <summary>Seeds the dropout masks of the next forward pass (the trainer: from the run's seed, the step and the
     /// micro-batch).</summary>
@@ -144,14 +168,8 @@ public sealed class LoraAdapters : IDisposable
 
     internal ulong DropoutSeedFor(int index) => unchecked((ulong)(DropoutSeed * 1_000_003L + index) * 0x9E3779B97F4A7C15UL);
 
-    /// <summary>A linear layer's output, through its adapter when it has one.</summary>
-    public static Tensor Forward(Linear layer, Tensor x) => OfLayer.TryGetValue(layer, out var a) ? a.Forward(x) : layer.forward(x);
-
-    /// <summary>The adapters attached to a model (null: none).</summary>
-    public static LoraAdapters? Of(CausalLMModule module) => OfModel.TryGetValue(module, out var a) ? a : null;
-
-    /// <summary>Whether a module (a decoder layer) holds an adapted linear layer.</summary>
-    public static bool Adapts(nn.Module module) => module.modules().OfType<Linear>().Any(l => OfLayer.TryGetValue(l, out _));
+    /// <summary>The adapters in a model's tree (null: none).</summary>
+    public static LoraAdapters? Of(CausalLMModule module) => module.modules().OfType<LoraLinear>().FirstOrDefault()?.Owner;
 
     /// <summary>The trainable tensors in PEFT's names, A then B per layer in the model's order.</summary>
     public IReadOnlyList<(string Name, Parameter Parameter)> Parameters =>
@@ -159,49 +177,69 @@ public sealed class LoraAdapters : IDisposable
 
     static string Key(string layer, string which) => $"base_model.model.{layer}.lora_{which}.weight";
 
-    /// <summary>Attaches fresh adapters (A uniform in ±1/√in as PEFT's Kaiming init, B zero; drawn from
-    /// <paramref name="seed"/>) to the targeted layers and freezes every base weight.</summary>
-    public static LoraAdapters Attach(CausalLMModule module, LoraSpec spec, long seed)
+    /// <summary>The linear layers a spec adapts in a model, by module path, in the model's order (for a module built on
+    /// the meta device too: the memory plan's shapes). A target that names no linear layer is an
+    /// <see cref="OptionException"/> on <c>LoraTargets</c>.</summary>
+    public static IReadOnlyList<(string Name, Linear Layer)> Targets(CausalLMModule module, LoraSpec spec)
     {
-        spec.Validate();
-        if (Of(module) is not null) throw new InvalidOperationException("the model already has LoRA adapters attached");
         var targets = spec.TargetsFor(module.Config);
         var linears = module.named_modules().Where(m => m.module is Linear).Select(m => (m.name, Layer: (Linear)m.module)).ToList();
         foreach (var t in targets)
             if (!linears.Any(l => LastName(l.name) == t))
                 throw new OptionException("LoraTargets",
                     $"LoraTargets: no linear layer named '{t}' in this {module.Config.ModelType} model (its linear layers: {string.Join(", ", linears.Select(l => LastName(l.name)).Distinct())})");
+        return linears.Where(l => targets.Contains(LastName(l.name))).ToList();
+    }
+
+    /// <summary>The adapters' tensors a spec gives a model, in PEFT's names, with their shapes (A [r, in], then B
+    /// [out, r], per adapted layer), read from the module's own layers (built on the meta device, nothing is allocated).</summary>
+    public static IReadOnlyList<(string Name, long[] Shape)> Shapes(CausalLMModule module, LoraSpec spec) =>
+        Targets(module, spec).SelectMany(l => new[]
+        {
+            (Key(l.Name, "A"), new[] { (long)spec.Rank, l.Layer.weight!.shape[1] }),
+            (Key(l.Name, "B"), new[] { l.Layer.weight!.shape[0], (long)spec.Rank }),
+        }).ToList();
+
+    /// <summary>Attaches fresh adapters (A uniform in ±1/√in as PEFT's Kaiming init, B zero; drawn from
+    /// <paramref name="seed"/>) to the targeted layers and freezes every base weight.</summary>
+    public static LoraAdapters Attach(CausalLMModule module, LoraSpec spec, long seed)
+    {
+        spec.Validate();
+        if (Of(module) is not null) throw new InvalidOperationException("the model already has LoRA adapters attached");
+        var layers = Targets(module, spec);
         var set = new LoraAdapters(module, spec);
+        set.Freeze();
         using var g = new Generator((ulong)seed);
-        using (no_grad())
-            foreach (var (name, layer) in linears.Where(l => targets.Contains(LastName(l.name))))
+        using var noGrad = no_grad();
+        try
+        {
+            foreach (var (name, layer) in layers)
             {
                 var w = layer.weight!;
                 long outF = w.shape[0], inF = w.shape[1];
                 var bound = 1.0 / Math.Sqrt(inF);
-                var a = new Parameter(torch.empty(spec.Rank, inF, w.dtype, w.device).uniform_(-bound, bound, g));
-                var b = new Parameter(torch.zeros(outF, spec.Rank, w.dtype, w.device));
-                set.Add(name, layer, a, b);
+                var a = torch.empty(spec.Rank, inF, w.dtype, w.device).uniform_(-bound, bound, g).DetachFromDisposeScope();
+                var b = torch.zeros(outF, spec.Rank, w.dtype, w.device).DetachFromDisposeScope();
+                var adapter = new LoraLinear(name, layer, a, b, spec.Scale, spec.Dropout, set._adapters.Count, set);
+                set._adapters.Add(adapter);
+                ModuleTree.Replace(module, name, adapter);
             }
-        set.Freeze();
+        }
+        catch
+        {
+            set.Dispose();
+            throw;
+        }
         return set;
-    }
-
-    void Add(string name, Linear layer, Parameter a, Parameter b)
-    {
-        var adapter = new LoraAdapter(name, layer, a, b, Spec.Scale, Spec.Dropout, _adapters.Count, this);
-        _adapters.Add(adapter);
-        OfLayer.AddOrUpdate(layer, adapter);
     }
 
     void Freeze()
     {
-        foreach (var p in _module.parameters())
+        foreach (var (_, p) in _module.ModelParameters())
         {
             _frozen.Add((p, p.requires_grad));
             p.requires_grad_(false);
         }
-        OfModel.AddOrUpdate(_module, this);
     }
 
     static string LastName(string path) => path[(path.LastIndexOf('.') + 1)..];
@@ -232,30 +270,29 @@ public sealed class LoraAdapters : IDisposable
             using var scope = NewDisposeScope();
             changed += a.Delta().ne(Scalars.Zero).sum().item<long>();
         }
-        return (changed, _module.parameters().Sum(p => p.numel()));
+        return (changed, _module.ModelParameters().Sum(p => p.Parameter.numel()));
     }
 
     /// <summary>Adds each adapter's (α/r)·B·A to its layer's weight (computed in float32, stored in the weight's dtype),
-    /// then detaches the adapters: the model is an ordinary one again, with the fine-tuned weights.</summary>
+    /// then detaches the adapters: the plain layers are back in the tree, with the fine-tuned weights.</summary>
     public void Merge()
     {
         using (no_grad())
             foreach (var a in _adapters)
             {
                 using var scope = NewDisposeScope();
-                var w = a.Target.weight!;
+                var w = a.Base.weight!;
                 w.copy_(w.to(ScalarType.Float32).add_(a.Delta()));
             }
         Detach();
     }
 
-    /// <summary>Removes the adapters (the base weights are as before, trainable again).</summary>
+    /// <summary>Puts the plain layers back in the model's tree (the base weights as they are, trainable again).</summary>
     public void Detach()
     {
         if (_detached) return;
         _detached = true;
-        foreach (var a in _adapters) OfLayer.Remove(a.Target);
-        OfModel.Remove(_module);
+        foreach (var a in _adapters) ModuleTree.Replace(_module, a.Name, a.Base);
         foreach (var (p, rg) in _frozen) p.requires_grad_(rg);
     }
 
@@ -347,6 +384,6 @@ public sealed class LoraAdapters : IDisposable
     public void Dispose()
     {
         Detach();
-        foreach (var a in _adapters) a.Dispose();
+        foreach (var a in _adapters) a.DisposeAdapter();
     }
 }

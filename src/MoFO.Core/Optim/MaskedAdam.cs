@@ -32,12 +32,15 @@ public abstract class MaskedAdam : BlockOptimizer
 {
     protected MaskedAdam(IEnumerable<ParamGroup> groups, double lr, double beta1, double beta2, double eps,
                          double weightDecay, double alpha, Func<string, Tensor, BlockKind>? rule, bool trackTouched)
-        : base(groups, lr, weightDecay, alpha, rule, trackTouched, moments: 2)
+        : base(groups, lr, weightDecay, alpha, rule, trackTouched, Moments)
     {
         Beta1 = Validate.Beta(beta1, "beta1");
         Beta2 = Validate.Beta(beta2, "beta2");
         Eps = Validate.Eps(eps);
     }
+
+    /// <summary>The moment tensors per block: m and v.</summary>
+    public const int Moments = 2;
 
     public double Beta1 { get; }
     public double Beta2 { get; }

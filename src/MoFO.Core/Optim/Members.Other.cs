@@ -12,7 +12,10 @@ public sealed class GDMoFO : BlockOptimizer
 {
     public GDMoFO(IEnumerable<ParamGroup> groups, double lr = 1e-3, double alpha = 0.15, double weight_decay = 0,
                   Func<string, Tensor, BlockKind>? rule = null, bool trackTouched = false)
-        : base(groups, lr, weight_decay, alpha, rule, trackTouched, moments: 0) { }
+        : base(groups, lr, weight_decay, alpha, rule, trackTouched, Moments) { }
+
+    /// <summary>No moments: a plain gradient step.</summary>
+    public const int Moments = 0;
 
     public GDMoFO(IEnumerable<(string name, Parameter parameter)> named, double lr = 1e-3, double alpha = 0.15,
                   double weight_decay = 0, Func<string, Tensor, BlockKind>? rule = null, bool trackTouched = false)
@@ -47,9 +50,12 @@ public sealed class GDMoFO : BlockOptimizer
 /// </summary>
 public sealed class Lion : BlockOptimizer
 {
+    /// <summary>One moment tensor per block: m.</summary>
+    public const int Moments = 1;
+
     public Lion(IEnumerable<ParamGroup> groups, double lr = 1e-4, double beta1 = 0.9, double beta2 = 0.99,
                 double weight_decay = 0, bool trackTouched = false)
-        : base(groups, lr, weight_decay, 1.0, (_, _) => BlockKind.Dense, trackTouched, moments: 1)
+        : base(groups, lr, weight_decay, 1.0, (_, _) => BlockKind.Dense, trackTouched, Moments)
     {
         Beta1 = Validate.Beta(beta1, "beta1");
         Beta2 = Validate.Beta(beta2, "beta2");

@@ -72,13 +72,12 @@ public abstract class BaseDistance : IDisposable
     }
 
     /// <summary>
-    /// The distance of a run: LoRA's adapters' update; the loss terms' snapshot when they have one; a copy in memory for models below
+    /// The distance of a run that trains the whole model (adapters measure their own: <see cref="OfAdapters"/>): the loss terms' snapshot when they have one; a copy in memory for models below
     /// <see cref="Defaults.SmallModel"/> parameters or whose base is not a safetensors checkpoint; otherwise the base
     /// checkpoint on disk.
     /// </summary>
     public static BaseDistance For(Models.CausalLM lm, IEnumerable<ILossTerm> terms)
     {
-        if (Models.LoraAdapters.Of(lm.Module) is { } lora) return new OfAdapters(lora);
         var shared = terms.OfType<PenaltyToPretrained>().FirstOrDefault()?.Snapshot;
         if (shared is not null) return new InMemory(shared, owned: false);
         var parameters = lm.Module.StateDict();
@@ -86,7 +85,7 @@ public abstract class BaseDistance : IDisposable
         var source = lm.SourcePath;
         bool safetensors = source is not null && (Directory.Exists(source) || source.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase));
         if (n < Defaults.SmallModel || !safetensors)
-            return new InMemory(new ParameterSnapshot(lm.Module.parameters().Select(p => (Tensor)p)), owned: true);
+            return new InMemory(new ParameterSnapshot(lm.Module.ModelParameters().Select(p => (Tensor)p.Parameter)), owned: true);
         return new FromCheckpoint(source!, parameters);
     }
 }

@@ -207,13 +207,10 @@ public sealed class GemProjection
         _memories = memories.Select(m => m.Select(e => Tokenized.Encode(e, lm.Tokenizer, maxLength)).ToList()).ToList();
     }
 
-    public void Project(Models.CausalLMModule module)
+    /// <summary>Projects the gradients of the trained tensors (the trained set's: <see cref="TrainedSet.Tensors"/>).</summary>
+    public void Project(IReadOnlyList<TorchSharp.Modules.Parameter> ps)
     {
         Steps++;
-        // the trained tensors: LoRA's adapters when the model carries them, else the parameters that take a gradient
-        var ps = Models.LoraAdapters.Of(module) is { } lora
-            ? lora.Parameters.Select(p => p.Parameter).ToList()
-            : module.parameters().Where(p => p.requires_grad).ToList();
         using var scope = NewDisposeScope();
         var g = Flatten(ps);
         var stored = new List<Tensor>();

@@ -108,108 +108,29 @@ public static class MemoryPlanner
 
     static int Bytes(Precision p) => p == Precision.BFloat16 ? 2 : 4;
 
-    /// <summary>Every parameter tensor of a config, by HF name, with its shape (the modules' own parameters).</summary>
-    public static IReadOnlyList<(string Name, long[] Shape)> ParameterShapes(ModelConfig config)
-    {
-        var list = new List<(string, long[])>();
-        long v = config.VocabSize, h = config.HiddenSize;
-        switch (config)
-        {
-            case LlamaConfig c:
-            {
-                long hd = c.HeadDim, q = c.NumAttentionHeads * hd, kv = c.NumKeyValueHeads * hd, inter = c.IntermediateSize;
-                list.Add(("model.embed_tokens.weight", [v, h]));
-                for (int i = 0; i < c.NumHiddenLayers; i++)
-                {
-                    var p = $"model.layers.{i}.";
-                    list.Add((p + "self_attn.q_proj.weight", [q, h]));
-                    list.Add((p + "self_attn.k_proj.weight", [kv, h]));
-                    list.Add((p + "self_attn.v_proj.weight", [kv, h]));
-                    list.Add((p + "self_attn.o_proj.weight", [h, q]));
-                    if (c.AttentionBias)
-                    {
-                        list.Add((p + "self_attn.q_proj.bias", [q])); list.Add((p + "self_attn.k_proj.bias", [kv]));
-                        list.Add((p + "self_attn.v_proj.bias", [kv])); list.Add((p + "self_attn.o_proj.bias", [h]));
-                    }
-                    list.Add((p + "mlp.gate_proj.weight", [inter, h]));
-                    list.Add((p + "mlp.up_proj.weight", [inter, h]));
-                    list.Add((p + "mlp.down_proj.weight", [h, inter]));
-                    if (c.MlpBias)
-                    {
-                        list.Add((p + "mlp.gate_proj.bias", [inter])); list.Add((p + "mlp.up_proj.bias", [inter])); list.Add((p + "mlp.down_proj.bias", [h]));
-                    }
-                    list.Add((p + "input_layernorm.weight", [h]));
-                    list.Add((p + "post_attention_layernorm.weight", [h]));
-                }
-                list.Add(("model.norm.weight", [h]));
-                if (!c.TieWordEmbeddings) list.Add(("lm_head.weight", [v, h]));
-                break;
-            }
-            case GptNeoXConfig c:
-            {
-                long inter = c.IntermediateSize;
-                list.Add(("gpt_neox.embed_in.weight", [v, h]));
-                for (int i = 0; i < c.NumHiddenLayers; i++)
-                {
-                    var p = $"gpt_neox.layers.{i}.";
-                    list.Add((p + "input_layernorm.weight", [h])); list.Add((p + "input_layernorm.bias", [h]));
-                    list.Add((p + "post_attention_layernorm.weight", [h])); list.Add((p + "post_attention_layernorm.bias", [h]));
-                    list.Add((p + "attention.query_key_value.weight", [3 * h, h]));
-                    if (c.AttentionBias) list.Add((p + "attention.query_key_value.bias", [3 * h]));
-                    list.Add((p + "attention.dense.weight", [h, h]));
-                    if (c.AttentionBias) list.Add((p + "attention.dense.bias", [h]));
-                    list.Add((p + "mlp.dense_h_to_4h.weight", [inter, h])); list.Add((p + "mlp.dense_h_to_4h.bias", [inter]));
-                    list.Add((p + "mlp.dense_4h_to_h.weight", [h, inter])); list.Add((p + "mlp.dense_4h_to_h.bias", [h]));
-                }
-                list.Add(("gpt_neox.final_layer_norm.weight", [h])); list.Add(("gpt_neox.final_layer_norm.bias", [h]));
-                if (!c.TieWordEmbeddings) list.Add(("embed_out.weight", [v, h]));
-                break;
-            }
-            default:
-                throw new OptionException("Config", $"Config {config.ModelType}: no memory model for this architecture");
-        }
-        return list;
-    }
+    /// <summary>Every parameter tensor of a config, by HF name, with its shape: read from the model's module built on the
+    /// meta device (<see cref="ModelLoader.CreateEmpty"/>), the tensors the loader fills.</summary>
+    public static IReadOnlyList<(string Name, long[] Shape)> ParameterShapes(ModelConfig config) => ModelShape.Of(config).Parameters;
 
-    static long Numel(long[] shape) => shape.Aggregate(1L, (a, b) => a * b);
+    /// <summary>The parameter shapes of a module (its own parameters, adapters left out).</summary>
+    internal static IReadOnlyList<(string Name, long[] Shape)> ParameterShapes(CausalLMModule module) =>
+        module.ModelParameters().Select(p => (p.Name, p.Parameter.shape)).ToList();
 
     /// <summary>The entries of a config's parameters.</summary>
-    public static long ParameterCount(ModelConfig config) => ParameterShapes(config).Sum(s => Numel(s.Shape));
+    public static long ParameterCount(ModelConfig config) => ModelShape.Of(config).Numel;
 
-    /// <summary>
-    /// The LoRA adapters of a config, in PEFT's names (<c>base_model.model.{layer}.lora_A.weight</c> [r, in], then
-    /// <c>….lora_B.weight</c> [out, r] per layer), with their shapes: one pair per linear layer whose last name is among
-    /// <see cref="LoraSpec.TargetsFor"/>, as <see cref="LoraAdapters.Attach"/> makes them (no weights are read). A target
-    /// that names no linear layer is an <see cref="OptionException"/> on <c>LoraTargets</c>, as in training.
-    /// </summary>
-    public static IReadOnlyList<(string Name, long[] Shape)> AdapterShapes(ModelConfig config, LoraSpec lora)
-    {
-        var targets = lora.TargetsFor(config);
-        // the linear layers: every matrix but the token embeddings (module name, [out, in])
-        var linears = ParameterShapes(config)
-            .Where(s => s.Shape.Length == 2 && s.Name.EndsWith(".weight", StringComparison.Ordinal))
-            .Select(s => (Module: s.Name[..^".weight".Length], s.Shape))
-            .Where(l => LastName(l.Module) is not ("embed_tokens" or "embed_in"))
-            .ToList();
-        foreach (var t in targets)
-            if (!linears.Any(l => LastName(l.Module) == t))
-                throw new OptionException("LoraTargets",
-                    $"LoraTargets: no linear layer named '{t}' in this {config.ModelType} model (its linear layers: {string.Join(", ", linears.Select(l => LastName(l.Module)).Distinct())})");
-        var list = new List<(string, long[])>();
-        foreach (var (module, shape) in linears.Where(l => targets.Contains(LastName(l.Module))))
-        {
-            list.Add(($"base_model.model.{module}.lora_A.weight", [lora.Rank, shape[1]]));
-            list.Add(($"base_model.model.{module}.lora_B.weight", [shape[0], lora.Rank]));
-        }
-        return list;
-    }
+    /// <summary>The LoRA adapters of a config, in PEFT's names, with their shapes, as <see cref="LoraAdapters.Attach"/>
+    /// makes them (<see cref="LoraAdapters.Shapes"/> on the module built on the meta device). A target that names no
+    /// linear layer is an <see cref="OptionException"/> on <c>LoraTargets</c>, as in training.</summary>
+    public static IReadOnlyList<(string Name, long[] Shape)> AdapterShapes(ModelConfig config, LoraSpec lora) =>
+        TrainedShapes(config, new MethodSpec { Optimizer = "adamw", Lora = lora });
 
-    static string LastName(string path) => path[(path.LastIndexOf('.') + 1)..];
-
-    /// <summary>The tensors the optimizer of a method trains, by name, with their shapes: every parameter, or with LoRA
-    /// the adapters (<see cref="AdapterShapes"/>).</summary>
+    /// <summary>The tensors the optimizer of a method trains, by name, with their shapes (<see cref="TrainedKind.Shapes"/>).</summary>
     public static IReadOnlyList<(string Name, long[] Shape)> TrainedShapes(ModelConfig config, MethodSpec method)
-        => method.Lora is { } lora ? AdapterShapes(config, lora) : ParameterShapes(config);
+    {
+        using var empty = ModelLoader.CreateEmpty(config);
+        return TrainedKind.Of(method).Shapes(empty);
+    }
 
     /// <summary>The config of a model path without reading its weights: an HF folder's config.json, or a llama2.c
     /// .bin's header.</summary>
@@ -228,125 +149,130 @@ public static class MemoryPlanner
         return LlamaConfig.FromLlama2c(new Checkpoints.Llama2cHeader(h[0], h[1], h[2], h[3], h[4], Math.Abs(h[5]), h[6], h[5] > 0));
     }
 
-    /// <summary>The plan of a run.</summary>
+    /// <summary>What a plan is computed from, beside its input: the model's and the trained tensors' shapes, the trained
+    /// set's kind (<see cref="TrainedKind"/>), the optimizer member, the byte sizes, the trained entries a rank holds the
+    /// state of.</summary>
+    sealed record Basis(PlanInput X, ModelShape Model, TrainedKind Kind, IReadOnlyList<(string Name, long[] Shape)> Trained, Member Member, int Wb)
+    {
+        public long T { get; } = Trained.Sum(s => ModelShape.Count(s.Shape));
+        public long LargestTrained { get; } = Trained.Select(s => ModelShape.Count(s.Shape)).DefaultIfEmpty(0).Max();
+        /// <summary>A data-parallel rank holds the state of the tensors it owns (whole tensors, balanced): the largest share.</summary>
+        public long Owned { get; } = X.Ranks > 1 ? new Distributed.ShardPlan(Trained.Select(s => ModelShape.Count(s.Shape)).ToList(), X.Ranks).Load.Max()
+                                                 : Trained.Sum(s => ModelShape.Count(s.Shape));
+        public long Tokens => (long)X.MicroBatch * X.SequenceLength;
+    }
+
+    /// <summary>The plan of a run: one part per component (each asked of the trained set's kind and the optimizer member),
+    /// then the peak of each phase.</summary>
     public static MemoryPlan Plan(PlanInput x)
     {
-        var c = x.Config;
-        var shapes = ParameterShapes(c);
-        long n = shapes.Sum(s => Numel(s.Shape));
-        long largest = shapes.Max(s => Numel(s.Shape));
-        int wb = Bytes(x.Precision);
-        var member = Methods.Member(x.Method.Optimizer);
-        int moments = member.Name switch { "lion" => 1, "gd-mofo" => 0, _ => 2 };
-        var lora = x.Method.Lora;
-        var parts = new List<PlanPart> { new("weights", n * wb, $"{n:N0} parameters × {wb} B ({x.Precision}){(lora is null ? "" : ", frozen")}") };
-        // the tensors the optimizer trains: every parameter, or LoRA's adapters (the base frozen: no gradient, moment,
-        // master or touched byte of its own)
-        var trained = lora is null ? shapes : AdapterShapes(c, lora);
-        long t = trained.Sum(s => Numel(s.Shape));
-        long largestTrained = trained.Select(s => Numel(s.Shape)).DefaultIfEmpty(0).Max();
-        string what = lora is null ? "parameter" : "adapter entry";
-        if (lora is not null)
+        var kind = TrainedKind.Of(x.Method);
+        IReadOnlyList<(string Name, long[] Shape)> trained;
+        ModelShape model;
+        using (var empty = ModelLoader.CreateEmpty(x.Config))
         {
-            var layers = trained.Count / 2;
-            parts.Add(new("adapters", t * wb,
-                $"LoRA r={lora.Rank} on {string.Join(", ", lora.TargetsFor(c))}: {layers:N0} linear layers × (A [r, in] + B [out, r]), {t:N0} entries × {wb} B ({x.Precision}); {100.0 * t / n:F2} % of the parameters"));
+            model = new ModelShape(x.Config, ParameterShapes(empty));
+            trained = kind.Shapes(empty);
         }
-        // the embeddings, final norm and head (outside the layers) and the largest layer
-        long outside = shapes.Where(s => !s.Name.Contains(".layers.")).Sum(s => Numel(s.Shape));
-        long layer = shapes.Where(s => s.Name.Contains(".layers."))
-                           .GroupBy(s => s.Name.Substring(0, s.Name.IndexOf('.', s.Name.IndexOf(".layers.") + 8)))
-                           .Select(g => g.Sum(s => Numel(s.Shape))).DefaultIfEmpty(0).Max();
-        // a data-parallel rank holds the state of the tensors it owns (whole tensors, balanced): the largest share
-        long owned = x.Ranks > 1 ? new Distributed.ShardPlan(trained.Select(s => Numel(s.Shape)).ToList(), x.Ranks).Load.Max() : t;
-        if (lora is not null)
-            // the adapters' gradients: all of them until the step (the trainer steps them after the backward, also with
-            // StepInBackward, and sums them over ranks after the backward)
-            parts.Add(new("gradients", t * wb, $"one per adapter entry, {x.Precision} (none for the frozen base)"));
-        else if (x.StepInBackward)
-            parts.Add(new("gradients", (outside + layer) * wb, $"stepped and freed per layer in the backward: one layer's and the embeddings' and head's, {x.Precision}"));
-        else if (x.Ranks > 1 && x.ReduceInBackward)
-            parts.Add(new("gradients", Math.Min(n, owned + outside + layer) * wb, $"summed into their owners per layer in the backward (ZeRO-2): this rank's share, one layer's and the embeddings' and head's, {x.Precision}"));
-        else parts.Add(new("gradients", n * wb, $"one per parameter, {x.Precision}"));
-        long state = owned * 4L * moments;
-        string stateDetail = $"{moments} float32 moment{(moments == 1 ? "" : "s")} per {what} ({member.Name})";
-        if (x.Precision == Precision.BFloat16 && x.MasterWeights) { state += owned * 4L; stateDetail += " + float32 master weights"; }
-        if (x.TrackTouched) { state += owned; stateDetail += $" + a touched byte per {what}"; }
-        if (x.Ranks > 1) stateDetail += $"; sharded over {x.Ranks} ranks: the largest share, {owned:N0} entries";
-        if (member.UsesAlpha && moments > 0)
+        var b = new Basis(x, model, kind, trained, Methods.Member(x.Method.Optimizer), Bytes(x.Precision));
+        var parts = new List<PlanPart>
         {
-            // the fused kernel's pooled buffers for the largest filtered tensor: a 1/64 key sample, the candidates and
-            // the speculative record (≈ 1.25·α·numel floats and 2 bits per entry)
-            long buffers = largestTrained / 64 * 4 + (long)(1.25 * x.Method.Alpha * largestTrained) * 8 + largestTrained / 4;
-            state += buffers;
-        }
-        parts.Add(new("optimizer state", state, stateDetail));
+            new("weights", model.Numel * b.Wb, $"{model.Numel:N0} parameters × {b.Wb} B ({x.Precision}){(kind.BaseFrozen ? ", frozen" : "")}"),
+        };
+        if (kind.OwnPart(model, trained, b.Wb, x.Precision) is { } own) parts.Add(own);
+        parts.Add(Gradients(b));
+        parts.Add(OptimizerState(b));
         if (x.Method.Terms.Count > 0)
-            parts.Add(new("θ0 for loss terms", n * (long)wb, $"a {x.Precision} copy of the initial weights ({string.Join(", ", x.Method.Terms.Select(t => t.Term))})"));
+            parts.Add(new("θ0 for loss terms", model.Numel * (long)b.Wb, $"a {x.Precision} copy of the initial weights ({string.Join(", ", x.Method.Terms.Select(t => t.Term))})"));
+        parts.Add(Activations(b));
+        parts.Add(LogitsAndHead(b));
+        bool working = !kind.BaseFrozen && x.Config.HiddenSize >= LargeHidden;
+        parts.Add(new("runtime", RuntimeBytes + (working ? WorkingBytes : 0), ".NET, libtorch, tokenizer, data" + (working ? ", libtorch's working memory for large products" : "")));
+        return Phases(b, parts);
+    }
 
-        long tokens = (long)x.MicroBatch * x.SequenceLength;
-        int ab = wb;
+    /// <summary>The trained tensors' gradients: all of them until the step, unless a decoder layer's are handled as soon as
+    /// its backward completes them (<see cref="TrainedKind.GradientsPerLayer"/>): stepped and freed (the step in the
+    /// backward), or summed into their owners and freed elsewhere (ZeRO-2).</summary>
+    static PlanPart Gradients(Basis b)
+    {
+        var (x, m) = (b.X, b.Model);
+        if (b.Kind.GradientsPerLayer && x.StepInBackward)
+            return new("gradients", (m.Outside + m.LargestLayer) * b.Wb, $"stepped and freed per layer in the backward: one layer's and the embeddings' and head's, {x.Precision}");
+        if (b.Kind.GradientsPerLayer && x.Ranks > 1 && x.ReduceInBackward)
+            return new("gradients", Math.Min(m.Numel, b.Owned + m.Outside + m.LargestLayer) * b.Wb,
+                       $"summed into their owners per layer in the backward (ZeRO-2): this rank's share, one layer's and the embeddings' and head's, {x.Precision}");
+        return new("gradients", b.T * b.Wb, $"one per {b.Kind.EntryName}, {x.Precision}{(b.Kind.BaseFrozen ? " (none for the frozen base)" : "")}");
+    }
+
+    /// <summary>The optimizer's state, as the member declares it (<see cref="Member.Moments"/>, <see cref="Member.SelectionBuffers"/>), over the
+    /// entries this rank owns; float32 master weights and the touched mask where the run keeps them.</summary>
+    static PlanPart OptimizerState(Basis b)
+    {
+        var x = b.X;
+        int moments = b.Member.Moments;
+        long state = b.Owned * 4L * moments;
+        string detail = $"{moments} float32 moment{(moments == 1 ? "" : "s")} per {b.Kind.EntryName} ({b.Member.Name})";
+        if (x.Precision == Precision.BFloat16 && x.MasterWeights) { state += b.Owned * 4L; detail += " + float32 master weights"; }
+        if (x.TrackTouched) { state += b.Owned; detail += $" + a touched byte per {b.Kind.EntryName}"; }
+        if (x.Ranks > 1) detail += $"; sharded over {x.Ranks} ranks: the largest share, {b.Owned:N0} entries";
+        return new("optimizer state", state + b.Member.SelectionBuffers(b.LargestTrained, x.Method.Alpha), detail);
+    }
+
+    /// <summary>The activations autograd keeps: each layer's input and one layer's activations with checkpointing, else
+    /// every layer's; the trained set's own (adapters' intermediates); attention probabilities where the kernel
+    /// materialises them (an explicit mask: heads × T² per example, per layer).</summary>
+    static PlanPart Activations(Basis b)
+    {
+        var (x, c) = (b.X, b.X.Config);
+        int ab = b.Wb;
+        long tokens = b.Tokens;
         long kvWidth = c is LlamaConfig l ? 2L * l.NumKeyValueHeads * l.HeadDim : 2L * c.HiddenSize;
         long inter = c switch { LlamaConfig lc => lc.IntermediateSize, GptNeoXConfig gc => gc.IntermediateSize, _ => 4L * c.HiddenSize };
         double perTokenLayer = (ActHidden * c.HiddenSize + ActIntermediate * inter + ActKv * kvWidth) * ab;
-        // LoRA: each adapted layer keeps its [tokens, r] intermediate A·x for B's gradient (and with dropout the mask
-        // and the dropped input, [tokens, in] each, for A's); per token, all adapters and the largest layer's
-        double adapterAll = 0, adapterLayer = 0;
-        if (lora is not null)
-        {
-            double Per(long[] a) => (lora.Rank + (lora.Dropout > 0 ? 2.0 * a[1] : 0)) * ab;   // a: A's shape [r, in]
-            var perAdapter = trained.Where(s => s.Name.EndsWith(".lora_A.weight", StringComparison.Ordinal)).ToList();
-            adapterAll = perAdapter.Sum(s => Per(s.Shape));
-            adapterLayer = perAdapter.Where(s => !s.Name.Contains(".layers.")).Sum(s => Per(s.Shape))
-                           + perAdapter.Where(s => s.Name.Contains(".layers."))
-                                       .GroupBy(s => s.Name.Substring(0, s.Name.IndexOf('.', s.Name.IndexOf(".layers.") + 8)))
-                                       .Select(g => g.Sum(s => Per(s.Shape))).DefaultIfEmpty(0).Max();
-        }
+        var (ownAll, ownLayer) = b.Kind.ActivationsPerToken(b.Trained, ab);
         long activations;
-        string actDetail;
+        string detail;
         if (x.GradientCheckpointing)
         {
-            // each layer keeps its input; the backward recomputes one layer at a time
-            activations = (long)(tokens * c.NumHiddenLayers * (double)c.HiddenSize * ab + tokens * (perTokenLayer + adapterLayer));
-            actDetail = $"checkpointed: {c.NumHiddenLayers} layer inputs + one layer's activations, {tokens:N0} tokens";
+            activations = (long)(tokens * c.NumHiddenLayers * (double)c.HiddenSize * ab + tokens * (perTokenLayer + ownLayer));
+            detail = $"checkpointed: {c.NumHiddenLayers} layer inputs + one layer's activations, {tokens:N0} tokens";
         }
         else
         {
-            activations = (long)(tokens * (c.NumHiddenLayers * perTokenLayer + adapterAll));
-            actDetail = $"{c.NumHiddenLayers} layers × {tokens:N0} tokens";
+            activations = (long)(tokens * (c.NumHiddenLayers * perTokenLayer + ownAll));
+            detail = $"{c.NumHiddenLayers} layers × {tokens:N0} tokens";
         }
-        if (lora is not null) actDetail += $"; adapters' intermediates {MemoryPlan.Gb((long)(tokens * (x.GradientCheckpointing ? adapterLayer : adapterAll)))}";
-        // attention probabilities where the kernel materialises them (an explicit mask): heads × T² per example, per layer
+        if (ownAll > 0) detail += $"; adapters' intermediates {MemoryPlan.Gb((long)(tokens * (x.GradientCheckpointing ? ownLayer : ownAll)))}";
         long attention = (long)x.MicroBatch * c.NumAttentionHeads * (long)x.SequenceLength * x.SequenceLength * 4L
                          * (x.GradientCheckpointing ? 2 : c.NumHiddenLayers);
-        parts.Add(new("activations", activations + attention, actDetail + $" (+ attention {MemoryPlan.Gb(attention)})"));
-        // the logits in the model's dtype, their float32 copy, log-softmax and their gradients; the output layers' backward
-        // (LoRA: the frozen embeddings and head take no gradient; see LoraHeadBytes)
-        long logits = tokens * c.VocabSize * (ab + 4L * 3)
-                      + (long)((double)c.VocabSize * c.HiddenSize * (lora is null ? HeadFloat32Bytes + HeadWeightCopies * ab : LoraHeadBytes));
-        parts.Add(new("logits and head", logits, $"{tokens:N0} tokens × {c.VocabSize:N0} vocabulary, and the output layers' backward"
-                                                 + (lora is null ? "" : " (frozen: no weight gradient)")));
-        bool working = lora is null && c.HiddenSize >= LargeHidden;
-        long runtime = RuntimeBytes + (working ? WorkingBytes : 0);
-        parts.Add(new("runtime", runtime, ".NET, libtorch, tokenizer, data" + (working ? ", libtorch's working memory for large products" : "")));
+        return new("activations", activations + attention, detail + $" (+ attention {MemoryPlan.Gb(attention)})");
+    }
 
+    /// <summary>The logits in the model's dtype, their float32 copy, log-softmax and their gradients; the output layers'
+    /// backward (<see cref="TrainedKind.HeadBackwardBytes"/>).</summary>
+    static PlanPart LogitsAndHead(Basis b)
+    {
+        var c = b.X.Config;
+        long logits = b.Tokens * c.VocabSize * (b.Wb + 4L * 3) + (long)((double)c.VocabSize * c.HiddenSize * b.Kind.HeadBackwardBytes(b.Wb));
+        return new("logits and head", logits, $"{b.Tokens:N0} tokens × {c.VocabSize:N0} vocabulary, and the output layers' backward"
+                                              + (b.Kind.BaseFrozen ? " (frozen: no weight gradient)" : ""));
+    }
+
+    /// <summary>The peaks of the phases: loading (the weights plus the largest tensor being read), a step (every part), a
+    /// checkpoint (the resident parts, the gradients that stay allocated between steps, one tensor streamed at a time,
+    /// and what the run's end adds: merging).</summary>
+    static MemoryPlan Phases(Basis b, List<PlanPart> parts)
+    {
+        var (x, m) = (b.X, b.Model);
         long resident = parts.Where(p => p.Name is "weights" or "adapters" or "optimizer state" or "θ0 for loss terms" or "runtime").Sum(p => p.Bytes);
         long step = parts.Sum(p => p.Bytes);
-        long load = n * wb + largest * 4L + RuntimeBytes;   // no large products yet
-        long checkpoint;
-        if (lora is not null)
-        {
-            // the adapters' gradients stay; a checkpoint streams the adapters and their state, and the run's end merges
-            // each adapter into its layer (the weight in float32 and (α/r)·B·A in float32) before the model is written
-            long largestAdapted = trained.Where(s => s.Name.EndsWith(".lora_A.weight", StringComparison.Ordinal))
-                                         .Zip(trained.Where(s => s.Name.EndsWith(".lora_B.weight", StringComparison.Ordinal)),
-                                              (a, b) => a.Shape[1] * b.Shape[0]).DefaultIfEmpty(0).Max();
-            checkpoint = resident + t * wb + Math.Max(largest * 4L, 2 * largestAdapted * 4L);
-        }
+        long load = m.Numel * b.Wb + m.Largest * 4L + RuntimeBytes;   // no large products yet
         // gradients stay allocated between steps (zeroed, not freed), unless the step in the backward freed them; a
         // data-parallel rank keeps only those it owns
-        else checkpoint = resident + (x.StepInBackward ? 0 : x.Ranks > 1 ? owned * wb : n * wb) + largest * 4L;
-        return new MemoryPlan(x, n, parts, load, step, checkpoint) { Trained = t, Adapters = lora is null ? 0 : t };
+        long gradients = !b.Kind.GradientsPerLayer ? b.T * b.Wb : x.StepInBackward ? 0 : x.Ranks > 1 ? b.Owned * b.Wb : b.T * b.Wb;
+        long checkpoint = resident + gradients + Math.Max(m.Largest * 4L, b.Kind.EndBytes(m, b.Trained));
+        return new MemoryPlan(x, m.Numel, parts, load, step, checkpoint) { Trained = b.T, Adapters = b.Kind.BaseFrozen ? b.T : 0 };
     }
 
     /// <summary>
@@ -369,7 +295,7 @@ public static class MemoryPlanner
         Add(bf16 with { GradientCheckpointing = true }, ("Precision", "bf16"), ("GradientCheckpointing", "true"));
         Add(bf16 with { GradientCheckpointing = true, TrackTouched = false }, ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"));
         // the step in the backward frees the base's gradients per layer; a LoRA run has only the adapters' (all kept)
-        if (x.MicroBatch >= 1 && x.Method.Lora is null)
+        if (x.MicroBatch >= 1 && TrainedKind.Of(x.Method).GradientsPerLayer)
             Add(bf16 with { GradientCheckpointing = true, TrackTouched = false, StepInBackward = true },
                 ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"), ("StepInBackward", "true"));
         for (var mb = x.MicroBatch / 2; mb >= 1; mb /= 2)
@@ -382,9 +308,7 @@ public static class MemoryPlanner
         var need = string.Join(", ", plan.Parts.Select(p => $"{p.Name} {MemoryPlan.Gb(p.Bytes)}"));
         var perRank = x.RanksPerDevice > 1 ? $" per rank × {x.RanksPerDevice} ranks on this device = {MemoryPlan.Gb(plan.DeviceNeed)}" : "";
         var advice = fit.Plan is null
-            ? x.Method.Lora is not null
-                ? $"no setting of precision, checkpointing, micro-batch or length fits: use a device with more memory (with LoRA the frozen base weights, {MemoryPlan.Gb(plan.Part("weights"))}, are resident on every rank, so more ranks do not help)"
-                : $"no setting of precision, checkpointing, micro-batch or length fits: use a device with more memory, or more devices (mpirun -n N shards the optimizer state over N ranks)"
+            ? TrainedKind.Of(x.Method).NothingFits(plan)
             : $"it would fit with {string.Join(", ", fit.Fields.Select(f => $"{f.Field} = {f.Value}"))} ({MemoryPlan.Gb(fit.Plan.DeviceNeed)})";
         throw new MemoryPlanException(
             $"the run needs {MemoryPlan.Gb(plan.Peak)} ({need}){perRank} but {MemoryPlan.Gb(available)} is available; {advice}",
@@ -398,17 +322,17 @@ public static class MemoryPlanner
     public static PlanInput InputOf(string modelPath, TrainingOptions o, int ranks = 1, int ranksPerDevice = 1)
     {
         var config = ConfigOf(modelPath);
-        var n = TrainedShapes(config, o.Method).Sum(s => Numel(s.Shape));
-        // the trainer sums a LoRA run's (small) gradients after the backward pass, never in it
+        var kind = TrainedKind.Of(o.Method);
+        var n = TrainedShapes(config, o.Method).Sum(s => ModelShape.Count(s.Shape));
         return new PlanInput(config, o.Method, o.Precision, o.MicroBatch, o.MaxLength, o.GradientCheckpointing,
                              o.MasterWeights, o.TrackTouched ?? n < Defaults.SmallModel, ranks, o.StepInBackward, ranksPerDevice,
-                             ReduceInBackward: o.Method.Lora is null && ReducesInBackward(o.GradientCheckpointing, o.BatchSize, o.MicroBatch, ranks));
+                             ReduceInBackward: Reduction.FreesGradients(ranks, o.GradientCheckpointing, kind.GradientsPerLayer, o.BatchSize, o.MicroBatch));
     }
 
-    /// <summary>Whether a data-parallel run sums each layer's gradients in the backward pass (the trainer does when
-    /// checkpointing and each rank's share of a batch is one micro-batch).</summary>
+    /// <summary>Whether a data-parallel run that trains the whole model frees the gradients it does not own in the backward
+    /// pass (<see cref="Reduction.FreesGradients"/>, the one rule the step follows).</summary>
     public static bool ReducesInBackward(bool checkpointing, int batchSize, int microBatch, int ranks)
-        => ranks > 1 && checkpointing && (batchSize + ranks - 1) / ranks <= microBatch;
+        => Reduction.FreesGradients(ranks, checkpointing, gradientsPerLayer: true, batchSize, microBatch);
 
     /// <summary>Checks a training run before its model is loaded: its plan, or a <see cref="MemoryPlanException"/>.
     /// <paramref name="available"/>: the memory to plan against (default: what this machine has free now, shared by the

@@ -39,9 +39,17 @@ public sealed record OptimizerArgs(IReadOnlyList<(string Name, Parameter Paramet
 /// <summary>
 /// One member of the optimizer family, as the vocabulary declares it: its name (what users type), what it is, whether
 /// it takes the update fraction α, the factor of the learning rate its authors advise relative to Adam's (Lion: 3–10×
-/// smaller; 0.2 here), and its factory.
+/// smaller; 0.2 here), the float32 moment tensors it keeps per trained tensor (its class's <c>Moments</c>), and its
+/// factory. The memory plan asks it for its state (<see cref="Moments"/>, <see cref="SelectionBuffers"/>).
 /// </summary>
-public sealed record Member(string Name, string Description, bool UsesAlpha, double LrScale, Func<OptimizerArgs, BlockOptimizer> Create);
+public sealed record Member(string Name, string Description, bool UsesAlpha, double LrScale, int Moments, Func<OptimizerArgs, BlockOptimizer> Create)
+{
+    /// <summary>The pooled buffers of the fused selection kernel for the largest filtered tensor (members that filter by
+    /// a moment-based key): a 1/64 key sample, the candidates and the speculative record (≈ 1.25·α·numel floats and 2
+    /// bits per entry).</summary>
+    public long SelectionBuffers(long largestTensor, double alpha) =>
+        UsesAlpha && Moments > 0 ? largestTensor / 64 * 4 + (long)(1.25 * alpha * largestTensor) * 8 + largestTensor / 4 : 0;
+}
 
 /// <summary>A loss term added to the fine-tuning loss, composable with any member (L1/L2 toward the pretrained
 /// weights): its name, what it is, its default strength and its factory over the parameters.</summary>
@@ -91,19 +99,19 @@ public static class Methods
     /// <summary>The optimizer members. The first is the default.</summary>
     public static IReadOnlyList<Member> Members { get; } =
     [
-        new("mofo", "MoFO: Adam moments for every entry; per tensor only the top-α entries by |m| take the step", true, 1.0,
+        new("mofo", "MoFO: Adam moments for every entry; per tensor only the top-α entries by |m| take the step", true, 1.0, MaskedAdam.Moments,
             a => new MoFOOptimizer(a.Parameters, a.LearningRate, a.Alpha, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
-        new("adamw", "full fine-tuning with AdamW", false, 1.0,
+        new("adamw", "full fine-tuning with AdamW", false, 1.0, MaskedAdam.Moments,
             a => new AdamW(a.Parameters, a.LearningRate, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
-        new("lion", "Lion (Chen et al. 2023): the sign of an interpolated momentum", false, 0.2,
+        new("lion", "Lion (Chen et al. 2023): the sign of an interpolated momentum", false, 0.2, Lion.Moments,
             a => new Lion(a.Parameters, a.LearningRate, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
-        new("hft", "HFT: half of each layer's blocks frozen for the run, the rest AdamW", false, 1.0,
+        new("hft", "HFT: half of each layer's blocks frozen for the run, the rest AdamW", false, 1.0, MaskedAdam.Moments,
             a => new HFT(a.Parameters, a.LearningRate, seed: a.Seed, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
-        new("grad-bcd", "gradient-filtered BCD: the top-α entries by |g| of the step, Adam moments", true, 1.0,
+        new("grad-bcd", "gradient-filtered BCD: the top-α entries by |g| of the step, Adam moments", true, 1.0, MaskedAdam.Moments,
             a => new GradientFilteredBCD(a.Parameters, a.LearningRate, a.Alpha, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
-        new("random-bcd", "randomized BCD: a fresh random α subset per step, Adam moments", true, 1.0,
+        new("random-bcd", "randomized BCD: a fresh random α subset per step, Adam moments", true, 1.0, MaskedAdam.Moments,
             a => new RandomizedBCD(a.Parameters, a.LearningRate, a.Alpha, seed: a.Seed, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
-        new("gd-mofo", "GD-MoFO (Algorithm 2): a plain gradient step on the top-α entries by |g|, no moments", true, 1.0,
+        new("gd-mofo", "GD-MoFO (Algorithm 2): a plain gradient step on the top-α entries by |g|, no moments", true, 1.0, GDMoFO.Moments,
             a => new GDMoFO(a.Parameters, a.LearningRate, a.Alpha, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
     ];
 
@@ -198,25 +206,17 @@ public static class Methods
         }
     }
 
-    /// <summary>The one factory: the optimizer of the method over the module's parameters (LoRA: over adapters attached
-    /// to the module now, or already attached with the same settings), and its loss terms.</summary>
-    public static (BlockOptimizer Optimizer, IReadOnlyList<ILossTerm> Terms) Create(CausalLMModule module, TrainingOptions o)
+    /// <summary>The one factory: the optimizer of the method over the tensors a run trains (<see cref="TrainedSet"/>: the
+    /// model's parameters, or LoRA's adapters), and its loss terms.</summary>
+    public static (BlockOptimizer Optimizer, IReadOnlyList<ILossTerm> Terms) Create(TrainedSet trained, TrainingOptions o)
     {
-        IReadOnlyList<(string name, Parameter parameter)> named;
-        if (o.Method.Lora is { } lora)
-        {
-            var set = LoraAdapters.Of(module);
-            if (set is not null && !set.Spec.Equals(lora))
-                throw new OptionException("Method", $"Method {o.Method}: the model already carries other LoRA adapters ({set.Spec})");
-            named = (set ?? LoraAdapters.Attach(module, lora, o.Seed)).Parameters;
-        }
-        else named = module.named_parameters().ToList();
+        var named = trained.Parameters;
         var member = Member(o.Method.Optimizer);
-        var track = o.TrackTouched ?? named.Sum(p => p.parameter.numel()) < Defaults.SmallModel;
+        var track = o.TrackTouched ?? named.Sum(p => p.Parameter.numel()) < Defaults.SmallModel;
         var opt = member.Create(new OptimizerArgs(named, o.LearningRate, o.WeightDecay, o.Method.Alpha, o.Seed, track));
         opt.BFloat16Update = o.BFloat16Update;
         opt.RoundingSeed = o.Seed;
-        var tensors = named.Select(p => (Tensor)p.parameter).ToList();
+        var tensors = named.Select(p => (Tensor)p.Parameter).ToList();
         var terms = o.Method.Terms.Select(t => Term(t.Term).Create(tensors, t.Lambda)).ToList();
         return (opt, terms);
     }

@@ -28,7 +28,7 @@ public delegate Tensor LayerForward(Tensor hidden, Tensor cos, Tensor sin, Tenso
 /// but <c>torch.autograd.grad</c> or <c>backward(inputs: …)</c> naming a layer's parameters does not (they are not
 /// inputs of the checkpointed node).</para>
 /// </summary>
-public static class Checkpointing
+public static class GradientCheckpoint
 {
     /// <summary>Runs <paramref name="forward"/> (the forward of <paramref name="layer"/>) checkpointed when a backward
     /// pass may follow (gradients enabled, and the input or one of the layer's parameters requires a gradient);
@@ -40,7 +40,7 @@ public static class Checkpointing
     {
         if (!torch.is_grad_enabled()) return forward(hidden, cos, sin, mask);
         var inputGrad = hidden.requires_grad;
-        if (!inputGrad && !layer.parameters().Any(p => p.requires_grad) && !LoraAdapters.Adapts(layer)) return forward(hidden, cos, sin, mask);
+        if (!inputGrad && !layer.parameters().Any(p => p.requires_grad)) return forward(hidden, cos, sin, mask);
         using var scope = torch.NewDisposeScope();
         // A node joins the graph only when one of its tensor inputs requires a gradient. When only the parameters do
         // (frozen embeddings), a detached leaf stands in for the input; its gradient is never computed.
@@ -51,7 +51,7 @@ public static class Checkpointing
     }
 }
 
-/// <summary>The autograd function behind <see cref="Checkpointing.Run"/>. Arguments: the layer's forward, the hidden
+/// <summary>The autograd function behind <see cref="GradientCheckpoint.Run"/>. Arguments: the layer's forward, the hidden
 /// states, cos, sin, the mask (or null) and whether the hidden states' gradient is wanted.</summary>
 sealed class CheckpointFunction : autograd.SingleTensorFunction<CheckpointFunction>
 {
