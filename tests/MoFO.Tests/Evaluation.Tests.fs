@@ -178,11 +178,11 @@ let gsm8k =
         }
 
         test "the real GSM8K files load (1,319 test, 7,473 train) with numeric targets" {
-            let test = Gsm8k.Read(requireAsset DataRoot.Assets.Gsm8kTest)
-            let train = Gsm8k.Read(requireAsset DataRoot.Assets.Gsm8kTrain)
+            let test = Gsm8kData.Read(requireAsset DataRoot.Assets.Gsm8kTest)
+            let train = Gsm8kData.Read(requireAsset DataRoot.Assets.Gsm8kTrain)
             Expect.equal test.Count 1319 "test"
             Expect.equal train.Count 7473 "train"
-            Expect.equal test[0].Target "18" "Janet's ducks"
+            Expect.equal (Gsm8k.Normalize test[0].Answer) "18" "Janet's ducks: the normalized target"
         }
     ]
 

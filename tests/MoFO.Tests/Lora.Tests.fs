@@ -204,4 +204,32 @@ let tests =
             Expect.isNull (LoraAdapters.Of lm.Module) "nothing stays attached after a failed load"
             Expect.isTrue (lm.Module.parameters() |> Seq.forall (fun p -> p.requires_grad)) "and the base is trainable again"
         }
+
+        test "Lora.tree: adapters are modules in the model's tree (PEFT's base_layer / lora_A / lora_B), seen by named_modules and parameters, moved by dtype casts; the state dict keeps the HF keys; merging puts the plain layers back in place" {
+            use lm = ModelLoader.Load(stories ())
+            let keysBefore = lm.Module.StateDict().Keys |> Seq.toList
+            let orderBefore = lm.Module.named_parameters() |> Seq.map (fun struct (n, _) -> n) |> Seq.toList
+            let spec = LoraSpec(Rank = 2, Targets = [ "q_proj"; "down_proj" ])
+            use set = LoraAdapters.Attach(lm.Module, spec, 0L)
+            let modules = lm.Module.named_modules() |> Seq.map (fun struct (n, m) -> n, m) |> Map.ofSeq
+            Expect.equal (modules["model.layers.0.self_attn.q_proj"].GetType().Name) "LoraLinear" "the target's place holds the adapter"
+            Expect.equal (modules["model.layers.0.self_attn.q_proj.base_layer"].GetType().Name) "Linear" "which holds the layer"
+            Expect.isTrue (modules.ContainsKey "model.layers.4.mlp.down_proj.lora_B") "and the adapter's matrices"
+            Expect.isFalse (modules["model.layers.0.self_attn.k_proj"].GetType().Name = "LoraLinear") "layers that are not targets stay plain"
+            let names = lm.Module.named_parameters() |> Seq.map (fun struct (n, _) -> n) |> Set.ofSeq
+            Expect.isTrue (names.Contains "model.layers.0.self_attn.q_proj.lora_A.weight") "parameters() sees the adapters"
+            for struct (n, _) in set.Parameters do
+                Expect.isTrue (names.Contains(n.Substring "base_model.model.".Length)) $"{n}: PEFT's key is base_model.model. + the tree's name"
+            Expect.equal (lm.Module.StateDict().Keys |> Seq.toList) keysBefore "the model's state dict: the HF keys, in order, adapters left out"
+            // a dtype cast of the model converts the adapters with the layers (they are its submodules)
+            lm.Module.``to``(torch.ScalarType.Float64) |> ignore
+            Expect.isTrue (set.Parameters |> Seq.forall (fun struct (_, p) -> p.dtype = torch.ScalarType.Float64)) "the adapters were cast"
+            Expect.equal (logitsOf lm).dtype torch.ScalarType.Float64 "and the forward runs in float64"
+            lm.Module.``to``(torch.ScalarType.Float32) |> ignore
+            set.Merge()
+            let after = lm.Module.named_modules() |> Seq.map (fun struct (n, m) -> n, m) |> Map.ofSeq
+            Expect.equal (after["model.layers.0.self_attn.q_proj"].GetType().Name) "Linear" "merged: the plain layer is back"
+            Expect.equal (lm.Module.named_parameters() |> Seq.map (fun struct (n, _) -> n) |> Seq.toList) orderBefore "in its place: the parameters' order is the model's"
+            Expect.isNull (LoraAdapters.Of lm.Module) "no adapter in the tree"
+        }
     ]

@@ -64,6 +64,6 @@ public static class Dpr
         TrainingExample.PromptCompletion(Prompt(r, template), " " + r.Answer, $"DPR line {r.Line}");
 
     /// <summary>DPR as a two-choice task (for accuracy): the prompt of a template, the candidates as choices.</summary>
-    public static List<Evaluation.McItem> AsMultipleChoice(IEnumerable<DprRecord> records, int template = 0) =>
-        records.Select(r => new Evaluation.McItem($"dpr/{r.Line}", Prompt(r, template), [r.Candidate1, r.Candidate2], r.Gold)).ToList();
+    public static List<McItem> AsMultipleChoice(IEnumerable<DprRecord> records, int template = 0) =>
+        records.Select(r => new McItem($"dpr/{r.Line}", Prompt(r, template), [r.Candidate1, r.Candidate2], r.Gold)).ToList();
 }

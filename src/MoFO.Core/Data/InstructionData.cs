@@ -44,8 +44,8 @@ public static class InstructionData
         {
             DataFormat.Tulu => ReadTulu(path, skipEmpty),
             DataFormat.Alpaca => ReadAlpaca(path, skipEmpty),
-            DataFormat.Gsm8k => Evaluation.Gsm8k.Read(path)
-                .Select(g => TrainingExample.PromptCompletion(Evaluation.Gsm8k.FormatQuestion(g.Question), " " + g.Answer, g.Id)).ToList(),
+            DataFormat.Gsm8k => Gsm8kData.Read(path)
+                .Select(g => TrainingExample.PromptCompletion(Gsm8kData.FormatQuestion(g.Question), " " + g.Answer, g.Id)).ToList(),
             DataFormat.Dpr => Dpr.Read(path).Select((r, i) => Dpr.Render(r, dprTemplate >= 0 ? dprTemplate : i % Dpr.Templates.Count)).ToList(),
             DataFormat.Trace => ReadTrace(path, split, skipEmpty),
             DataFormat.Jsonl => ReadPromptCompletion(path, skipEmpty),
@@ -197,7 +197,7 @@ public static class InstructionData
                     list.Add(TuluTemplate.Render([new ChatMessage("user", prompt), new ChatMessage("assistant", answer)], $"{path} row {i}"));
                     continue;
                 case DataFormat.Gsm8k:
-                    prompt = Evaluation.Gsm8k.FormatQuestion(ParquetData.Field(row, path, i, "question"));
+                    prompt = Gsm8kData.FormatQuestion(ParquetData.Field(row, path, i, "question"));
                     answer = " " + ParquetData.Field(row, path, i, "answer");
                     break;
                 case DataFormat.Jsonl:

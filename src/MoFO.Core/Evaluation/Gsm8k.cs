@@ -4,13 +4,6 @@ using MoFO.Models;
 
 namespace MoFO.Evaluation;
 
-/// <summary>A GSM8K problem: the question and the full worked answer ending in "#### number".</summary>
-public sealed record Gsm8kItem(string Id, string Question, string Answer)
-{
-    /// <summary>The reference number: the answer with lm-evaluation-harness's normalization applied.</summary>
-    public string Target => Gsm8k.Normalize(Answer);
-}
-
 /// <summary>One scored generation: the raw text, both extractions and whether each matches.</summary>
 public sealed record Gsm8kItemResult(string Id, string Generation, string Strict, string Flexible, string Target, bool StrictCorrect, bool FlexibleCorrect)
 {
@@ -41,24 +34,9 @@ public static partial class Gsm8k
     [GeneratedRegex(@"(?s).*#### ")] private static partial Regex UpToHashes();
     [GeneratedRegex(@"\.$")] private static partial Regex TrailingPeriod();
 
-    public static List<Gsm8kItem> Read(string path)
-    {
-        var items = new List<Gsm8kItem>();
-        foreach (var l in JsonLines.Read(path))
-        {
-            var q = l.String("question");
-            var a = l.String("answer");
-            if (!a.Contains("#### ")) throw l.Error("field \"answer\" must end with \"#### <number>\"");
-            items.Add(new Gsm8kItem($"{Path.GetFileNameWithoutExtension(path)}/{l.Line}", q, a));
-        }
-        return items;
-    }
-
-    public static string FormatQuestion(string question) => $"Question: {question}\nAnswer:";
-
     /// <summary>The prompt for an item after the given shots.</summary>
     public static string Prompt(Gsm8kItem item, IReadOnlyList<Gsm8kItem> shots) =>
-        string.Concat(shots.Select(s => FormatQuestion(s.Question) + " " + s.Answer + "\n\n")) + FormatQuestion(item.Question);
+        string.Concat(shots.Select(s => Gsm8kData.FormatQuestion(s.Question) + " " + s.Answer + "\n\n")) + Gsm8kData.FormatQuestion(item.Question);
 
     /// <summary>k examples of the pool drawn with a fixed seed.</summary>
     public static List<Gsm8kItem> Shots(IReadOnlyList<Gsm8kItem> pool, int k, int seed = 1234)
@@ -101,7 +79,7 @@ public static partial class Gsm8k
     {
         var strict = ExtractStrict(generation);
         var flexible = ExtractFlexible(generation);
-        var target = item.Target;
+        var target = Normalize(item.Answer);   // the reference number, normalized as the harness does
         return new Gsm8kItemResult(item.Id, generation, strict, flexible, target, Matches(strict, target), Matches(flexible, target));
     }
 

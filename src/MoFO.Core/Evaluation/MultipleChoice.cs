@@ -1,17 +1,7 @@
+using MoFO.Data;
 using MoFO.Models;
 
 namespace MoFO.Evaluation;
-
-/// <summary>
-/// One multiple-choice item: a context (the formatted question), the choice continuations (without the target
-/// delimiter), the index of the correct one, and an optional description line that precedes the few-shot block
-/// (MMLU's subject line). <see cref="Group"/> groups items for per-group accuracies (MMLU subjects).
-/// </summary>
-public sealed record McItem(string Id, string Context, IReadOnlyList<string> Choices, int Gold, string Description = "", string Group = "")
-{
-    /// <summary>The choice that completes the item correctly (for few-shot examples).</summary>
-    public string GoldChoice => Choices[Gold];
-}
 
 /// <summary>Per-item outcome: the log-likelihood of every choice, and the predictions by acc and acc_norm.</summary>
 public sealed record McItemResult(string Id, string Group, int Gold, int Predicted, int PredictedNorm, IReadOnlyList<double> LogLikelihoods)

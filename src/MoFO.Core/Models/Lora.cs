@@ -154,7 +154,8 @@ public sealed class LoraAdapters : IDisposable
 
     readonly CausalLMModule _module;
     readonly List<LoraLinear> _adapters = new();
-    readonly List<(Parameter P, bool RequiresGrad)> _frozen = new();
+    // by name: a device move or dtype cast of the model puts new parameter objects in the tree
+    readonly List<(string Name, bool RequiresGrad)> _frozen = new();
     bool _detached;
 
     LoraAdapters(CausalLMModule module, LoraSpec spec) { _module = module; Spec = spec; }
@@ -235,9 +236,9 @@ public sealed class LoraAdapters : IDisposable
 
     void Freeze()
     {
-        foreach (var (_, p) in _module.ModelParameters())
+        foreach (var (name, p) in _module.ModelParameters())
         {
-            _frozen.Add((p, p.requires_grad));
+            _frozen.Add((name, p.requires_grad));
             p.requires_grad_(false);
         }
     }
@@ -293,7 +294,8 @@ public sealed class LoraAdapters : IDisposable
         if (_detached) return;
         _detached = true;
         foreach (var a in _adapters) ModuleTree.Replace(_module, a.Name, a.Base);
-        foreach (var (p, rg) in _frozen) p.requires_grad_(rg);
+        var now = _module.ModelParameters().ToDictionary(p => p.Name, p => p.Parameter);
+        foreach (var (name, rg) in _frozen) now[name].requires_grad_(rg);
     }
 
     /// <summary>The adapters' tensors under their PEFT keys.</summary>

@@ -46,8 +46,8 @@ let mmlu (model: ILanguageModel) (root: string) (shots: int) (perSubject: int op
 
 /// GSM8K: greedy generation with the harness's prompt and filters; the value is the strict exact match.
 let gsm8k (model: ILanguageModel) (testPath: string) (shots: int) (maxNewTokens: int) (limit: int option) =
-    let test = Gsm8k.Read testPath |> take limit
-    let train = Gsm8k.Read(DataRoot.Require DataRoot.Assets.Gsm8kTrain)
+    let test = Gsm8kData.Read testPath |> take limit
+    let train = Gsm8kData.Read(DataRoot.Require DataRoot.Assets.Gsm8kTrain)
     use progress = progressFor "gsm8k" test.Length "problems"
     let s = Gsm8k.Evaluate(model, test, train, shots, maxNewTokens, 8, progress)
     { Value = s.StrictMatch

@@ -138,7 +138,7 @@ let private originalCount (m: Measure) (s: Settings) =
         match m with
         | Measure.ArcEasy | Measure.ArcChallenge -> Some (Arc.Read((Evals.info m).Assets s |> List.head).Count)
         | Measure.HellaSwag -> s.DataOf "hellaswag" |> Option.map (fun f -> HellaSwag.Read(f).Count)
-        | Measure.Gsm8k -> Some (Gsm8k.Read((Evals.info m).Assets s |> List.head).Count)
+        | Measure.Gsm8k -> Some (MoFO.Data.Gsm8kData.Read((Evals.info m).Assets s |> List.head).Count)
         | Measure.HumanEval -> Some (HumanEval.ReadProblems((Evals.info m).Assets s |> List.head).Count)
         | _ -> None
     with _ -> None
