@@ -14,9 +14,9 @@ public enum Precision
 
 /// <summary>What a memory plan is computed for: a model's shape and a run's settings.</summary>
 /// <param name="Config">the model's config (its shape: no weights are read).</param>
-/// <param name="Method">the method (its member decides the optimizer state; its loss terms keep a copy of θ0; with
-/// <see cref="MethodSpec.Lora"/> the base weights are frozen and gradients, optimizer state, master weights and the
-/// touched mask are the adapters' alone).</param>
+/// <param name="Method">the method: its member decides the optimizer state, its loss terms keep a copy of θ0, and its
+/// trained set (<see cref="TrainedKind.Of"/>) decides which tensors take gradients, state, masters and touched bytes
+/// (every parameter, or adapters over a frozen base).</param>
 /// <param name="MicroBatch">examples per forward/backward pass.</param>
 /// <param name="SequenceLength">tokens per example (the padded length of a batch, at most the run's max length).</param>
 /// <param name="MasterWeights">bfloat16 runs keep a float32 copy of the weights in the optimizer.</param>
@@ -95,13 +95,6 @@ public static class MemoryPlanner
     /// their gradients: bytes per entry, a float32 part and copies in the weights' dtype (measured, as above).</summary>
     public const double HeadFloat32Bytes = 10, HeadWeightCopies = 2;
 
-    /// <summary>LoRA: the frozen embeddings and head take no gradient, and neither their backward's temporaries nor
-    /// libtorch's working memory for the large weight-gradient products appear; what remains is a float32 buffer of
-    /// vocabulary × hidden entries (bytes per entry), in float32 and bfloat16 alike. Measured with <c>mofo bench memory
-    /// --method lora</c> (bf16 and fp32, hidden 512 and 2048, 2 and 4 layers, 256 and 1024 tokens, checkpointed): the
-    /// plan is 0.95–1.2 × the measured peak, where the full fine-tuning terms over-planned it 1.7–3×.</summary>
-    public const double LoraHeadBytes = 4;
-
     /// <summary>Activations kept for the backward pass per token and decoder layer, in units of the activation dtype's
     /// size, as coefficients of the hidden size, the intermediate size and the key/value width.</summary>
     public const double ActHidden = 12, ActIntermediate = 5, ActKv = 4;
@@ -164,16 +157,20 @@ public static class MemoryPlanner
 
     /// <summary>The plan of a run: one part per component (each asked of the trained set's kind and the optimizer member),
     /// then the peak of each phase.</summary>
-    public static MemoryPlan Plan(PlanInput x)
+    public static MemoryPlan Plan(PlanInput x) => Plan(x, ShapesOf(x));
+
+    /// <summary>The model's and the trained set's tensors for a plan input, from the module built on the meta device
+    /// once (a fit search plans many inputs of one model and method).</summary>
+    static (ModelShape Model, IReadOnlyList<(string Name, long[] Shape)> Trained) ShapesOf(PlanInput x)
     {
+        using var empty = ModelLoader.CreateEmpty(x.Config);
+        return (new ModelShape(x.Config, ParameterShapes(empty)), TrainedKind.Of(x.Method).Shapes(empty));
+    }
+
+    static MemoryPlan Plan(PlanInput x, (ModelShape Model, IReadOnlyList<(string Name, long[] Shape)> Trained) shapes)
+    {
+        var (model, trained) = shapes;
         var kind = TrainedKind.Of(x.Method);
-        IReadOnlyList<(string Name, long[] Shape)> trained;
-        ModelShape model;
-        using (var empty = ModelLoader.CreateEmpty(x.Config))
-        {
-            model = new ModelShape(x.Config, ParameterShapes(empty));
-            trained = kind.Shapes(empty);
-        }
         var b = new Basis(x, model, kind, trained, Methods.Member(x.Method.Optimizer), Bytes(x.Precision));
         var parts = new List<PlanPart>
         {
@@ -281,7 +278,8 @@ public static class MemoryPlanner
     /// </summary>
     public static MemoryPlan Check(PlanInput x, long available)
     {
-        var plan = Plan(x);
+        var shapes = ShapesOf(x);
+        var plan = Plan(x, shapes);
         if (plan.DeviceNeed <= available) return plan;
         // candidate changes, least intrusive first; each is a list of (Core field, value) and the input it gives
         var changes = new List<(IReadOnlyList<(string Field, string Value)> Fields, PlanInput Input)>();
@@ -304,7 +302,7 @@ public static class MemoryPlanner
         for (var len = x.SequenceLength / 2; len >= 128; len /= 2)
             Add(bf16 with { GradientCheckpointing = true, TrackTouched = false, MicroBatch = 1, SequenceLength = len },
                 ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"), ("MicroBatchSize", "1"), ("MaxLength", len.ToString(CultureInfo.InvariantCulture)));
-        var fit = changes.Select(ch => (ch.Fields, Plan: Plan(ch.Input))).FirstOrDefault(ch => ch.Plan.DeviceNeed <= available);
+        var fit = changes.Select(ch => (ch.Fields, Plan: Plan(ch.Input, shapes))).FirstOrDefault(ch => ch.Plan.DeviceNeed <= available);
         var need = string.Join(", ", plan.Parts.Select(p => $"{p.Name} {MemoryPlan.Gb(p.Bytes)}"));
         var perRank = x.RanksPerDevice > 1 ? $" per rank × {x.RanksPerDevice} ranks on this device = {MemoryPlan.Gb(plan.DeviceNeed)}" : "";
         var advice = fit.Plan is null
