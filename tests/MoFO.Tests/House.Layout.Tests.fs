@@ -7,6 +7,9 @@ open System
 open System.IO
 open System.Text.RegularExpressions
 open Expecto
+open MoFO
+open MoFO.Models
+open MoFO.Training
 open MoFO.Tests.Fixtures
 
 let private core (path: string) = Path.Combine(repoRoot, "src", "MoFO.Core", path)
@@ -53,5 +56,22 @@ let tests =
                 let members = memberLengths (core f)
                 Expect.isNonEmpty members $"{f}: members found"
                 for name, n in members do Expect.isLessThanOrEqual n 80 $"{f}: {name} is {n} lines"
+        }
+
+        test "House.plan.members: the plan's optimizer state is the state each member keeps (the moments its vocabulary line declares, from its class)" {
+            let path = requireAsset DataRoot.Assets.Stories260K
+            use lm = ModelLoader.Load path
+            for m in Methods.Members do
+                let o = TrainingOptions(Method = Methods.Parse m.Name, LearningRate = 1e-3, TrackTouched = Nullable false, BatchSize = 1, MaxLength = 16)
+                use trained = TrainedSet.Attach(lm, o.Method, o.Seed)
+                let struct (opt, terms) = Methods.Create(trained, o)
+                use opt = opt
+                let kept = opt.Blocks |> Seq.sumBy (fun b -> b.Moments |> Seq.sumBy (fun t -> t.numel() * t.ElementSize))
+                let n = trained.Parameters |> Seq.sumBy (fun struct (_, p) -> p.numel())
+                let largest = trained.Parameters |> Seq.map (fun struct (_, p) -> p.numel()) |> Seq.max
+                Expect.equal kept (4L * int64 m.Moments * n) $"{m.Name}: {m.Moments} float32 moments per entry, as declared"
+                let plan = MemoryPlanner.Plan(MemoryPlanner.InputOf(path, o))
+                Expect.equal (plan.Part "optimizer state" - m.SelectionBuffers(largest, o.Method.Alpha)) kept $"{m.Name}: the plan counts what the optimizer keeps"
+                for t in terms do (box t :?> IDisposable).Dispose()
         }
     ]

@@ -76,7 +76,7 @@ public sealed record MemoryPlan(PlanInput Input, long Parameters, IReadOnlyList<
 
 /// <summary>
 /// Plans the memory of a run from the model's shape (<see cref="MemoryPlanner.Plan"/>) and compares it with the memory a
-/// device has free (<see cref="Available"/>). The constants below were measured on this project's CPU build (README,
+/// device has free (<see cref="Available"/>). The constants below were measured on this project's CPU build (docs/memory-and-precision.md,
 /// "Memory"): the process's runtime (the .NET runtime, libtorch, tokenizer and data), and the activations autograd keeps
 /// per token and layer.
 /// </summary>
@@ -87,7 +87,7 @@ public static class MemoryPlanner
     public const long RuntimeBytes = 320L << 20;
 
     /// <summary>libtorch's working memory once the matrix products are large (hidden size ≥ <see cref="LargeHidden"/>):
-    /// measured 0.7 GB above the runtime at widths 512 and 2048, in float32 and bfloat16 alike (README, "Memory").</summary>
+    /// measured 0.7 GB above the runtime at widths 512 and 2048, in float32 and bfloat16 alike (docs/memory-and-precision.md, "Memory").</summary>
     public const long WorkingBytes = 730L << 20;
     public const int LargeHidden = 512;
 

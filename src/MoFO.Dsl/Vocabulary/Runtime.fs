@@ -35,7 +35,7 @@ let device (name: string option) =
     | Some s when s.StartsWith "cuda" ->
         init ()
         if not (torch.cuda.is_available ()) then
-            raise (MoFO.OptionException("Device", $"Device {s}: CUDA is not available (build with -p:TorchBackend=cuda on a machine with an NVIDIA GPU; see README)"))
+            raise (MoFO.OptionException("Device", $"Device {s}: CUDA is not available (build with -p:TorchBackend=cuda on a machine with an NVIDIA GPU; see docs/native-loading.md)"))
         // the ranks of a data-parallel job on one machine take one GPU each
         match (if s = "cuda" then MoFO.Distributed.MpiCollective.LocalRank |> Option.ofNullable else None) with
         | Some local when MoFO.Distributed.Job.Distributed -> torch.Device($"cuda:{local % max 1 (torch.cuda.device_count ())}")
