@@ -70,6 +70,14 @@ module Measure =
             Knobs = (fun s -> samplesKnobs s key)
             Apply = (fun k s -> s |> samplesOfKnobs k |> limitOf k key |> seedOf k) }
 
+    /// A number of the held-out task fit (computed once for all of them): the first of `metrics` is its value.
+    let private onTaskFit (key: string) (name: string) (higherIsBetter: bool) (unit: MeasureUnit) (metrics: (string * (TaskFit -> float)) list) =
+        { plain key name higherIsBetter unit (fun _ p ->
+              let f = p.Fit.Value
+              let values = [ for k, get in metrics -> k, get f ] @ [ "tokens", float f.Tokens ]
+              { Value = snd values.Head; Metrics = values; Count = f.Examples; Items = Items.NotKept }) with
+            Needs = [ Need.Task ] }
+
     // ---- the measures ------------------------------------------------------------------------------------------------
 
     /// MMLU accuracy (the paper: 0-shot)
@@ -209,19 +217,11 @@ module Measure =
 
     /// held-out loss of the fine-tuning task (answer tokens, teacher-forced)
     let TaskLoss =
-        declare
-            { plain "task_loss" "task loss" false MeasureUnit.Nats (fun _ p ->
-                  let f = p.Fit.Value
-                  { Value = f.MeanTokenNll; Metrics = [ "task_loss", f.MeanTokenNll; "task_token_acc", f.TokenAccuracy; "tokens", float f.Tokens ]; Count = f.Examples; Items = Items.NotKept }) with
-                Needs = [ Need.Task ] }
+        declare (onTaskFit "task_loss" "task loss" false MeasureUnit.Nats [ "task_loss", (fun f -> f.MeanTokenNll); "task_token_acc", (fun f -> f.TokenAccuracy) ])
 
     /// held-out top-1 accuracy on the answer tokens of the fine-tuning task
     let TaskTokenAccuracy =
-        declare
-            { plain "task_token_acc" "task token acc" true MeasureUnit.Accuracy (fun _ p ->
-                  let f = p.Fit.Value
-                  { Value = f.TokenAccuracy; Metrics = [ "task_token_acc", f.TokenAccuracy; "task_loss", f.MeanTokenNll; "tokens", float f.Tokens ]; Count = f.Examples; Items = Items.NotKept }) with
-                Needs = [ Need.Task ] }
+        declare (onTaskFit "task_token_acc" "task token acc" true MeasureUnit.Accuracy [ "task_token_acc", (fun f -> f.TokenAccuracy); "task_loss", (fun f -> f.MeanTokenNll) ])
 
     /// the task's own accuracy where it has one (DPR: the candidate with the higher likelihood)
     let TaskAccuracy =
