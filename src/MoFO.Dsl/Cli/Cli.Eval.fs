@@ -1,5 +1,6 @@
 /// `mofo eval`: one measure on one model, with a progress display and a JSON record. The tasks and what each flag sets
-/// come from the measure table (`Evals.table`): the same function computes the number here, in reports and in the DSL.
+/// come from the measures' declarations (module `Measure`): the same function computes the number here, in reports and
+/// in the DSL.
 module MoFO.Dsl.Cli.Eval
 
 open System
@@ -10,7 +11,7 @@ open MoFO
 open MoFO.Models
 open MoFO.Dsl
 
-let private taskNames () = Evals.table |> List.choose (fun i -> i.Task |> Option.map (fun t -> t, i.Name)) 
+let private taskNames () = Measure.All |> List.choose (fun m -> m.Task |> Option.map (fun t -> t, m.Name))
 
 type EvalArgs =
     | [<Mandatory>] Model of path: string
@@ -60,14 +61,17 @@ let settings (m: Measure) (args: ParseResults<EvalArgs>) =
           Temperature = args.TryGetResult Temperature; TopP = args.TryGetResult Top_P
           Ks = args.TryGetResult K |> Option.map EvalSamples.parseKs; MaxNewTokens = args.TryGetResult Max_New_Tokens; Seed = args.TryGetResult Seed }
     let s = { Settings.Paper with Cache = args.GetResult(Cache, Settings.DefaultCache); UnsafeNoSandbox = args.Contains Unsafe_No_Sandbox }
-    m.Info.Apply knobs s
+    m.Apply knobs s
 
-/// Runs the task on a loaded model (through `Evals.measure`, as the DSL and `mofo train --report` do).
-let evaluate (model: CausalLM) (args: ParseResults<EvalArgs>) : Outcome =
-    let m = Evals.ofTask (args.GetResult Task)
+/// A measure against the base model (the distance, KL to base) needs `--base`: said before anything else is read.
+let private requireBase (m: Measure) (args: ParseResults<EvalArgs>) =
+    if Evals.againstBase m && not (args.Contains Base) then
+        raise (OptionException("Base", $"--task {args.GetResult Task}: --base is required (the model to measure from)"))
+
+/// Runs a measure on a loaded model (through `Evals.measure`, as the DSL and `mofo train --report` do).
+let evaluateMeasure (m: Measure) (model: CausalLM) (args: ParseResults<EvalArgs>) : Outcome =
+    requireBase m args
     let s = settings m args
-    if m = Measure.Distance && not (args.Contains Base) then
-        raise (OptionException("Base", "--task distance: pass --base with the model to measure from"))
     let baseModel = lazy (match args.TryGetResult Base with Some p -> ModelLoader.Load(p, Option.toObj (args.TryGetResult Tokenizer)) | None -> model)
     try
         Evals.preflight [ m ] s
@@ -75,35 +79,43 @@ let evaluate (model: CausalLM) (args: ParseResults<EvalArgs>) : Outcome =
     finally
         if baseModel.IsValueCreated && not (obj.ReferenceEquals(baseModel.Value, model)) then baseModel.Value.Dispose()
 
-let run (args: ParseResults<EvalArgs>) =
+/// Runs the task on a loaded model.
+let evaluate (model: CausalLM) (args: ParseResults<EvalArgs>) : Outcome = evaluateMeasure (Evals.ofTask (args.GetResult Task)) model args
+
+/// Writes the results file: lm-evaluation-harness's results JSON with MoFO.NET's own record of the evaluation beside
+/// its keys, and with --log-samples the harness's samples files beside it.
+let private write (path: string) (m: Measure) (outcome: Outcome) (seconds: float) (args: ParseResults<EvalArgs>) =
+    let s = settings m args
+    let modelPath = Path.GetFullPath(args.GetResult Model)
+    let ts, groups = LmEval.tasks m s outcome
+    let root = LmEval.results modelPath s (args.TryGetResult Limit) seconds ts groups
+    let options = JsonSerializerOptions(WriteIndented = true, NumberHandling = Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals)
+    let record =
+        {| task = args.GetResult Task; measure = m.Key; model = modelPath; count = outcome.Count
+           metrics = dict outcome.Metrics; elapsedSeconds = seconds; items = outcome.Items.ToJson options |}
+    let own = Text.Json.Nodes.JsonNode.Parse(JsonSerializer.Serialize(record, options)).AsObject()
+    for KeyValue (k, v) in Seq.toList own do
+        own.Remove k |> ignore
+        root[k] <- v
+    AtomicFile.WriteAllText(path, root.ToJsonString(options))
+    if args.Contains Log_Samples then
+        let stamp = DateTime.UtcNow.ToString("yyyy-MM-ddTHH-mm-ss.ffffff", Globalization.CultureInfo.InvariantCulture)
+        for f in LmEval.writeSamples (Path.GetDirectoryName(Path.GetFullPath path)) stamp ts do printfn "samples: %s" f
+    printfn "written: %s" path
+
+/// `mofo eval` with the tasks of `measures` (`run`: every declared measure).
+let runWith (measures: Measure list) (args: ParseResults<EvalArgs>) =
+    let m = Evals.ofTaskIn measures (args.GetResult Task)
+    requireBase m args
     if args.Contains Log_Samples && not (args.Contains Output) then
         raise (OptionException("Output", "--log-samples writes beside the results file: pass --output FILE"))
     let clock = Diagnostics.Stopwatch.StartNew()
-    let modelPath = args.GetResult Model
-    let m = Evals.ofTask (args.GetResult Task)
-    use model = ModelLoader.Load(modelPath, Option.toObj (args.TryGetResult Tokenizer), MoFO.Runtime.device (args.TryGetResult Device))
-    let outcome = evaluate model args
-    let taskName = args.GetResult Task
-    printfn "%s on %s (%d items, %.1f s)" taskName model.Name outcome.Count clock.Elapsed.TotalSeconds
+    use model = ModelLoader.Load(args.GetResult Model, Option.toObj (args.TryGetResult Tokenizer), MoFO.Runtime.device (args.TryGetResult Device))
+    let outcome = evaluateMeasure m model args
+    printfn "%s on %s (%d items, %.1f s)" (args.GetResult Task) model.Name outcome.Count clock.Elapsed.TotalSeconds
     for (k, v) in outcome.Metrics do
         printfn "  %-24s %.4f" k v
-    args.TryGetResult Output
-    |> Option.iter (fun path ->
-        // lm-evaluation-harness's results JSON, with MoFO.NET's own record of the evaluation beside its keys
-        let s = settings m args
-        let ts, groups = LmEval.tasks m s outcome
-        let root = LmEval.results (Path.GetFullPath modelPath) s (args.TryGetResult Limit) clock.Elapsed.TotalSeconds ts groups
-        let record =
-            {| task = taskName; measure = m.Key; model = Path.GetFullPath modelPath; count = outcome.Count
-               metrics = dict outcome.Metrics; elapsedSeconds = clock.Elapsed.TotalSeconds; items = outcome.Items |}
-        let options = JsonSerializerOptions(WriteIndented = true, NumberHandling = Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals)
-        let own = Text.Json.Nodes.JsonNode.Parse(JsonSerializer.Serialize(record, options)).AsObject()
-        for KeyValue (k, v) in Seq.toList own do
-            own.Remove k |> ignore
-            root[k] <- v
-        AtomicFile.WriteAllText(path, root.ToJsonString(options))
-        if args.Contains Log_Samples then
-            let stamp = DateTime.UtcNow.ToString("yyyy-MM-ddTHH-mm-ss.ffffff", Globalization.CultureInfo.InvariantCulture)
-            for f in LmEval.writeSamples (Path.GetDirectoryName(Path.GetFullPath path)) stamp ts do printfn "samples: %s" f
-        printfn "written: %s" path)
+    args.TryGetResult Output |> Option.iter (fun path -> write path m outcome clock.Elapsed.TotalSeconds args)
     0
+
+let run (args: ParseResults<EvalArgs>) = runWith Measure.All args

@@ -37,12 +37,16 @@ let parseKs (text: string) =
         | _ -> raise (ArgumentException $"--k: '{s}' is not a positive integer (expected e.g. 1,10)"))
     |> Array.toList
 
+/// The measure whose samples this command scores: HumanEval's generated programs, run in the sandbox.
+let private scored = MoFO.Dsl.Measure.HumanEval
+
 let run (args: ParseResults<EvalSamplesArgs>) =
     let task = args.GetResult Task
-    if task.ToLowerInvariant() <> "humaneval" then
-        raise (ArgumentException $"--task {task}: eval-samples scores humaneval only")
+    let name = defaultArg scored.Task scored.Key
+    if not (String.Equals(task, name, StringComparison.OrdinalIgnoreCase)) then
+        raise (ArgumentException $"--task {task}: eval-samples scores {name} only")
     let ks = args.TryGetResult K |> Option.map parseKs |> Option.defaultValue [ 1; 10 ]
-    let problemsPath = args.TryGetResult Problems |> Option.defaultWith (fun () -> DataRoot.Require DataRoot.Assets.HumanEval)
+    let problemsPath = args.TryGetResult Problems |> Option.defaultWith (fun () -> scored.Assets MoFO.Dsl.Settings.Paper |> List.head)
     let samplesPath = args.GetResult Samples
     let limits = SandboxLimits(Timeout = TimeSpan.FromSeconds(args.GetResult(Timeout, 3.0)))
     let sandbox = PythonSandbox.Create(limits, args.Contains Unsafe_No_Sandbox)

@@ -17,39 +17,11 @@ open System.Text.Json.Nodes
 open MoFO
 open MoFO.Evaluation
 
-/// The harness's name of a measure's task.
-let taskName (m: Measure) =
-    match m with
-    | Measure.ArcEasy -> "arc_easy"
-    | Measure.ArcChallenge -> "arc_challenge"
-    | Measure.HellaSwag -> "hellaswag"
-    | Measure.Mmlu -> "mmlu"
-    | Measure.Gsm8k -> "gsm8k"
-    | Measure.HumanEval -> "humaneval"
-    | m -> (Evals.info m).Key
+/// The harness's name of a measure's task (its key where the harness has none).
+let taskName (m: Measure) = match m.Harness with Some h -> h.Name | None -> m.Key
 
 /// MMLU's subjects by category, as the harness groups them (57 subjects).
-let mmluCategories =
-    [ "stem",
-      [ "abstract_algebra"; "anatomy"; "astronomy"; "college_biology"; "college_chemistry"; "college_computer_science"
-        "college_mathematics"; "college_physics"; "computer_security"; "conceptual_physics"; "electrical_engineering"
-        "elementary_mathematics"; "high_school_biology"; "high_school_chemistry"; "high_school_computer_science"
-        "high_school_mathematics"; "high_school_physics"; "high_school_statistics"; "machine_learning" ]
-      "humanities",
-      [ "formal_logic"; "high_school_european_history"; "high_school_us_history"; "high_school_world_history"
-        "international_law"; "jurisprudence"; "logical_fallacies"; "moral_disputes"; "moral_scenarios"; "philosophy"
-        "prehistory"; "professional_law"; "world_religions" ]
-      "social_sciences",
-      [ "econometrics"; "high_school_geography"; "high_school_government_and_politics"; "high_school_macroeconomics"
-        "high_school_microeconomics"; "high_school_psychology"; "human_sexuality"; "professional_psychology"
-        "public_relations"; "security_studies"; "sociology"; "us_foreign_policy" ]
-      "other",
-      [ "business_ethics"; "clinical_knowledge"; "college_medicine"; "global_facts"; "human_aging"; "management"
-        "marketing"; "medical_genetics"; "miscellaneous"; "nutrition"; "professional_accounting"; "professional_medicine"
-        "virology" ] ]
-
-let private categoryOf =
-    dict [ for c, subjects in mmluCategories do for s in subjects -> s, c ]
+let mmluCategories = Harnesses.mmluCategories
 
 /// The harness's hash of a string (hex SHA-256 of its UTF-8 bytes).
 let sha256 (s: string) = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes s)).ToLowerInvariant()
@@ -70,6 +42,8 @@ type TaskResult =
       Metrics: (string * JsonNode) list
       HigherIsBetter: (string * bool) list
       Version: JsonNode
+      /// the harness's output_type (configs)
+      OutputType: string
       Shots: int option
       /// (original, effective): the documents of the split and those evaluated (--limit)
       Samples: (int * int) option
@@ -134,98 +108,111 @@ let private accEntries (items: McItemResult list) (withNorm: bool) =
 
 /// The documents of a split before --limit (for n-samples' "original"), where the measure reads one file.
 let private originalCount (m: Measure) (s: Settings) =
-    try
-        match m with
-        | Measure.ArcEasy | Measure.ArcChallenge -> Some (Arc.Read((Evals.info m).Assets s |> List.head).Count)
-        | Measure.HellaSwag -> s.DataOf "hellaswag" |> Option.map (fun f -> HellaSwag.Read(f).Count)
-        | Measure.Gsm8k -> Some (MoFO.Data.Gsm8kData.Read((Evals.info m).Assets s |> List.head).Count)
-        | Measure.HumanEval -> Some (HumanEval.ReadProblems((Evals.info m).Assets s |> List.head).Count)
-        | _ -> None
-    with _ -> None
+    m.Harness |> Option.bind (fun h -> try h.Documents s with _ -> None)
 
-/// The tasks of a measure's outcome: one for most measures; MMLU's subjects, its four categories and `mmlu`.
-let tasks (m: Measure) (s: Settings) (o: Outcome) : TaskResult list * (string * string list) list =
+/// The task of a measure with the metrics and documents given (n-shot, n-samples, direction and version from its
+/// declaration).
+let private taskOf (m: Measure) (s: Settings) (o: Outcome) (metrics: (string * JsonNode) list) (docs: JsonObject list) =
     let name = taskName m
-    let shots = match m with Measure.Mmlu | Measure.ArcEasy | Measure.ArcChallenge | Measure.HellaSwag | Measure.Mc | Measure.Gsm8k -> Some (s.ShotsOf (Evals.info m).Key) | _ -> None
-    let basic metrics docs version =
-        { Task = name; Alias = name; Metrics = metrics; HigherIsBetter = [ for (k: string), _ in metrics do if not (k.Contains "_stderr") then k.Split(',')[0], (Evals.info m).HigherIsBetter ] |> List.distinct
-          Version = version; Shots = shots; Samples = Some (defaultArg (originalCount m s) o.Count, o.Count); Docs = docs }
-    match m, o.Items with
-    | Measure.Mmlu, (:? (McItemResult[]) as items) ->
-        let bySubject = items |> Array.toList |> List.groupBy (fun r -> r.Group)
-        let subjectTasks =
-            [ for subject, rs in bySubject ->
-                { Task = $"mmlu_{subject}"; Alias = $"  - {subject}"; Metrics = accEntries rs false; HigherIsBetter = [ "acc", true ]
-                  Version = JsonValue.Create 1.0; Shots = shots; Samples = Some (rs.Length, rs.Length); Docs = mcDocs rs } ]
-        let group (task: string) (alias: string) (rs: McItemResult list) =
-            { Task = task; Alias = alias; Metrics = accEntries rs false; HigherIsBetter = [ "acc", true ]; Version = JsonValue.Create 2; Shots = None
-              Samples = None; Docs = [] }
-        let categories =
-            [ for c, subjects in mmluCategories do
-                let rs = bySubject |> List.filter (fun (sub, _) -> List.contains sub subjects) |> List.collect snd
-                if not rs.IsEmpty then yield c, rs ]
-        let groups =
-            [ yield group "mmlu" "mmlu" (Array.toList items)
-              for c, rs in categories do yield group $"mmlu_{c}" $" - {c}" rs ]
-        let subtasks =
-            [ yield "mmlu", [ for c, _ in categories -> $"mmlu_{c}" ]
-              for c, _ in categories do
-                yield $"mmlu_{c}", [ for subject, _ in bySubject do if categoryOf.TryGetValue subject = (true, c) then yield $"mmlu_{subject}" ] ]
-        groups @ subjectTasks, subtasks
-    | _, (:? (McItemResult[]) as items) ->
-        [ basic (accEntries (Array.toList items) true) (mcDocs items) (JsonValue.Create 1.0) ], [ name, [] ]
-    | Measure.Gsm8k, (:? Collections.Generic.IReadOnlyList<Gsm8kItemResult> as items) ->
-        let items = List.ofSeq items
-        let strict = items |> List.map (fun r -> if r.StrictCorrect then 1.0 else 0.0)
-        let flexible = items |> List.map (fun r -> if r.FlexibleCorrect then 1.0 else 0.0)
-        let genArgs =
-            let g = JsonObject()
-            g["until"] <- arr (Gsm8k.StopStrings |> Seq.map str)
-            g["do_sample"] <- JsonValue.Create false
-            g["temperature"] <- JsonValue.Create 0.0
-            g["max_gen_toks"] <- JsonValue.Create s.Gsm8kMaxNewTokens
-            g
-        let docs =
-            [ for filter, extracted, correct in [ "strict-match", (fun (r: Gsm8kItemResult) -> r.Strict), (fun (r: Gsm8kItemResult) -> r.StrictCorrect)
-                                                  "flexible-extract", (fun r -> r.Flexible), (fun r -> r.FlexibleCorrect) ] do
-                for i, r in List.indexed items ->
-                    let doc = JsonObject()
-                    doc["question"] <- str r.Question
-                    doc["answer"] <- str r.Answer
-                    docLine i doc r.Answer (str r.Answer) (args [ str r.Prompt, genArgs.DeepClone() ]) (arr [ arr [ str r.Generation ] ])
-                        (arr [ str (extracted r) ]) filter [ "exact_match", (if correct r then 1.0 else 0.0) ] r.Prompt ]
-        [ basic [ "exact_match,strict-match", num (List.average strict); "exact_match_stderr,strict-match", num (stderr strict)
-                  "exact_match,flexible-extract", num (List.average flexible); "exact_match_stderr,flexible-extract", num (stderr flexible) ]
-                docs (JsonValue.Create 3.0) ], [ name, [] ]
-    | Measure.HumanEval, (:? Evals.HumanEvalItems as h) ->
-        let ks = s.HumanEvalKs
-        let byTask = h.Results |> List.groupBy (fun r -> r.TaskId) |> dict
-        let genArgs =
-            let g = JsonObject()
-            g["until"] <- arr (HumanEval.StopStrings |> Seq.map str)
-            g["do_sample"] <- JsonValue.Create (s.HumanEvalTemperature > 0.0)
-            g["temperature"] <- JsonValue.Create s.HumanEvalTemperature
-            g["top_p"] <- JsonValue.Create s.HumanEvalTopP
-            g["max_gen_toks"] <- JsonValue.Create s.HumanEvalMaxNewTokens
-            g
-        let docs =
-            [ for i, p in List.indexed h.Problems ->
-                let rs = match byTask.TryGetValue p.TaskId with | true, rs -> rs | _ -> []
-                let c = rs |> List.filter (fun r -> r.Passed) |> List.length
+    { Task = name; Alias = name; Metrics = metrics
+      HigherIsBetter = [ for (k: string), _ in metrics do if not (k.Contains "_stderr") then k.Split(',')[0], m.HigherIsBetter ] |> List.distinct
+      Version = JsonValue.Create (m.Harness |> Option.map (fun h -> h.Version) |> Option.defaultValue 1.0)
+      OutputType = (match m.Harness with Some h -> h.OutputType | None -> "multiple_choice")
+      Shots = (m.Knobs s).Shots; Samples = Some (defaultArg (originalCount m s) o.Count, o.Count); Docs = docs }
+
+/// A task per subject, a group per category and the group of all (MMLU), with the groups' subtasks.
+let private groupedTasks (m: Measure) (s: Settings) (categories: (string * string list) list) (items: McItemResult list) =
+    let name = taskName m
+    let shots = (m.Knobs s).Shots
+    let categoryOf = dict [ for c, subjects in categories do for sub in subjects -> sub, c ]
+    let bySubject = items |> List.groupBy (fun r -> r.Group)
+    let subjectTasks =
+        [ for subject, rs in bySubject ->
+            { Task = $"{name}_{subject}"; Alias = $"  - {subject}"; Metrics = accEntries rs false; HigherIsBetter = [ "acc", m.HigherIsBetter ]
+              Version = JsonValue.Create 1.0; OutputType = "multiple_choice"; Shots = shots; Samples = Some (rs.Length, rs.Length); Docs = mcDocs rs } ]
+    let group (task: string) (alias: string) (rs: McItemResult list) =
+        { Task = task; Alias = alias; Metrics = accEntries rs false; HigherIsBetter = [ "acc", m.HigherIsBetter ]; Version = JsonValue.Create 2
+          OutputType = "multiple_choice"; Shots = None; Samples = None; Docs = [] }
+    let inCategory =
+        [ for c, subjects in categories do
+            let rs = bySubject |> List.filter (fun (sub, _) -> List.contains sub subjects) |> List.collect snd
+            if not rs.IsEmpty then yield c, rs ]
+    let groups =
+        [ yield group name name items
+          for c, rs in inCategory do yield group $"{name}_{c}" $" - {c}" rs ]
+    let subtasks =
+        [ yield name, [ for c, _ in inCategory -> $"{name}_{c}" ]
+          for c, _ in inCategory do
+            yield $"{name}_{c}", [ for subject, _ in bySubject do if categoryOf.TryGetValue subject = (true, c) then yield $"{name}_{subject}" ] ]
+    groups @ subjectTasks, subtasks
+
+/// The lines of GSM8K's samples file: a line per document and filter, and its exact-match metrics.
+let private answerTask (s: Settings) (items: Gsm8kItemResult list) =
+    let strict = items |> List.map (fun r -> if r.StrictCorrect then 1.0 else 0.0)
+    let flexible = items |> List.map (fun r -> if r.FlexibleCorrect then 1.0 else 0.0)
+    let genArgs =
+        let g = JsonObject()
+        g["until"] <- arr (Gsm8k.StopStrings |> Seq.map str)
+        g["do_sample"] <- JsonValue.Create false
+        g["temperature"] <- JsonValue.Create 0.0
+        g["max_gen_toks"] <- JsonValue.Create s.Gsm8kMaxNewTokens
+        g
+    let docs =
+        [ for filter, extracted, correct in [ "strict-match", (fun (r: Gsm8kItemResult) -> r.Strict), (fun (r: Gsm8kItemResult) -> r.StrictCorrect)
+                                              "flexible-extract", (fun r -> r.Flexible), (fun r -> r.FlexibleCorrect) ] do
+            for i, r in List.indexed items ->
                 let doc = JsonObject()
-                doc["task_id"] <- str p.TaskId
-                doc["prompt"] <- str p.Prompt
-                doc["canonical_solution"] <- str p.CanonicalSolution
-                doc["test"] <- str p.Test
-                doc["entry_point"] <- str p.EntryPoint
-                let target = p.Test + "\ncheck(" + p.EntryPoint + ")"
-                docLine i doc target (str target) (args [ str p.Prompt, genArgs.DeepClone() ]) (arr [ arr [ for r in rs -> str r.Completion ] ])
-                    (arr [ arr [ for r in rs -> str (p.Prompt + r.Completion) ] ]) "create_test"
-                    [ for k in ks -> $"pass@{k}", (if rs.Length >= k then PassAtK.Estimate(rs.Length, c, k) else nan) ] p.Prompt ]
-        let metrics = [ for k, v in o.Metrics do if k.StartsWith "pass@" then yield $"{k},create_test", num v; yield $"{k}_stderr,create_test", str "N/A" ]
-        [ basic metrics docs (JsonValue.Create 1.0) ], [ name, [] ]
-    | _ ->
-        [ basic [ for k, v in o.Metrics -> $"{k},none", num v ] [] (JsonValue.Create 1.0) ], [ name, [] ]
+                doc["question"] <- str r.Question
+                doc["answer"] <- str r.Answer
+                docLine i doc r.Answer (str r.Answer) (args [ str r.Prompt, genArgs.DeepClone() ]) (arr [ arr [ str r.Generation ] ])
+                    (arr [ str (extracted r) ]) filter [ "exact_match", (if correct r then 1.0 else 0.0) ] r.Prompt ]
+    [ "exact_match,strict-match", num (List.average strict); "exact_match_stderr,strict-match", num (stderr strict)
+      "exact_match,flexible-extract", num (List.average flexible); "exact_match_stderr,flexible-extract", num (stderr flexible) ], docs
+
+/// The lines of HumanEval's samples file: a line per problem with its completions, and its pass@k metrics.
+let private programTask (s: Settings) (o: Outcome) (h: HumanEvalItems) =
+    let byTask = h.Results |> List.groupBy (fun r -> r.TaskId) |> dict
+    let genArgs =
+        let g = JsonObject()
+        g["until"] <- arr (HumanEval.StopStrings |> Seq.map str)
+        g["do_sample"] <- JsonValue.Create (s.HumanEvalTemperature > 0.0)
+        g["temperature"] <- JsonValue.Create s.HumanEvalTemperature
+        g["top_p"] <- JsonValue.Create s.HumanEvalTopP
+        g["max_gen_toks"] <- JsonValue.Create s.HumanEvalMaxNewTokens
+        g
+    let docs =
+        [ for i, p in List.indexed h.Problems ->
+            let rs = match byTask.TryGetValue p.TaskId with | true, rs -> rs | _ -> []
+            let c = rs |> List.filter (fun r -> r.Passed) |> List.length
+            let doc = JsonObject()
+            doc["task_id"] <- str p.TaskId
+            doc["prompt"] <- str p.Prompt
+            doc["canonical_solution"] <- str p.CanonicalSolution
+            doc["test"] <- str p.Test
+            doc["entry_point"] <- str p.EntryPoint
+            let target = p.Test + "\ncheck(" + p.EntryPoint + ")"
+            docLine i doc target (str target) (args [ str p.Prompt, genArgs.DeepClone() ]) (arr [ arr [ for r in rs -> str r.Completion ] ])
+                (arr [ arr [ for r in rs -> str (p.Prompt + r.Completion) ] ]) "create_test"
+                [ for k in s.HumanEvalKs -> $"pass@{k}", (if rs.Length >= k then PassAtK.Estimate(rs.Length, c, k) else nan) ] p.Prompt ]
+    let metrics = [ for k, v in o.Metrics do if k.StartsWith "pass@" then yield $"{k},create_test", num v; yield $"{k}_stderr,create_test", str "N/A" ]
+    metrics, docs
+
+/// The tasks of a measure's outcome, written from its items: one for most measures; for a task with categories
+/// (MMLU) its subjects, its categories and the group of all.
+let tasks (m: Measure) (s: Settings) (o: Outcome) : TaskResult list * (string * string list) list =
+    let one metrics docs = [ taskOf m s o metrics docs ], [ taskName m, [] ]
+    match o.Items, m.Harness with
+    | Items.Choices items, Some h when not h.Categories.IsEmpty -> groupedTasks m s h.Categories items
+    | Items.Choices items, _ -> one (accEntries items true) (mcDocs items)
+    | Items.Answers items, _ -> answerTask s items ||> one
+    | Items.Programs h, _ -> programTask s o h ||> one
+    | (Items.NotKept | Items.PerTensor _ | Items.PerPrompt _ | Items.Unavailable _), _ -> one [ for k, v in o.Metrics -> $"{k},none", num v ] []
+
+/// The tasks of several measures' outcomes in one results file: the evaluations of the model's outputs (a measure in
+/// weight space, the distance, is left out).
+let tasksOf (s: Settings) (outcomes: (Measure * Outcome) list) =
+    let parts = outcomes |> List.filter (fun (m, _) -> m.Unit <> MeasureUnit.Weights) |> List.map (fun (m, o) -> tasks m s o)
+    parts |> List.collect fst, parts |> List.collect snd
 
 /// The results JSON of some tasks of one model: the harness's top-level keys, plus the evaluation's `config`.
 let results (model: string) (s: Settings) (limit: int option) (seconds: float) (ts: TaskResult list) (groups: (string * string list) list) =
@@ -248,7 +235,7 @@ let results (model: string) (s: Settings) (limit: int option) (seconds: float) (
             let o = JsonObject()
             o["task"] <- str t.Task
             o["num_fewshot"] <- (match t.Shots with Some n -> JsonValue.Create n :> JsonNode | None -> null)
-            o["output_type"] <- str (match t.Task with "gsm8k" | "humaneval" -> "generate_until" | _ -> "multiple_choice")
+            o["output_type"] <- str t.OutputType
             o["target_delimiter"] <- str " "
             o["fewshot_delimiter"] <- str "\n\n"
             Some o)
@@ -274,7 +261,7 @@ let results (model: string) (s: Settings) (limit: int option) (seconds: float) (
     config["bootstrap_iters"] <- JsonValue.Create 0
     config["gen_kwargs"] <- null
     config["differences_from_lm_eval"] <-
-        str ("MoFO.NET's own implementation of the harness's prompts and metrics (README, Evaluation): GSM8K's few-shot set is drawn "
+        str ("MoFO.NET's own implementation of the harness's prompts and metrics (docs/evaluation.md): GSM8K's few-shot set is drawn "
              + "once with a fixed seed and shared by every question (the harness draws per question with Python's RNG); "
              + "HumanEval's stderr is not computed; group stderrs are those of the pooled documents; docs are MoFO.NET's "
              + "renderings of the rows, so doc_hash differs from the harness's")
@@ -307,24 +294,24 @@ let readResults (file: string) =
                       | _ -> () ] ]
     | _ -> raise (MoFO.Data.DataFormatException(file, Nullable(), "expected lm-evaluation-harness's results JSON (an object with \"results\")"))
 
-/// The measures of a results file of the harness (or of `mofo eval --output`) with the value each has in MoFO.NET:
-/// ARC and HellaSwag acc_norm, MMLU acc, GSM8K strict exact match, HumanEval pass@1 (or the first pass@k).
+/// Whether a harness metric key is one of a declaration's keys (a key ending in `*` stands for every key it begins).
+let private keyMatches (pattern: string) (key: string) =
+    if pattern.EndsWith "*" then key.StartsWith(pattern.TrimEnd '*', StringComparison.Ordinal) else key = pattern
+
+/// The measures of a results file of the harness (or of `mofo eval --output`) with the value each has in MoFO.NET,
+/// read from the metric keys its declaration names (ARC and HellaSwag acc_norm, MMLU acc, GSM8K strict exact match,
+/// HumanEval pass@1 or the first pass@k).
 let measuresOf (file: string) : Map<Measure, float> =
     let results = readResults file |> dict
-    let pick (task: string) (keys: string list) =
-        match results.TryGetValue task with
-        | true, ms -> keys |> List.tryPick (fun k -> ms |> List.tryFind (fun (m, _) -> m = k) |> Option.map snd)
-        | _ -> None
-    [ Measure.ArcEasy, pick "arc_easy" [ "acc_norm,none"; "acc,none" ]
-      Measure.ArcChallenge, pick "arc_challenge" [ "acc_norm,none"; "acc,none" ]
-      Measure.HellaSwag, pick "hellaswag" [ "acc_norm,none"; "acc,none" ]
-      Measure.Mmlu, pick "mmlu" [ "acc,none" ]
-      Measure.Gsm8k, pick "gsm8k" [ "exact_match,strict-match" ]
-      Measure.HumanEval,
-      (match results.TryGetValue "humaneval" with
-       | true, ms -> ms |> List.tryFind (fun (k, _) -> k.StartsWith "pass@1,") |> Option.orElse (ms |> List.tryFind (fun (k, _) -> k.StartsWith "pass@")) |> Option.map snd
-       | _ -> None) ]
-    |> List.choose (fun (m, v) -> v |> Option.map (fun v -> m, v))
+    [ for m in Measure.All do
+        match m.Harness with
+        | Some h ->
+            match results.TryGetValue h.Name with
+            | true, ms ->
+                let value = h.Metrics |> List.tryPick (fun p -> ms |> List.tryFind (fun (k, _) -> keyMatches p k) |> Option.map snd)
+                match value with Some v -> yield m, v | None -> ()
+            | _ -> ()
+        | None -> () ]
     |> Map.ofList
 
 /// Writes a results file, keeping the tasks of an earlier file at the same path that this one does not measure again

@@ -16,7 +16,6 @@ open Plotly.NET
 open MoFO
 open MoFO.Evaluation
 open MoFO.Models
-open MoFO.Dsl.Evals
 
 /// Which general measures a report runs (the task's measures and the distance come with every suite).
 [<RequireQualifiedAccess>]
@@ -57,7 +56,7 @@ let measures (suite: Suite) (task: TaskData option) (settings: Settings) =
         | Suite.Tiny -> SuiteTag.Tiny
         | Suite.Paper -> SuiteTag.Paper
         | Suite.Auto -> raise (ArgumentException "Report.measures: resolve Suite.Auto first (Report.resolve)")
-    let general = Evals.table |> List.filter (fun i -> i.Suite = Some tag && i.Available settings) |> List.map (fun i -> i.Measure)
+    let general = Measure.All |> List.filter (fun m -> m.Suite = Some tag && m.Available settings)
     let taskMeasures =
         match task with
         | Some t -> [ Measure.TaskLoss; Measure.TaskTokenAccuracy; if t.Choices.IsSome then Measure.TaskAccuracy ]
@@ -270,6 +269,14 @@ type Options =
       MetricsFile: string option }
     static member Default = { Tokenizer = None; Device = None; MetricsFile = None }
 
+/// The row of a measure: its outcome on the fine-tuned model and, where it was taken there, on the base model.
+let row (settings: Settings) (basePath: string) (fineTunedPath: string) (m: Measure) (tuned: Outcome) (onBase: Outcome option) =
+    { Measure = m; Base = onBase |> Option.map (fun x -> x.Value); FineTuned = tuned.Value
+      Delta = onBase |> Option.map (fun x -> tuned.Value - x.Value); HigherIsBetter = m.HigherIsBetter
+      Command = Evals.command fineTunedPath basePath settings m
+      BaseCommand = (if Evals.againstBase m then None else Evals.command basePath basePath settings m)
+      Metrics = tuned.Metrics; BaseMetrics = onBase |> Option.map (fun x -> x.Metrics) |> Option.defaultValue []; Count = tuned.Count }
+
 /// `forgetting` with loading options.
 let forgettingWith (o: Options) (basePath: string) (fineTunedPath: string) (task: TaskData option) (settings: Settings)
                    (suite: Suite) (outDir: string) =
@@ -285,22 +292,12 @@ let forgettingWith (o: Options) (basePath: string) (fineTunedPath: string) (task
         ms |> Seq.map (fun m -> eprintfn "report: %s on the %s model ..." m.Name who; m)
         |> Evals.measureAll ctx model
         |> Seq.toList
-    let onBase = run "base" baseModel (ms |> List.filter (fun m -> m <> Measure.Distance)) |> dict
+    let onBase = run "base" baseModel (ms |> List.filter (Evals.againstBase >> not)) |> dict
     use tuned = ModelLoader.Load(fineTunedPath, null, device)
     let onTuned = run "fine-tuned" tuned ms
-    let rows =
-        [ for m, t in onTuned ->
-            let b = match onBase.TryGetValue m with | true, x -> Some x | _ -> None
-            { Measure = m; Base = b |> Option.map (fun x -> x.Value); FineTuned = t.Value
-              Delta = b |> Option.map (fun x -> t.Value - x.Value); HigherIsBetter = m.HigherIsBetter
-              Command = Evals.command fineTunedPath basePath settings m
-              BaseCommand = (if m = Measure.Distance then None else Evals.command basePath basePath settings m)
-              Metrics = t.Metrics; BaseMetrics = b |> Option.map (fun x -> x.Metrics) |> Option.defaultValue []; Count = t.Count } ]
-    let perTensor =
-        let d = onTuned |> List.find (fun (m, _) -> m = Measure.Distance) |> snd
-        match d.Items with
-        | :? IReadOnlyDictionary<string, float> as d -> [ for KeyValue (k, v) in d -> k, v ]
-        | other -> failwith $"Evals.distance: expected the per-tensor distances as its items, got {other}"
+    let rows = [ for m, t in onTuned -> row settings basePath fineTunedPath m t (match onBase.TryGetValue m with | true, x -> Some x | _ -> None) ]
+    let perTensor = onTuned |> List.tryPick (fun (_, o) -> match o.Items with Items.PerTensor d -> Some [ for KeyValue (k, v) in d -> k, v ] | _ -> None)
+                    |> Option.defaultWith (fun () -> failwith "Report: the distance's per-tensor items are missing (the report lists Measure.Distance)")
     let metricsFile =
         o.MetricsFile
         |> Option.orElse ([ Path.Combine(outDir, "metrics.jsonl")
@@ -317,9 +314,9 @@ let forgettingWith (o: Options) (basePath: string) (fineTunedPath: string) (task
     AtomicFile.WriteAllText(report.HtmlPath, toHtml report)
     // the benchmarks of each model also in lm-evaluation-harness's results format (comparable with the harness's files)
     let harness (path: string) (outcomes: (Measure * Outcome) list) (file: string) =
-        let parts = outcomes |> List.filter (fun (m, _) -> m <> Measure.Distance) |> List.map (fun (m, o) -> LmEval.tasks m settings o)
-        if not parts.IsEmpty then
-            let json = LmEval.results (Path.GetFullPath path) settings None clock.Elapsed.TotalSeconds (parts |> List.collect fst) (parts |> List.collect snd)
+        let tasks, groups = LmEval.tasksOf settings outcomes
+        if not tasks.IsEmpty then
+            let json = LmEval.results (Path.GetFullPath path) settings None clock.Elapsed.TotalSeconds tasks groups
             AtomicFile.WriteAllText(Path.Combine(outDir, file), json.ToJsonString(Text.Json.JsonSerializerOptions(WriteIndented = true)))
     harness basePath [ for KeyValue (m, o) in onBase -> m, o ] "lm_eval_results_base.json"
     harness fineTunedPath onTuned "lm_eval_results_tuned.json"

@@ -200,7 +200,7 @@ let private complete (e: Experiment) =
     else
         let cached = Store.readEvals dir (Store.settingsKey e.Settings)
         e.Measures |> List.forall (fun m ->
-            let key = if m.Info.Needs |> List.contains Evals.Need.Task then $"{m.Key}@{e.Data.Name}" else m.Key
+            let key = if m.Needs |> List.contains Need.Task then $"{m.Key}@{e.Data.Name}" else m.Key
             cached.ContainsKey key)
 
 /// Runs several experiments and returns their runs in order: finished points come from the store, one point runs here,

@@ -17,13 +17,14 @@ let evaluate (dir: string) (modelPath: string) (basePath: string) (device: Torch
     let cached = Store.readEvals dir key
     // the task's measures depend on the task: their cache key names it (the base model serves several tasks)
     let keyOf (m: Measure) =
-        if m.Info.Needs |> List.contains Evals.Need.Task then
+        if m.Needs |> List.contains Need.Task then
             match task.Value with
             | Some t -> $"{m.Key}@{t.Name}"
             | None -> m.Key
         else m.Key
-    let isBaseDistance (m: Measure) = m = Measure.Distance && modelPath = basePath
-    let todo = measures |> List.filter (fun m -> not (isBaseDistance m) && not (cached.ContainsKey(keyOf m)))
+    // a measure against the base model is zero on the base model itself
+    let isZeroOnBase (m: Measure) = Evals.againstBase m && modelPath = basePath
+    let todo = measures |> List.filter (fun m -> not (isZeroOnBase m) && not (cached.ContainsKey(keyOf m)))
     let fresh =
         if todo.IsEmpty then []
         else
@@ -38,16 +39,16 @@ let evaluate (dir: string) (modelPath: string) (basePath: string) (device: Torch
                         if MoFO.Distributed.Job.IsRoot then Store.writeEval dir key (keyOf m) outcome.Value
                         m, outcome ]
                 // the same numbers in lm-evaluation-harness's format beside the cache (the benchmarks and the rest)
-                let parts = outcomes |> List.filter (fun (m, _) -> m <> Measure.Distance) |> List.map (fun (m, o) -> LmEval.tasks m settings o)
-                if MoFO.Distributed.Job.IsRoot && not parts.IsEmpty then
+                let tasks, groups = LmEval.tasksOf settings outcomes
+                if MoFO.Distributed.Job.IsRoot && not tasks.IsEmpty then
                     LmEval.writeMerged (Path.Combine(dir, "lm_eval_results.json"))
-                        (LmEval.results (Path.GetFullPath modelPath) settings None clock.Elapsed.TotalSeconds (parts |> List.collect fst) (parts |> List.collect snd))
+                        (LmEval.results (Path.GetFullPath modelPath) settings None clock.Elapsed.TotalSeconds tasks groups)
                 [ for m, o in outcomes -> keyOf m, o.Value ]
             finally
                 if baseModel.IsValueCreated && not (obj.ReferenceEquals(baseModel.Value, model)) then baseModel.Value.Dispose()
     let all = Seq.append (Map.toSeq cached) fresh |> Map.ofSeq
     measures
-    |> List.map (fun m -> m, (if isBaseDistance m then 0.0 else all |> Map.tryFind (keyOf m) |> Option.defaultValue nan))
+    |> List.map (fun m -> m, (if isZeroOnBase m then 0.0 else all |> Map.tryFind (keyOf m) |> Option.defaultValue nan))
     |> Map.ofList
 
 /// The training examples of an experiment (the recipe's sample fraction and limit applied) and its held-out task.

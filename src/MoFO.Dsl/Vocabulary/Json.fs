@@ -8,9 +8,11 @@ open System.Text.Json
 open System.Text.Json.Nodes
 open System.Text.Json.Serialization
 
-/// camelCase fields, unions as { "Case": …, "Fields": … }, options as null or the value, NaN and ±Infinity as strings.
+/// Measures as their keys, camelCase fields, unions as { "Case": …, "Fields": … }, options as null or the value, NaN and ±Infinity as strings.
 let options =
     let o = JsonSerializerOptions(WriteIndented = true)
+    // a measure as its key (before the F# converter, which would take it for a record of functions)
+    o.Converters.Add(MeasureJsonConverter())
     o.Converters.Add(
         JsonFSharpConverter(
             JsonUnionEncoding.AdjacentTag ||| JsonUnionEncoding.NamedFields ||| JsonUnionEncoding.UnwrapFieldlessTags
