@@ -61,6 +61,10 @@ let multipleChoice =
             Expect.equal a b "same seed, same shots"
             Expect.isFalse (List.contains "p3" a) "not the item itself"
             Expect.equal (List.length (List.distinct a)) 5 "five distinct shots"
+            // the same in every process: a golden draw (a per-process hash in the seed once made --shots N differ per run)
+            Expect.equal a [ "p11"; "p19"; "p14"; "p6"; "p0" ] "seed 1234, item p3: the recorded shots"
+            let seven = MultipleChoiceEvaluator(Shots = 3, Seed = 7).ShotsFor(pool[11], pool) |> Seq.map (fun i -> i.Id) |> Seq.toList
+            Expect.equal seven [ "p6"; "p2"; "p9" ] "seed 7, item p11: the recorded shots"
         }
 
         test "a gold index outside the choices is an error naming the item" {

@@ -62,7 +62,8 @@ public sealed class MultipleChoiceEvaluator
         if (candidates.Count < Shots)
             throw new ArgumentException($"{Shots}-shot evaluation needs {Shots} examples besides the item, but the few-shot pool of '{item.Group}' has {candidates.Count}");
         if (Sampler == FewShotSampler.FirstN) return candidates.Take(Shots).ToList();
-        var rng = new Random(HashCode.Combine(Seed, StableHash(item.Id)));
+        // a function of the seed and the item alone, the same in every process (HashCode.Combine is randomized per process)
+        var rng = new Random(unchecked(Seed * 1_000_003 + StableHash(item.Id)));
         return candidates.OrderBy(_ => rng.Next()).Take(Shots).ToList();
     }
 
