@@ -180,8 +180,8 @@ let selection =
             Expect.equal (TopKSelect.PassWidths ST.Float16) [| 15 |] "float16: 15 key bits"
             let big = TopKSelect.TemporaryBytes(131_072_000L, ST.Float32)
             Expect.equal big (TopKSelect.TemporaryBytes(TopKSelect.ChunkEntries, ST.Float32)) "no per-entry growth past one chunk"
-            // 4 Mi entries × (4 key + 7) bytes + 5 histograms of 65538 int64
-            Expect.equal big ((1L <<< 22) * 11L + 5L * 8L * 65538L) "float32: the chunk buffers and histograms"
+            // 4 Mi entries × (4 key + 7) bytes + 6 histogram-sized arrays of 65538 int64
+            Expect.equal big ((1L <<< 22) * 11L + 6L * 8L * 65538L) "float32: the chunk buffers and histograms"
             Expect.isLessThan big (131_072_000L * 16L / 20L) "well under a twentieth of the sort's 16 B per entry at 131M entries"
         }
     ]

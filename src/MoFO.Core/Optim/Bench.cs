@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 namespace MoFO.Optim;
 
 /// <summary>One size of the selection benchmark: the best of the repeats for each method, and whether the masks agreed.</summary>
-/// <param name="Entries">The tensor's entries (one flat float32 tensor of standard normal values).</param>
+/// <param name="Entries">The tensor's entries (one flat tensor of standard normal values, in the benchmark's dtype).</param>
 /// <param name="K">Entries selected: ⌊fraction · entries⌋.</param>
 /// <param name="SortSeconds">The sort-based mask (<see cref="AdamOps.TopKMaskBySort"/>).</param>
 /// <param name="RadixSeconds">The radix select (<see cref="AdamOps.TopKMask"/>, i.e. <see cref="TopKSelect"/>).</param>
@@ -34,13 +34,14 @@ public static unsafe class Bench
 
     /// <summary>
     /// Times the ops path's top-k mask (<see cref="TopKSelect"/>) against the full stable sort on one tensor per size
-    /// (float32 standard normals from the seed, on the CPU unless a device is given), selecting ⌊fraction · n⌋ entries;
-    /// each method runs once to warm up, then repeats times, and the best time counts. The masks are compared too.
-    /// Memory: the sort needs ≈ 17 B per entry beyond the 4-byte input (|x|, sorted values, int64 indices, the mask),
-    /// the radix select 1 B per entry (its mask) plus a bounded chunk buffer.
+    /// (standard normals from the seed, float32 unless a dtype is given, on the CPU unless a device is given), selecting
+    /// ⌊fraction · n⌋ entries; each method runs once to warm up, then repeats times, and the best time counts. The
+    /// masks are compared too. Memory beyond the input and the 1-byte mask: the sort's |x|, sorted values, int64
+    /// indices and its stable sort's buffers (≈ 32 B per float32 entry measured on the CPU), the radix select's
+    /// bounded chunk buffers (<see cref="TopKSelect.TemporaryBytes"/>, ≈ 50 MB for float32 at any size).
     /// </summary>
     public static IReadOnlyList<SelectionTiming> Selection(IEnumerable<long> sizes, double fraction = 0.15, int repeats = 3,
-                                                         long seed = 0, Device? device = null)
+                                                         long seed = 0, Device? device = null, ScalarType dtype = ScalarType.Float32)
     {
         if (fraction is < 0 or > 1 || double.IsNaN(fraction))
             throw new ArgumentException($"Bench.Selection: fraction must lie in [0, 1] (got {fraction})", nameof(fraction));
@@ -51,7 +52,7 @@ public static unsafe class Bench
             if (n < 0) throw new ArgumentException($"Bench.Selection: a size must be non-negative (got {n})", nameof(sizes));
             using var scope = NewDisposeScope();
             using var gen = new Generator((ulong)seed);
-            var x = randn(new[] { n }, generator: gen).to(device ?? CPU);
+            var x = randn(new[] { n }, generator: gen).to(dtype, device ?? CPU);
             long k = (long)Math.Floor(fraction * n);
             var (sortS, bySort) = Best(() => AdamOps.TopKMaskBySort(x, k), repeats);
             var (radixS, byRadix) = Best(() => AdamOps.TopKMask(x, k), repeats);
