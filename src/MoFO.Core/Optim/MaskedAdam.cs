@@ -108,9 +108,17 @@ public static class AdamOps
 {
     /// <summary>
     /// A flat-index-exact top-k mask: true for the k entries with the largest |x|; among equal |x| the lower flat
-    /// index wins (a stable descending sort). k = 0 gives an all-false mask.
+    /// index wins (as a stable descending sort). k = 0 gives an all-false mask. O(n) by radix select on the float bits,
+    /// with temporaries bounded independently of n (<see cref="TopKSelect"/>); the same mask as
+    /// <see cref="TopKMaskBySort"/>, bit for bit.
     /// </summary>
-    public static Tensor TopKMask(Tensor x, long k)
+    public static Tensor TopKMask(Tensor x, long k) => TopKSelect.Mask(x, k);
+
+    /// <summary>
+    /// The same mask by a full stable descending sort of |x| (O(n log n); temporaries |x|, sorted values and int64
+    /// indices): the tests' oracle and the benchmark's baseline.
+    /// </summary>
+    public static Tensor TopKMaskBySort(Tensor x, long k)
     {
         using var scope = NewDisposeScope();
         var flat = x.abs().flatten();
