@@ -7,10 +7,11 @@ open MoFO
 open MoFO.Training
 open MoFO.Dsl
 
-/// The flags that set a Core option field (the command's own first, then the shared ones), joined: `--l1-lambda /
-/// --l2-lambda` both set `Lambda`.
+/// The flags that set a Core option field: the running command's, else the shared ones; joined where there are two
+/// (`--l1-lambda / --l2-lambda` both set `Lambda`).
 let private flagOf (flags: Flag list) (field: string) =
-    match (flags @ Flags.all) |> List.filter (fun f -> f.Field = Some field) |> List.map (fun f -> f.Name) |> List.distinct with
+    let setting (fs: Flag list) = fs |> List.filter (fun f -> f.Field = Some field) |> List.map (fun f -> f.Name) |> List.distinct
+    match (match setting flags with [] -> setting Flags.all | names -> names) with
     | [] -> None
     | names -> Some (String.Join(" / ", names))
 

@@ -1,5 +1,6 @@
-/// The `mofo` command line: the schema (Argu) and the dispatch. Every command runs under `Common.guard`, so the same
-/// failure gives the same exit code everywhere (`ExitCode`; README "Exit codes").
+/// The `mofo` command line: the schema (Argu) and the dispatch. Every command runs under `Common.command` (its flags
+/// checked first; `Cli.Flag`, `Cli.Flags`) or `Common.guard`, so the same failure gives the same exit code everywhere
+/// (`ExitCode`; README "Exit codes").
 module MoFO.Dsl.Cli.Main
 
 open System
