@@ -13,7 +13,7 @@ exit (MoFO.Dsl.Cli.Main.study fsi.CommandLineArgs (fun c ->
     // The experiment: stories260K fine-tuned on DPR for 150 steps of 16 at lr 1e-3, measured on the task and on forgetting.
     let baseExperiment =
         Experiment.create ModelSource.Stories260K Dataset.Dpr Method.FullFT
-            { Recipe.Default with Lr = 1e-3; Steps = Some 150; BatchSize = 16; MicroBatchSize = 16; MaxLength = 128; Schedule = MoFO.Training.Schedule.Constant }
+            { Recipe.Paper with Lr = 1e-3; Steps = Some 150; BatchSize = 16; MicroBatchSize = 16; MaxLength = 128; Schedule = MoFO.Training.Schedule.Constant }
             [ Measure.TaskLoss; Measure.TaskAccuracy; Measure.PretrainProxy; Measure.StoryCloze; Measure.Distance ]
             Scale.Tiny c.Seed
 

@@ -13,7 +13,7 @@ open MoFO.Training
 
 exit (MoFO.Dsl.Cli.Main.study fsi.CommandLineArgs (fun c ->
     let steps = if c.Smoke then Some 3 else Some 300
-    let recipe = { Recipe.Default with Lr = 1e-3; Steps = steps; BatchSize = 16; MicroBatchSize = 16; MaxLength = 128; Schedule = Schedule.Constant }
+    let recipe = { Recipe.Paper with Lr = 1e-3; Steps = steps; BatchSize = 16; MicroBatchSize = 16; MaxLength = 128; Schedule = Schedule.Constant }
     let e =
         { Experiment.create ModelSource.Stories260K Dataset.Dpr (Method.MoFO 0.15) recipe
               [ Measure.TaskLoss; Measure.TaskTokenAccuracy; Measure.PretrainProxy; Measure.Distance ] Scale.Tiny c.Seed

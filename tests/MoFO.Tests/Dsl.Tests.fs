@@ -29,7 +29,7 @@ let private withCache (f: string -> 'a) =
             try Directory.Delete(dir, true) with _ -> ())
 
 let private smokeExperiment (steps: int) (measures: Measure list) =
-    let recipe = { Recipe.Default with Lr = 1e-3; Steps = Some steps; BatchSize = 4; MicroBatchSize = 4; MaxLength = 96; Schedule = MoFO.Training.Schedule.Constant }
+    let recipe = { Recipe.Paper with Lr = 1e-3; Steps = Some steps; BatchSize = 4; MicroBatchSize = 4; MaxLength = 96; Schedule = MoFO.Training.Schedule.Constant }
     let settings = { Settings.Tiny with Samples = 12; SampleTokens = 100; TaskLimit = Some 8; Cache = tempDir () }
     { Experiment.create ModelSource.Stories260K Dataset.Dpr (Method.MoFO 0.15) recipe measures Scale.Tiny 0 with Settings = settings }
 

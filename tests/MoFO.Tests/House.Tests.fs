@@ -262,7 +262,7 @@ let sweep =
     testSequenced <| testList "House.sweep" [
         test "House.sweep.kill: kill -9 of one point's process mid-run; the sweep retries it from its checkpoint and every result equals an uninterrupted sweep's" {
             requireAsset DataRoot.Assets.DprTrain |> ignore
-            let recipe = { Recipe.Default with Lr = 1e-3; Steps = Some 100; BatchSize = 4; MicroBatchSize = 4; MaxLength = 96; Schedule = Schedule.Constant }
+            let recipe = { Recipe.Paper with Lr = 1e-3; Steps = Some 100; BatchSize = 4; MicroBatchSize = 4; MaxLength = 96; Schedule = Schedule.Constant }
             let settings = { Settings.Tiny with TaskLimit = Some 16 }
             let e = { Experiment.create ModelSource.Stories260K Dataset.Dpr Method.FullFT recipe [ Measure.TaskLoss; Measure.Distance ] Scale.Tiny 0 with Settings = settings }
             let es = e |> Experiment.compare [ Method.FullFT; Method.MoFO 0.15 ]

@@ -33,9 +33,9 @@ let results =
         test "Optim.results.args: --seed, --scale, --strict; bad values are named" {
             let o = MoFO.Dsl.Cli.Repro.scriptOptions [| "script.fsx"; "--seed"; "7"; "--scale"; "tiny"; "--strict" |]
             Expect.equal (o.Seed, o.Scale, o.Strict) (7, "tiny", true) "parsed"
-            let e = throwsWith<Argu.ArguParseException> (fun () -> MoFO.Dsl.Cli.Repro.scriptOptions [| "--scale"; "huge" |] |> ignore)
+            let e = throwsWith<MoFO.Dsl.Cli.FlagException> (fun () -> MoFO.Dsl.Cli.Repro.scriptOptions [| "--scale"; "huge" |] |> ignore)
             Expect.stringContains e.Message "huge" "names the bad scale"
-            let e2 = throwsWith<Argu.ArguParseException> (fun () -> MoFO.Dsl.Cli.Repro.scriptOptions [| "--seed"; "x" |] |> ignore)
+            let e2 = throwsWith<MoFO.Dsl.Cli.FlagException> (fun () -> MoFO.Dsl.Cli.Repro.scriptOptions [| "--seed"; "x" |] |> ignore)
             Expect.stringContains e2.Message "--seed" "names the bad seed"
             Expect.stringContains e2.Message "'x'" "and its value"
         }

@@ -63,8 +63,8 @@ let tests =
             let argv = [| "train"; "--model"; stories (); "--data"; dprTrain (); "--format"; "dpr"; "--output"; out; "--report"; "--report-suite"; "huge" |]
             let code, _, err = captureConsole (fun () -> MoFO.Dsl.Cli.Main.run argv)
             Expect.equal code 2 "exit code"
-            Expect.stringContains err "--report-suite huge" "names the flag and the value"
-            Expect.stringContains err "tiny, paper or auto" "says what is expected"
+            Expect.stringContains err "--report-suite: 'huge'" "names the flag and the value"
+            Expect.stringContains err "is not one of tiny, paper, auto" "says what is expected"
             Expect.isFalse (Directory.Exists out) "nothing written"
         }
 

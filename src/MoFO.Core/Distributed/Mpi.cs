@@ -51,6 +51,11 @@ public sealed unsafe class MpiCollective : ICollective
     /// <c>MOFO_COLLECTIVE_TIMEOUT</c> in seconds). Long enough for rank 0 to write a 7B checkpoint while the others wait.</summary>
     public TimeSpan Timeout { get; set; }
 
+    /// <summary>The <see cref="Timeout"/> of a new collective: <c>MOFO_COLLECTIVE_TIMEOUT</c> seconds, else 600 (an
+    /// unparsable value is an <see cref="OptionException"/> naming the variable).</summary>
+    public static TimeSpan DefaultTimeout =>
+        TimeSpan.FromSeconds(EnvironmentVariables.PositiveNumber(EnvironmentVariables.CollectiveTimeout) ?? 600);
+
     /// <summary>What the rank is doing, named in a timeout's message (e.g. "step 12: gradients").</summary>
     public string Activity { get; set; } = "starting";
 
@@ -134,9 +139,8 @@ public sealed unsafe class MpiCollective : ICollective
         Rank = rank;
         Size = size;
         Backend = $"mpi ({FirstLine(text)})";
-        _cudaAware = Environment.GetEnvironmentVariable("MOFO_MPI_CUDA_AWARE") == "1";
-        Timeout = TimeSpan.FromSeconds(double.TryParse(Environment.GetEnvironmentVariable("MOFO_COLLECTIVE_TIMEOUT"),
-            System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var s) && s > 0 ? s : 600);
+        _cudaAware = EnvironmentVariables.Switch(EnvironmentVariables.MpiCudaAware);
+        Timeout = DefaultTimeout;
     }
 
     static string FirstLine(string s) => s.Split('\n')[0].Trim();

@@ -9,7 +9,11 @@ namespace MoFO.Training;
 /// <summary>
 /// The defaults of a fine-tuning run, each declared once: the MoFO authors' scripts (lr 2e-5, cosine, no warmup, no
 /// weight decay, α = 15 %, gradient clipping at norm 1) and the paper's regularization strengths (λ1 = 1e-6,
-/// λ2 = 1e-3). The CLI, the trainer, the continual runner and the F# DSL read them from here.
+/// λ2 = 1e-3), 1 epoch of batch 16 (one micro-batch) at 512 tokens, seed 42. The one set of defaults:
+/// <see cref="TrainingOptions"/> takes its defaults from here; the CLI's flags (absent: <c>TrainingOptions.Default</c>)
+/// and the F# DSL's <c>Recipe.Default</c> from <see cref="TrainingOptions.Default"/>; <c>mofo methods</c> prints them.
+/// The paper's recipe (batch 128 in micro-batches of 4, 2 epochs, 1024 tokens) is a named preset on top of them
+/// (<c>Recipe.Paper</c>), not another set of defaults.
 /// </summary>
 public static class Defaults
 {

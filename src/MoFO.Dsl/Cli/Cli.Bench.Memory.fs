@@ -11,34 +11,37 @@ open MoFO.Models
 open MoFO.Training
 open MoFO.Dsl.Cli
 
+/// `mofo bench memory`'s own flags (the shared ones are in `Flags`; the benchmark's defaults are its own).
+module private Own =
+    let model = Flags.model.Describe "the model: an HF folder (e.g. one written by mofo init --like tinyllama-1.1b) or a llama2.c .bin."
+    let like = Flags.like.Describe "instead of --model: write a seeded random checkpoint of this shape (as mofo init --like, in the --precision's dtype) to a temporary folder first."
+    let precision = Flags.precision.Describe "fp32 (default) or bf16."
+    let steps = Flags.steps.Describe "training steps (default 3)."
+    let batchSize = Flags.batchSize.Describe "examples per step (default 1)."
+    let maxLen = Flags.maxLen.Describe "tokens per example: every example is filled to this length (default 512)."
+    let output = Flags.output.Describe "the run folder (default: a temporary folder, deleted afterwards)."
+
 type BenchMemoryArgs =
     | Model of path: string
     | Like of model: string
-    | Layers of n: int
+    | Layers of n: string
     | Method of name: string
-    | Precision of Common.PrecisionArg
+    | Precision of name: string
     | Master_Weights
     | Gradient_Checkpointing
     | Step_In_Backward
-    | Steps of n: int
-    | Batch_Size of n: int
-    | Max_Len of n: int
+    | Steps of n: string
+    | Batch_Size of n: string
+    | Max_Len of n: string
     | Output of dir: string
-    interface IArgParserTemplate with
-        member this.Usage =
+    interface IFlags with
+        member this.Flag =
             match this with
-            | Model _ -> "the model: an HF folder (e.g. one written by mofo init --like tinyllama-1.1b) or a llama2.c .bin."
-            | Like _ -> "instead of --model: write a seeded random checkpoint of this shape (as mofo init --like, in the --precision's dtype) to a temporary folder first."
-            | Layers _ -> "with --like: another number of layers (e.g. 6)."
-            | Method _ -> Common.methodUsage ()
-            | Precision _ -> "fp32 (default) or bf16."
-            | Master_Weights -> "bf16: float32 master weights."
-            | Gradient_Checkpointing -> "recompute each decoder layer's activations in the backward pass."
-            | Step_In_Backward -> "step and free each layer's gradients in the backward pass (with --gradient-checkpointing; no clipping)."
-            | Steps _ -> "training steps (default 3)."
-            | Batch_Size _ -> "examples per step (default 1)."
-            | Max_Len _ -> "tokens per example: every example is filled to this length (default 512)."
-            | Output _ -> "the run folder (default: a temporary folder, deleted afterwards)."
+            | Model _ -> Own.model | Like _ -> Own.like | Layers _ -> Flags.layers | Method _ -> Flags.method | Precision _ -> Own.precision
+            | Master_Weights -> Flags.masterWeights | Gradient_Checkpointing -> Flags.gradientCheckpointing | Step_In_Backward -> Flags.stepInBackward
+            | Steps _ -> Own.steps | Batch_Size _ -> Own.batchSize | Max_Len _ -> Own.maxLen | Output _ -> Own.output
+    interface IArgParserTemplate with
+        member this.Usage = (this :> IFlags).Flag.Usage
 
 /// Examples of exactly `tokens` tokens: real text (the DPR training sentences, repeated) as the completion.
 let private examples (tokenizer: MoFO.Tokenization.ITextTokenizer) (tokens: int) (n: int) =
@@ -54,26 +57,27 @@ let private examples (tokenizer: MoFO.Tokenization.ITextTokenizer) (tokens: int)
 
 let run (a: ParseResults<BenchMemoryArgs>) =
     let initialized =
-        match a.TryGetResult Model, a.TryGetResult Like with
+        match Flag.tryGet Own.model a, Flag.tryGet Own.like a with
         | Some p, None -> None, p
         | None, Some name ->
             let c = MoFO.Models.ModelPresets.Get(name, "Like")
-            let c = match a.TryGetResult Layers with Some n -> MoFO.Models.ModelPresets.WithLayers(c, n) | None -> c
+            let c = match Flag.tryGet Flags.layers a with Some n -> MoFO.Models.ModelPresets.WithLayers(c, n) | None -> c
             let dir = Path.Combine(Path.GetTempPath(), $"mofo-bench-model-{Guid.NewGuid():N}")
-            let dtype = if a.TryGetResult Precision = Some Common.PrecisionArg.Bf16 then TorchSharp.torch.ScalarType.BFloat16 else TorchSharp.torch.ScalarType.Float32
+            let dtype = Common.dtype (Flag.getOr Own.precision Training.Precision.Float32 a)
             let tok = if c :? LlamaConfig then DataRoot.Require DataRoot.Assets.Llama2Tokenizer else null
             eprintfn "bench memory: writing a random %s checkpoint (%O) to %s ..." name dtype dir
             RandomCheckpoint.Write(dir, c, dtype, 0L, tok) |> ignore
             Some dir, dir
-        | _ -> raise (ArgumentException "mofo bench memory: pass --model PATH or --like NAME")
+        | _ -> raise (ArgumentException $"mofo bench memory: pass {Own.model.Name} PATH or {Own.like.Name} NAME")
     let path = snd initialized
     try
-        let steps, batch, maxLen = a.GetResult(Steps, 3), a.GetResult(Batch_Size, 1), a.GetResult(Max_Len, 512)
+        let steps, batch, maxLen = Flag.getOr Own.steps 3 a, Flag.getOr Own.batchSize 1 a, Flag.getOr Own.maxLen 512 a
+        let stepInBackward = Flag.has Flags.stepInBackward a
         let o =
-            TrainingOptions(Method = Common.methodSpec (a.TryGetResult Method) None None None, LearningRate = 1e-5, Steps = Nullable steps,
-                            MaxGradNorm = (if a.Contains Step_In_Backward then 0.0 else Defaults.MaxGradNorm),
+            TrainingOptions(Method = Common.methodSpec (Flag.tryGet Flags.method a) None None None, LearningRate = 1e-5, Steps = Nullable steps,
+                            MaxGradNorm = (if stepInBackward then 0.0 else Defaults.MaxGradNorm),
                             BatchSize = batch, MicroBatchSize = batch, MaxLength = maxLen, ShowProgress = false, Schedule = Schedule.Constant)
-        let o = Common.withScale o TorchSharp.torch.CPU (a.TryGetResult Precision) (a.Contains Master_Weights) false (a.Contains Gradient_Checkpointing) false (a.Contains Step_In_Backward)
+        let o = Common.withScale o TorchSharp.torch.CPU (Flag.tryGet Own.precision a) (Flag.has Flags.masterWeights a) false (Flag.has Flags.gradientCheckpointing a) false stepInBackward
         o.Validate()
         let plan = MemoryPlanner.Plan(MemoryPlanner.InputOf(path, o))
         let peaks = Collections.Generic.Dictionary<string, int64>()
@@ -94,7 +98,7 @@ let run (a: ParseResults<BenchMemoryArgs>) =
         let clock = Diagnostics.Stopwatch.StartNew()
         use model = ModelLoader.Load(path, null, TorchSharp.torch.CPU, Common.dtype o.Precision)
         let loadSeconds = clock.Elapsed.TotalSeconds
-        let dir = a.TryGetResult Output |> Option.defaultWith (fun () -> Path.Combine(Path.GetTempPath(), $"mofo-bench-memory-{Guid.NewGuid():N}"))
+        let dir = Flag.tryGet Own.output a |> Option.defaultWith (fun () -> Path.Combine(Path.GetTempPath(), $"mofo-bench-memory-{Guid.NewGuid():N}"))
         try
             let trainer = Trainer(model, examples model.Tokenizer maxLen (batch * steps), null, o, dir)
             trainer.OnPhase <- Action<string>(enter)
@@ -125,7 +129,7 @@ let run (a: ParseResults<BenchMemoryArgs>) =
             ignore r
             0
         finally
-            if a.TryGetResult Output |> Option.isNone then try Directory.Delete(dir, true) with _ -> ()
+            if Flag.tryGet Own.output a |> Option.isNone then try Directory.Delete(dir, true) with _ -> ()
     finally
         match fst initialized with
         | Some dir -> try Directory.Delete(dir, true) with _ -> ()

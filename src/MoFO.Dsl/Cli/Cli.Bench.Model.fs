@@ -7,19 +7,26 @@ open Argu
 open TorchSharp
 open MoFO
 open MoFO.Models
+open MoFO.Dsl.Cli
+
+/// `mofo bench model`'s own flags (the shared ones are in `Flags`).
+module private Own =
+    let batch = Flag.int "--batch" "sequences per forward pass (default 4)." |> Flag.atLeast 1
+    let seqLen = Flag.int "--seq-len" "tokens per sequence (default 256)." |> Flag.atLeast 1
+    let repetitions = Flags.repetitions.Describe "timed forward passes; the median is reported (default 5)."
+    let warmup = Flags.warmup.Describe "untimed forward passes first (default 2)."
 
 type BenchModelArgs =
-    | Batch of n: int
-    | Seq_Len of n: int
-    | Repetitions of n: int
-    | Warmup of n: int
-    interface IArgParserTemplate with
-        member this.Usage =
+    | Batch of n: string
+    | Seq_Len of n: string
+    | Repetitions of n: string
+    | Warmup of n: string
+    interface IFlags with
+        member this.Flag =
             match this with
-            | Batch _ -> "sequences per forward pass (default 4)."
-            | Seq_Len _ -> "tokens per sequence (default 256)."
-            | Repetitions _ -> "timed forward passes; the median is reported (default 5)."
-            | Warmup _ -> "untimed forward passes first (default 2)."
+            | Batch _ -> Own.batch | Seq_Len _ -> Own.seqLen | Repetitions _ -> Own.repetitions | Warmup _ -> Own.warmup
+    interface IArgParserTemplate with
+        member this.Usage = (this :> IFlags).Flag.Usage
 
 /// The ~20M-parameter Llama of the benchmark: Llama-2 vocabulary, 8 layers of width 320, tied embeddings.
 let llama20M =
@@ -42,10 +49,10 @@ let measure (m: CausalLMModule) batch seqLen warmup reps =
     float (batch * seqLen) / median, median
 
 let run (args: ParseResults<BenchModelArgs>) =
-    let batch = args.GetResult(Batch, 4)
-    let seqLen = args.GetResult(Seq_Len, 256)
-    let reps = max 1 (args.GetResult(Repetitions, 5))
-    let warmup = args.GetResult(Warmup, 2)
+    let batch = Flag.getOr Own.batch 4 args
+    let seqLen = Flag.getOr Own.seqLen 256 args
+    let reps = Flag.getOr Own.repetitions 5 args
+    let warmup = Flag.getOr Own.warmup 2 args
     torch.manual_seed 0L |> ignore
     printfn "forward pass, float32 on CPU, %d threads, batch %d x %d tokens, %d warm-up, median of %d" (torch.get_num_threads()) batch seqLen warmup reps
     let count (m: CausalLMModule) = m.StateDict().Values |> Seq.sumBy (fun t -> t.numel())

@@ -8,23 +8,32 @@ open System.Threading.Tasks
 open Argu
 open TorchSharp
 open MoFO.Optim
+open MoFO.Dsl.Cli
+
+/// `mofo bench optim`'s own flags (the shared ones are in `Flags`).
+module private Own =
+    let repetitions = Flags.repetitions.Describe "timed steps per optimizer (default 9; the median is reported)."
+    let warmup = Flags.warmup.Describe "untimed rounds first (default 10), each with fresh random gradients."
+    let alpha = Flags.alpha.Describe "MoFO's and gradient-filtered BCD's update fraction (default 0.15)."
+    let bf16 =
+        Flag.switch "--bf16" "also time AdamW and MoFO on bfloat16 copies of the parameters (float32 moments; stochastic rounding, and MoFO with float32 master weights) and print bf16 ÷ float32 ratios (TorchSharp's AdamW is left out then: its memory grows over the rounds)."
+    let pytorch = Flag.switch "--pytorch" "also time PyTorch's AdamW (bench/adamw_peer.py; needs python3-torch) on the same shapes."
+    let python = Flag.text "--python" "the python interpreter for --pytorch (default: python3, then /usr/bin/python3)."
 
 type BenchOptimArgs =
-    | [<AltCommandLine("-r")>] Repetitions of int
-    | Warmup of int
-    | Alpha of float
+    | [<AltCommandLine("-r")>] Repetitions of n: string
+    | Warmup of n: string
+    | Alpha of a: string
     | Bf16
     | Pytorch
     | Python of path: string
-    interface IArgParserTemplate with
-        member this.Usage =
+    interface IFlags with
+        member this.Flag =
             match this with
-            | Repetitions _ -> "timed steps per optimizer (default 9; the median is reported)."
-            | Warmup _ -> "untimed rounds first (default 10), each with fresh random gradients."
-            | Alpha _ -> "MoFO's and gradient-filtered BCD's update fraction (default 0.15)."
-            | Bf16 -> "also time AdamW and MoFO on bfloat16 copies of the parameters (float32 moments; stochastic rounding, and MoFO with float32 master weights) and print bf16 ÷ float32 ratios (TorchSharp's AdamW is left out then: its memory grows over the rounds)."
-            | Pytorch -> "also time PyTorch's AdamW (bench/adamw_peer.py; needs python3-torch) on the same shapes."
-            | Python _ -> "the python interpreter for --pytorch (default: python3, then /usr/bin/python3)."
+            | Repetitions _ -> Own.repetitions | Warmup _ -> Own.warmup | Alpha _ -> Own.alpha | Bf16 -> Own.bf16 | Pytorch -> Own.pytorch
+            | Python _ -> Own.python
+    interface IArgParserTemplate with
+        member this.Usage = (this :> IFlags).Flag.Usage
 
 /// A Llama-shaped parameter set of about 30M entries: d = 512, 8 layers (q, k, v, o: d×d; gate, up: 1376×d;
 /// down: d×1376; two norms of d), embeddings and head 4096×d, a final norm.
@@ -87,12 +96,10 @@ let private runPeer (py: string) (args: string list) =
 /// Runs the benchmark; returns the exit code.
 let run (args: ParseResults<BenchOptimArgs>) =
     MoFO.Runtime.init ()
-    let reps = args.GetResult(Repetitions, defaultValue = 9)
-    let warmup = args.GetResult(Warmup, defaultValue = 10)
-    let alpha = args.GetResult(Alpha, defaultValue = 0.15)
-    if reps < 1 then raise (ArgumentException $"--repetitions {reps}: it must be >= 1")
-    if warmup < 0 then raise (ArgumentException $"--warmup {warmup}: it must be >= 0")
-    Validate.Alpha(alpha, "--alpha") |> ignore
+    let reps = Flag.getOr Own.repetitions 9 args
+    let warmup = Flag.getOr Own.warmup 10 args
+    let alpha = Flag.getOr Own.alpha 0.15 args
+    Validate.Alpha(alpha, Own.alpha.Name) |> ignore
     let threads = Environment.ProcessorCount
     torch.set_num_threads threads
     let shp = shapes ()
@@ -110,7 +117,7 @@ let run (args: ParseResults<BenchOptimArgs>) =
           $"MoFO α={alpha}", new MoFOOptimizer(group (), lr = 1e-5, alpha = alpha) :> BlockOptimizer
           $"gradient-filtered BCD α={alpha}", new GradientFilteredBCD(group (), lr = 1e-5, alpha = alpha) :> BlockOptimizer ]
     // --bf16: the same optimizers on bfloat16 copies of the parameters (gradients in bfloat16, moments in float32)
-    let bf16 = args.Contains Bf16
+    let bf16 = Flag.has Own.bf16 args
     let psB = if bf16 then ps |> List.map (fun p -> p.detach().to_type(torch.ScalarType.BFloat16).requires_grad_(true)) else []
     for p in psB do p.grad <- torch.zeros(p.shape, dtype = torch.ScalarType.BFloat16)
     let groupB () = [ ParamGroup(Seq.ofList psB, named |> List.map fst) ]
@@ -189,11 +196,11 @@ let run (args: ParseResults<BenchOptimArgs>) =
         let rm, rmin = ratio (fst oursB.[1]) (fst oursB.[0])
         printfn "  %-44s ÷ %-22s %6.2f %6.2f" (fst oursB.[1]) (fst oursB.[0]) rm rmin
     let mutable code = 0
-    if args.Contains Pytorch then
-        match findPython (args.TryGetResult Python) with
+    if Flag.has Own.pytorch args then
+        match findPython (Flag.tryGet Own.python args) with
         | None ->
             eprintfn "mofo bench optim --pytorch: no python3 with PyTorch found (tried %s). Install Debian's: apt-get install -y python3-torch"
-                (match args.TryGetResult Python with Some p -> p | None -> "python3, /usr/bin/python3")
+                (match Flag.tryGet Own.python args with Some p -> p | None -> "python3, /usr/bin/python3")
             code <- 1
         | Some py ->
             let shapeArg = shp |> List.map (fun (_, s) -> s |> Array.map string |> String.concat "x") |> String.concat ";"

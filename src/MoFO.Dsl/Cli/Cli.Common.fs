@@ -1,5 +1,5 @@
-/// What every command shares: the spelling of Core's option fields as flags, the one failure guard (exception → one
-/// line and the exit-code table), and the method flags of `train` and `continual`.
+/// What every command shares: the one failure guard (exception → one line and the exit-code table, Core's fields named
+/// as the flags that set them), and the one reader of the training flags (`trainingOptions`).
 module MoFO.Dsl.Cli.Common
 
 open System
@@ -7,55 +7,59 @@ open MoFO
 open MoFO.Training
 open MoFO.Dsl
 
-/// Core's option fields and remedies as the flags users type.
-let flags =
-    dict [ "LearningRate", "--lr"; "Method", "--method"; "Alpha", "--alpha"; "BatchSize", "--batch-size"
-           "MicroBatchSize", "--micro-batch-size"; "Steps", "--steps"; "Epochs", "--epochs"; "MaxLength", "--max-len"
-           "WarmupRatio", "--warmup-ratio"; "MaxGradNorm", "--max-grad-norm"; "WeightDecay", "--weight-decay"
-           "SaveEvery", "--save-every"; "EvalEvery", "--eval-every"; "Schedule", "--schedule"; "Format", "--format"
-           "Lambda", "--l1-lambda / --l2-lambda"; "Resume", "--resume"; "skipEmpty", "--skip-empty"; "tokenizerPath", "--tokenizer"
-           "DataRoot", "--data-root"; "allowUnsandboxed", "--unsafe-no-sandbox"; "Device", "--device"; "Task", "--task"
-           "Data", "--data"; "Output", "--output"; "t", "--t"; "Name", "mofo repro <name>"; "Like", "--like"; "layers", "--layers"; "Precision", "--precision"; "GradientCheckpointing", "--gradient-checkpointing"
-           "TrackTouched", "--track-touched"; "MasterWeights", "--master-weights"; "StepInBackward", "--step-in-backward"
-           "LoraRank", "--lora-rank"; "LoraAlpha", "--lora-alpha"; "LoraDropout", "--lora-dropout"; "LoraTargets", "--lora-targets"; "LoraOptimizer", "--lora-optimizer" ]
+/// The flags that set a Core option field: the running command's, else the shared ones; joined where there are two
+/// (`--l1-lambda / --l2-lambda` both set `Lambda`).
+let private flagOf (flags: Flag list) (field: string) =
+    let setting (fs: Flag list) = fs |> List.filter (fun f -> f.Field = Some field) |> List.map (fun f -> f.Name) |> List.distinct
+    match (match setting flags with [] -> setting Flags.all | names -> names) with
+    | [] -> None
+    | names -> Some (String.Join(" / ", names))
+
+/// The memory plan's remedy (a Core field and value) as the flags that apply it.
+let private remedy (field: string, value: string) =
+    match field with
+    | "Precision" -> $"{Flags.precision.Name} {value}"
+    | "GradientCheckpointing" -> Flags.gradientCheckpointing.Name
+    | "TrackTouched" -> $"without {Flags.trackTouched.Name}"
+    | "MasterWeights" -> $"without {Flags.masterWeights.Name}"
+    | "MicroBatchSize" -> $"{Flags.microBatchSize.Name} {value}"
+    | "MaxLength" -> $"{Flags.maxLen.Name} {value}"
+    | "StepInBackward" -> $"{Flags.stepInBackward.Name} {Flags.maxGradNorm.Name} 0"
+    | f -> $"{f} = {value}"
 
 /// An error as the command line says it: an option's field becomes its flag, a remedy names the flag that applies it.
-let render (e: exn) =
+/// `flags`: the running command's (its own meaning of a field comes first).
+let renderFor (flags: Flag list) (e: exn) =
     let e = match e with :? AggregateException as a when a.InnerExceptions.Count = 1 -> a.InnerExceptions[0] | e -> e
     match e with
     | :? MemoryPlanException as m when m.Fit.Count > 0 ->
-        let flag (f: string, v: string) =
-            match f, v with
-            | "Precision", v -> $"--precision {v}"
-            | "GradientCheckpointing", _ -> "--gradient-checkpointing"
-            | "TrackTouched", _ -> "without --track-touched"
-            | "MasterWeights", _ -> "without --master-weights"
-            | "MicroBatchSize", v -> $"--micro-batch-size {v}"
-            | "MaxLength", v -> $"--max-len {v}"
-            | "StepInBackward", _ -> "--step-in-backward --max-grad-norm 0"
-            | f, v -> $"{f} = {v}"
         let cut = m.Message.IndexOf "; it would fit with "
         let head = if cut >= 0 then m.Message.Substring(0, cut) else m.Message
         let tail = m.Message.Substring(m.Message.LastIndexOf " (")
-        $"""{head}; it would fit with {String.Join(" ", m.Fit |> Seq.map (fun struct (f, v) -> flag (f, v)))}{tail}"""
+        $"""{head}; it would fit with {String.Join(" ", m.Fit |> Seq.map (fun struct (f, v) -> remedy (f, v)))}{tail}"""
     | :? OptionException as o ->
-        match flags.TryGetValue o.Field with
-        | true, flag when o.Message.StartsWith(o.Field + " ") -> flag + o.Message.Substring o.Field.Length
-        | true, flag -> $"{o.Message} ({flag})"
-        | _ -> o.Message
+        match flagOf flags o.Field with
+        | Some flag when o.Message.StartsWith(o.Field + " ") -> flag + o.Message.Substring o.Field.Length
+        | Some flag -> $"{o.Message} ({flag})"
+        | None -> o.Message
+    | :? Argu.ArguParseException as a -> (a.Message.Split('\n')[0]).Replace("ERROR: ", "")
     | e ->
         match box e with
-        | :? IRemedy as r when not (isNull r.Remedy) && flags.ContainsKey r.Remedy -> $"{e.Message}; on the command line: {flags[r.Remedy]}"
+        | :? IRemedy as r when not (isNull r.Remedy) ->
+            match flagOf flags r.Remedy with
+            | Some flag -> $"{e.Message}; on the command line: {flag}"
+            | None -> e.Message
         | _ -> e.Message
+
+/// An error as the command line says it (the shared flags).
+let render (e: exn) = renderFor [] e
 
 /// The process's standard error before a rank other than 0 is quietened: its errors still reach the launcher.
 let mutable private stderr0 : IO.TextWriter = null
 
-/// `MOFO_THREADS`: the torch threads a process asks for (None: unset or not a positive number).
+/// `MOFO_THREADS`: the torch threads a process asks for (None: unset; not a positive integer: an error naming it).
 let private threadsWanted () =
-    match Int32.TryParse(Environment.GetEnvironmentVariable "MOFO_THREADS") with
-    | true, n when n > 0 -> Some n
-    | _ -> None
+    EnvironmentVariables.PositiveInteger EnvironmentVariables.Threads |> Option.ofNullable
 
 /// Starts this rank of a distributed job (a process that an MPI launcher started with several ranks): MPI, a share of
 /// the machine's cores per rank (`MOFO_THREADS` overrides), and quiet output on ranks other than 0 (rank 0 alone
@@ -79,19 +83,22 @@ let private startRank () =
 
 /// Runs a command: a failure prints one line (unexpected ones with their stack trace) and returns its exit code. In a
 /// distributed job a failing rank prints its error with its rank and ends every rank (MPI_Abort with the exit code).
-let guard (f: unit -> int) =
+/// `flags`: the command's, so that an error names the flag as this command spells it. A `MOFO_*` variable that does not
+/// parse stops every command before it starts.
+let guardWith (flags: Flag list) (f: unit -> int) =
     let distributed = MoFO.Distributed.Job.Distributed
     let mutable signal = null
     try
         try
+            EnvironmentVariables.Check()
             if distributed then signal <- startRank ()
             else threadsWanted () |> Option.iter TorchSharp.torch.set_num_threads
             let code = f ()
             if distributed then MoFO.Distributed.Job.End()
             code
         with e ->
-            let code = ExitCode.classify e
-            let text = if code = ExitCode.Failure then e.ToString() else render e
+            let code = match e with :? Argu.ArguParseException -> ExitCode.Usage | e -> ExitCode.classify e
+            let text = if code = ExitCode.Failure then e.ToString() else renderFor flags e
             if distributed then
                 let rank = try $"rank {MoFO.Distributed.Job.World.Rank}: " with _ -> ""
                 if isNull stderr0 then stderr0 <- Console.Error
@@ -103,11 +110,13 @@ let guard (f: unit -> int) =
     finally
         if not (isNull signal) then signal.Dispose()
 
-/// The names `--method` accepts, with what each is.
-let methodUsage () =
-    let members = Methods.Members |> Seq.map (fun m -> m.Name) |> String.concat ", "
-    let terms = Methods.Terms |> Seq.map (fun t -> $"{t.Name} (AdamW + {t.Description})") |> String.concat ", "
-    $"{members}, {Methods.LoraName} (adapters, the base frozen; see --lora-*), or {terms} (default {Defaults.Method}). Run `mofo methods` for a description of each."
+/// Runs a command under `guardWith` with the shared flags.
+let guard (f: unit -> int) = guardWith [] f
+
+/// Runs a command: its flags checked first (a bad value or a missing mandatory flag is one line, exit 2), its errors
+/// in its own flags' words.
+let command (a: Argu.ParseResults<'A>) (run: Argu.ParseResults<'A> -> int) =
+    guardWith (Flag.ofCommand typeof<'A>) (fun () -> run (Flag.check a))
 
 /// LoRA's settings from `--lora-rank`, `--lora-alpha`, `--lora-dropout`, `--lora-targets` (comma-separated layer
 /// names); None when none is given.
@@ -126,35 +135,59 @@ let methodSpecWith (name: string option) (alpha: float option) (l1: float option
 let methodSpec (name: string option) (alpha: float option) (l1: float option) (l2: float option) =
     methodSpecWith name alpha l1 l2 None None
 
-/// `--precision`: the dtype of weights, gradients and activations.
-[<RequireQualifiedAccess>]
-type PrecisionArg =
-    | Fp32
-    | Bf16
-
 /// The dtype of a precision.
 let dtype (p: Precision) = if p = Precision.BFloat16 then TorchSharp.torch.ScalarType.BFloat16 else TorchSharp.torch.ScalarType.Float32
 
 /// The scale settings of a run: precision (default bf16 on CUDA, fp32 on the CPU), master weights, gradient
 /// checkpointing, the touched mask (default: auto by model size).
-let withScale (o: TrainingOptions) (device: TorchSharp.torch.Device) (precision: PrecisionArg option) (masterWeights: bool)
+let withScale (o: TrainingOptions) (device: TorchSharp.torch.Device) (precision: Precision option) (masterWeights: bool)
               (nearest: bool) (checkpointing: bool) (trackTouched: bool) (stepInBackward: bool) =
     let p =
         match precision with
-        | Some PrecisionArg.Bf16 -> Precision.BFloat16
-        | Some PrecisionArg.Fp32 -> Precision.Float32
+        | Some p -> p
         | None -> if device.``type`` = TorchSharp.DeviceType.CUDA then Precision.BFloat16 else Precision.Float32
-    if (masterWeights || nearest) && p <> Precision.BFloat16 then raise (ArgumentException "--master-weights and --round-to-nearest apply to --precision bf16")
-    if masterWeights && nearest then raise (ArgumentException "--master-weights and --round-to-nearest exclude each other")
+    let mw, rn, bf16 = Flags.masterWeights.Name, Flags.roundToNearest.Name, $"{Flags.precision.Name} bf16"
+    if (masterWeights || nearest) && p <> Precision.BFloat16 then raise (ArgumentException $"{mw} and {rn} apply to {bf16}")
+    if masterWeights && nearest then raise (ArgumentException $"{mw} and {rn} exclude each other")
     let update =
         if masterWeights then MoFO.Optim.BFloat16Update.MasterWeights
         elif nearest then MoFO.Optim.BFloat16Update.Nearest
         else MoFO.Optim.BFloat16Update.StochasticRounding
     o.WithScale(p, update, checkpointing, (if trackTouched then Nullable true else o.TrackTouched), stepInBackward)
 
+/// The options of a run from the training flags a command takes (`Flags`: the method, the loop, the scale), with
+/// Core's defaults (`TrainingOptions.Default`) where a flag is absent or the command does not take it; the precision
+/// defaults by device (bf16 on CUDA). One reader for train, continual and plan.
+let trainingOptions (device: TorchSharp.torch.Device) (a: Argu.ParseResults<'A>) =
+    let d = TrainingOptions.Default
+    let given (f: Flag<'T>) = Flag.ifTaken f a
+    let get (f: Flag<'T>) (byDefault: 'T) = given f |> Option.defaultValue byDefault
+    let batch = get Flags.batchSize d.BatchSize
+    let stepInBackward = get Flags.stepInBackward false
+    let lora = loraSpec (given Flags.loraRank) (given Flags.loraAlpha) (given Flags.loraDropout) (given Flags.loraTargets)
+    let o =
+        TrainingOptions(
+            Method = methodSpecWith (given Flags.method) (given Flags.alpha) (given Flags.l1Lambda) (given Flags.l2Lambda) lora (given Flags.loraOptimizer),
+            LearningRate = get Flags.lr d.LearningRate,
+            Epochs = get Flags.epochs d.Epochs,
+            Steps = (given Flags.steps |> Option.toNullable),
+            BatchSize = batch,
+            MicroBatchSize = get Flags.microBatchSize batch,
+            MaxLength = get Flags.maxLen d.MaxLength,
+            Schedule = get Flags.schedule d.Schedule,
+            WarmupRatio = get Flags.warmupRatio d.WarmupRatio,
+            WeightDecay = get Flags.weightDecay d.WeightDecay,
+            MaxGradNorm = get Flags.maxGradNorm (if stepInBackward then 0.0 else d.MaxGradNorm),
+            Seed = get Flags.seed d.Seed,
+            Pack = get Flags.pack false,
+            SaveEvery = get Flags.saveEvery d.SaveEvery,
+            EvalEvery = get Flags.evalEvery d.EvalEvery)
+    withScale o device (given Flags.precision) (get Flags.masterWeights false) (get Flags.roundToNearest false)
+        (get Flags.gradientCheckpointing false) (get Flags.trackTouched false) stepInBackward
+
 /// Refuses a run whose memory plan does not fit (before its model is loaded); prints the plan's peak otherwise.
-let checkMemory (modelPath: string) (o: TrainingOptions) (budget: string option) (parseSize: string -> int64) =
-    let plan = MemoryPlanner.CheckRun(modelPath, o, budget |> Option.map parseSize |> Option.toNullable)
+let checkMemory (modelPath: string) (o: TrainingOptions) (budget: int64 option) =
+    let plan = MemoryPlanner.CheckRun(modelPath, o, Option.toNullable budget)
     let ranks =
         if plan.Input.Ranks > 1 then $" per rank; {plan.Input.Ranks} ranks, {plan.Input.RanksPerDevice} on this machine's memory: {MemoryPlan.Gb plan.DeviceNeed}"
         else ""

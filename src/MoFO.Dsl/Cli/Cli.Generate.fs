@@ -5,40 +5,45 @@ open System
 open Argu
 open MoFO.Models
 
+/// `mofo generate`'s own flags (the shared ones are in `Flags`).
+module private Own =
+    let prompt = Flag.text "--prompt" "the prompt (default: empty, i.e. start from BOS)."
+    let maxNewTokens = Flags.maxNewTokens.Describe "most tokens to generate (default 256)."
+    let temperature = Flags.temperature.Describe "sampling temperature; 0 (default) is greedy."
+    let topP = Flags.topP.Describe "nucleus sampling mass (default 1)."
+    let seed = Flags.seed.Describe "seed of the sampler (default 0)."
+    let stop = Flag.text "--stop" "a stop string (repeatable); the output is cut before it."
+    let device = Flags.device.Describe "cpu (default; float32, or bfloat16 for a bfloat16 checkpoint) or cuda (bfloat16)."
+
 type GenerateArgs =
     | [<Mandatory>] Model of path: string
     | Tokenizer of path: string
     | Prompt of text: string
-    | Max_New_Tokens of n: int
-    | Temperature of t: float
-    | Top_P of p: float
-    | Seed of s: int64
+    | Max_New_Tokens of n: string
+    | Temperature of t: string
+    | Top_P of p: string
+    | Seed of s: string
     | Stop of text: string
     | Device of device: string
-    interface IArgParserTemplate with
-        member this.Usage =
+    interface IFlags with
+        member this.Flag =
             match this with
-            | Model _ -> "an HF model folder (config.json + safetensors + tokenizer) or a llama2.c .bin (tokenizer beside it)."
-            | Tokenizer _ -> "a SentencePiece .model or a tokenizer.json (default: found beside the model)."
-            | Prompt _ -> "the prompt (default: empty, i.e. start from BOS)."
-            | Max_New_Tokens _ -> "most tokens to generate (default 256)."
-            | Temperature _ -> "sampling temperature; 0 (default) is greedy."
-            | Top_P _ -> "nucleus sampling mass (default 1)."
-            | Seed _ -> "seed of the sampler (default 0)."
-            | Stop _ -> "a stop string (repeatable); the output is cut before it."
-            | Device _ -> "cpu (default; float32, or bfloat16 for a bfloat16 checkpoint) or cuda (bfloat16)."
+            | Model _ -> Flags.model | Tokenizer _ -> Flags.tokenizer | Prompt _ -> Own.prompt | Max_New_Tokens _ -> Own.maxNewTokens
+            | Temperature _ -> Own.temperature | Top_P _ -> Own.topP | Seed _ -> Own.seed | Stop _ -> Own.stop | Device _ -> Own.device
+    interface IArgParserTemplate with
+        member this.Usage = (this :> IFlags).Flag.Usage
 
 let run (args: ParseResults<GenerateArgs>) =
-        let dev = MoFO.Runtime.device (args.TryGetResult Device)
-        use lm = ModelLoader.Load(args.GetResult Model, args.TryGetResult Tokenizer |> Option.toObj, dev)
-        let prompt = args.GetResult(Prompt, "")
-        let options =
-            GenerationOptions(
-                MaxNewTokens = args.GetResult(Max_New_Tokens, 256),
-                Temperature = args.GetResult(Temperature, 0.0),
-                TopP = args.GetResult(Top_P, 1.0),
-                Seed = args.GetResult(Seed, 0L),
-                StopStrings = (args.GetResults Stop |> List.toArray :> Collections.Generic.IReadOnlyList<string>))
-        let text = lm.Generate([| prompt |], options)[0]
-        printfn "%s%s" prompt text
-        0
+    let dev = MoFO.Runtime.device (Flag.tryGet Own.device args)
+    use lm = ModelLoader.Load(Flag.get Flags.model args, Flag.tryGet Flags.tokenizer args |> Option.toObj, dev)
+    let prompt = Flag.getOr Own.prompt "" args
+    let options =
+        GenerationOptions(
+            MaxNewTokens = Flag.getOr Own.maxNewTokens 256 args,
+            Temperature = Flag.getOr Own.temperature 0.0 args,
+            TopP = Flag.getOr Own.topP 1.0 args,
+            Seed = Flag.getOr Own.seed 0L args,
+            StopStrings = (Flag.all Own.stop args |> List.toArray :> Collections.Generic.IReadOnlyList<string>))
+    let text = lm.Generate([| prompt |], options)[0]
+    printfn "%s%s" prompt text
+    0

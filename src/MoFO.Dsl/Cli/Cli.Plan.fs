@@ -6,96 +6,85 @@ open Argu
 open MoFO
 open MoFO.Training
 
-type PrecisionArg = Common.PrecisionArg
+/// `mofo plan`'s own flags (the shared ones are in `Flags`).
+module private Own =
+    let model = Flags.model.Describe "the model (an HF folder's config.json or a llama2.c .bin header; no weights are read)."
+    let memory = Flag.size "--memory" "the memory to plan against, e.g. 80GB, 141GB, 24GiB (default: what this machine has available)."
+    let ranks = Flag.int "--ranks" "data-parallel ranks (mpirun -n N): the optimizer state is sharded over them; the plan is per rank." |> Flag.atLeast 1
+    let ranksPerDevice =
+        Flag.int "--ranks-per-device" "ranks that share the planned memory (default: 1 per GPU with --memory; all ranks on this machine's memory otherwise)."
+        |> Flag.atLeast 1
 
 type PlanArgs =
     | Model of path: string
     | Like of model: string
-    | Layers of n: int
+    | Layers of n: string
     | Method of name: string
-    | Alpha of a: float
-    | Lora_Rank of r: int
-    | Lora_Alpha of a: float
-    | Lora_Dropout of p: float
+    | Alpha of a: string
+    | Lora_Rank of r: string
+    | Lora_Alpha of a: string
+    | Lora_Dropout of p: string
     | Lora_Targets of names: string
     | Lora_Optimizer of name: string
-    | Precision of PrecisionArg
+    | Precision of name: string
     | Master_Weights
-    | Batch_Size of n: int
-    | Micro_Batch_Size of n: int
-    | Max_Len of n: int
+    | Batch_Size of n: string
+    | Micro_Batch_Size of n: string
+    | Max_Len of n: string
     | Gradient_Checkpointing
     | Step_In_Backward
     | Track_Touched
     | Memory of size: string
-    | Ranks of n: int
-    | Ranks_Per_Device of n: int
-    interface IArgParserTemplate with
-        member this.Usage =
+    | Ranks of n: string
+    | Ranks_Per_Device of n: string
+    interface IFlags with
+        member this.Flag =
             match this with
-            | Model _ -> "the model (an HF folder's config.json or a llama2.c .bin header; no weights are read)."
-            | Like _ -> $"""instead of --model, a known shape: {String.Join(", ", MoFO.Models.ModelPresets.All.Keys)}."""
-            | Layers _ -> "with --like: another number of layers."
-            | Method _ -> Common.methodUsage ()
-            | Alpha _ -> $"the update fraction of members that filter (default {Defaults.Alpha})."
-            | Lora_Rank _ -> "--method lora: the adapters' rank r (default 8)."
-            | Lora_Alpha _ -> "--method lora: the scaling α (the update is α/r · B·A; default 2r)."
-            | Lora_Dropout _ -> "--method lora: dropout on the adapters' input (default 0)."
-            | Lora_Targets _ -> "--method lora: comma-separated linear layers to adapt (default: the attention and MLP projections; Llama q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; GPT-NeoX query_key_value,dense,dense_h_to_4h,dense_4h_to_h)."
-            | Lora_Optimizer _ -> "--method lora: the member that trains the adapters, adamw (default) or mofo (the filter on the adapters' moments, --alpha)."
-            | Precision _ -> "fp32 (default on CPU) or bf16 (bfloat16 weights, gradients and activations; float32 moments)."
-            | Master_Weights -> "bf16: float32 master weights in the optimizer instead of stochastic rounding."
-            | Batch_Size _ -> $"examples per step (default {Defaults.BatchSize})."
-            | Micro_Batch_Size _ -> "examples per forward/backward pass (default: the batch size)."
-            | Max_Len _ -> $"tokens per example (default {Defaults.MaxLength})."
-            | Gradient_Checkpointing -> "recompute each decoder layer's activations in the backward pass."
-            | Step_In_Backward -> "step and free each layer's gradients in the backward pass (with --gradient-checkpointing, one micro-batch, no clipping)."
-            | Track_Touched -> "keep the touched mask (a byte per entry)."
-            | Memory _ -> "the memory to plan against, e.g. 80GB, 141GB, 24GiB (default: what this machine has available)."
-            | Ranks _ -> "data-parallel ranks (mpirun -n N): the optimizer state is sharded over them; the plan is per rank."
-            | Ranks_Per_Device _ -> "ranks that share the planned memory (default: 1 per GPU with --memory; all ranks on this machine's memory otherwise)."
+            | Model _ -> Own.model | Like _ -> Flags.like | Layers _ -> Flags.layers | Method _ -> Flags.method | Alpha _ -> Flags.alpha
+            | Lora_Rank _ -> Flags.loraRank | Lora_Alpha _ -> Flags.loraAlpha | Lora_Dropout _ -> Flags.loraDropout
+            | Lora_Targets _ -> Flags.loraTargets | Lora_Optimizer _ -> Flags.loraOptimizer | Precision _ -> Flags.precision
+            | Master_Weights -> Flags.masterWeights | Batch_Size _ -> Flags.batchSize | Micro_Batch_Size _ -> Flags.microBatchSize
+            | Max_Len _ -> Flags.maxLen | Gradient_Checkpointing -> Flags.gradientCheckpointing | Step_In_Backward -> Flags.stepInBackward
+            | Track_Touched -> Flags.trackTouched | Memory _ -> Own.memory | Ranks _ -> Own.ranks | Ranks_Per_Device _ -> Own.ranksPerDevice
+    interface IArgParserTemplate with
+        member this.Usage = (this :> IFlags).Flag.Usage
 
-/// A size such as 80GB, 141GB, 24GiB, 512MB (decimal units; GiB/MiB binary).
-let parseSize (flag: string) (text: string) =
-    let t = text.Trim().ToUpperInvariant()
-    let units = [ "GIB", 1L <<< 30; "MIB", 1L <<< 20; "GB", 1_000_000_000L; "MB", 1_000_000L; "G", 1_000_000_000L; "B", 1L ]
-    match units |> List.tryFind (fun (u, _) -> t.EndsWith u) with
-    | Some (u, scale) ->
-        match Double.TryParse(t.Substring(0, t.Length - u.Length), Globalization.NumberStyles.Float, Globalization.CultureInfo.InvariantCulture) with
-        | true, x when x > 0.0 -> int64 (x * float scale)
-        | _ -> raise (ArgumentException $"{flag} {text}: expected a size such as 80GB or 24GiB")
-    | None -> raise (ArgumentException $"{flag} {text}: expected a size such as 80GB or 24GiB")
+/// The model's config: --model PATH, or --like NAME (with --layers).
+let private config (a: ParseResults<PlanArgs>) =
+    match Flag.tryGet Own.model a, Flag.tryGet Flags.like a with
+    | Some p, None -> p, MemoryPlanner.ConfigOf p
+    | None, Some name ->
+        let c = MoFO.Models.ModelPresets.Get(name, "Like")
+        name, (match Flag.tryGet Flags.layers a with Some n -> MoFO.Models.ModelPresets.WithLayers(c, n) | None -> c)
+    | _ -> raise (ArgumentException $"mofo plan: pass {Own.model.Name} PATH or {Flags.like.Name} NAME")
+
+/// The plan's input: the run's options as `mofo train` reads them from the same flags (Core's defaults), on this
+/// machine's CPU (fp32 unless --precision bf16), with the ranks.
+let input (a: ParseResults<PlanArgs>) =
+    let path, config = config a
+    let o = Common.trainingOptions TorchSharp.torch.CPU a
+    o.Validate()
+    let ranks = Flag.getOr Own.ranks 1 a
+    let x =
+        PlanInput(config, o.Method, o.Precision, o.MicroBatch, o.MaxLength, o.GradientCheckpointing,
+                  MasterWeights = o.MasterWeights, TrackTouched = (o.TrackTouched = Nullable true), StepInBackward = o.StepInBackward,
+                  Ranks = ranks, ReduceInBackward = MemoryPlanner.ReducesInBackward(o.GradientCheckpointing, o.BatchSize, o.MicroBatch, ranks),
+                  RanksPerDevice = Flag.getOr Own.ranksPerDevice (if (Flag.tryGet Own.memory a).IsSome then 1 else ranks) a)
+    if x.RanksPerDevice > x.Ranks then
+        raise (ArgumentException $"{Own.ranks.Name} {x.Ranks} {Own.ranksPerDevice.Name} {x.RanksPerDevice}: expected 1 ≤ ranks per device ≤ ranks")
+    path, config, x
 
 let run (a: ParseResults<PlanArgs>) =
-    let path, config =
-        match a.TryGetResult Model, a.TryGetResult Like with
-        | Some p, None -> p, MemoryPlanner.ConfigOf p
-        | None, Some name ->
-            let c = MoFO.Models.ModelPresets.Get(name, "Like")
-            name, (match a.TryGetResult Layers with Some n -> MoFO.Models.ModelPresets.WithLayers(c, n) | None -> c)
-        | _ -> raise (ArgumentException "mofo plan: pass --model PATH or --like NAME")
-    let batch = a.GetResult(Batch_Size, Defaults.BatchSize)
-    let lora = Common.loraSpec (a.TryGetResult Lora_Rank) (a.TryGetResult Lora_Alpha) (a.TryGetResult Lora_Dropout) (a.TryGetResult Lora_Targets)
-    let methodSpec = Common.methodSpecWith (a.TryGetResult Method) (a.TryGetResult Alpha) None None lora (a.TryGetResult Lora_Optimizer)
-    Methods.Validate methodSpec
-    let input =
-        PlanInput(config, methodSpec,
-                  (match a.TryGetResult Precision with Some PrecisionArg.Bf16 -> Training.Precision.BFloat16 | _ -> Training.Precision.Float32),
-                  a.GetResult(Micro_Batch_Size, batch), a.GetResult(Max_Len, Defaults.MaxLength), a.Contains Gradient_Checkpointing,
-                  MasterWeights = a.Contains Master_Weights, TrackTouched = a.Contains Track_Touched, StepInBackward = a.Contains Step_In_Backward,
-                  Ranks = a.GetResult(Ranks, 1),
-                  ReduceInBackward = MemoryPlanner.ReducesInBackward(a.Contains Gradient_Checkpointing, batch, a.GetResult(Micro_Batch_Size, batch), a.GetResult(Ranks, 1)),
-                  RanksPerDevice = a.GetResult(Ranks_Per_Device, (if a.Contains Memory then 1 else a.GetResult(Ranks, 1))))
-    if input.Ranks < 1 || input.RanksPerDevice < 1 || input.RanksPerDevice > input.Ranks then
-        raise (ArgumentException $"--ranks {input.Ranks} --ranks-per-device {input.RanksPerDevice}: expected 1 ≤ ranks per device ≤ ranks")
-    let available = MemoryPlanner.Available(a.TryGetResult Memory |> Option.map (parseSize "--memory") |> Option.toNullable)
+    let path, config, input = input a
+    let memory = Flag.tryGet Own.memory a
+    let available = MemoryPlanner.Available(Option.toNullable memory)
     let plan = MemoryPlanner.Plan input
     let trained = if isNull input.Method.Lora then "" else $"; {plan.Adapters:N0} trained adapter entries"
     printfn "memory plan: %s (%s, %s parameters%s), %s, %O, micro-batch %d × %d tokens%s"
         path config.ModelType (plan.Parameters.ToString("N0")) trained (string input.Method) input.Precision input.MicroBatch input.SequenceLength
         ((if input.GradientCheckpointing then ", gradient checkpointing" else "") + (if input.Ranks > 1 then $", {input.Ranks} ranks (per rank below)" else ""))
     printfn "%s" (plan.Describe())
-    printfn "  %-18s %10s  %s" "available" (MemoryPlan.Gb available) (if a.Contains Memory then "(--memory)" else "(this machine, now)")
+    printfn "  %-18s %10s  %s" "available" (MemoryPlan.Gb available) (if memory.IsSome then $"({Own.memory.Name})" else "(this machine, now)")
     MemoryPlanner.Check(input, available) |> ignore
     printfn "fits: %.0f %% of the available memory" (100.0 * float plan.DeviceNeed / float available)
     0

@@ -6,38 +6,41 @@ open Argu
 open MoFO.Dsl
 open MoFO.Dsl.Results
 
-[<RequireQualifiedAccess>]
-type ScaleArg =
-    | Tiny
-    | Paper
+/// `mofo repro`'s own flags (the shared ones are in `Flags`).
+module private Own =
+    let name =
+        let lines = MoFO.Dsl.Repro.All.studies |> List.map (fun (n, w, _) -> $"{n} ({w})")
+        Flag.text "mofo repro <name>" ("the reproduction: " + String.Join("; ", lines) + "; all (every one but the frontier, then results/index.html).")
+        |> Flag.sets "Name"
+    let scale = Flag.choice "--scale" "tiny (default: stories260K on this CPU) or paper (the paper's models and data from --config, on a GPU)." [ "tiny", "tiny"; "paper", "paper" ]
+    let seed = Flags.seed.Describe "the seed of every run (default 0)."
+    let config = Flag.text "--config" "the paper-scale config (JSON of paths; default paper-repro/paper.json)."
+    let strict = Flag.switch "--strict" "exit 1 when a claim of the paper does not hold (by default it is reported in the JSON)."
+    let smoke = Flag.switch "--smoke" "a few steps of everything on tiny subsets (the CI configuration; the numbers mean nothing)."
+    let out = Flag.text "--out" "the results folder (default results/ at the repository root)."
 
 type ReproArgs =
     | [<MainCommand; Mandatory>] Name of name: string
-    | Scale of ScaleArg
-    | Seed of n: int
+    | Scale of name: string
+    | Seed of n: string
     | Config of path: string
     | Strict
     | Smoke
     | Out of dir: string
-    interface IArgParserTemplate with
-        member this.Usage =
+    interface IFlags with
+        member this.Flag =
             match this with
-            | Name _ ->
-                let lines = MoFO.Dsl.Repro.All.studies |> List.map (fun (n, w, _) -> $"{n} ({w})")
-                "the reproduction: " + String.Join("; ", lines) + "; all (every one but the frontier, then results/index.html)."
-            | Scale _ -> "tiny (default: stories260K on this CPU) or paper (the paper's models and data from --config, on a GPU)."
-            | Seed _ -> "the seed of every run (default 0)."
-            | Config _ -> "the paper-scale config (JSON of paths; default paper-repro/paper.json)."
-            | Strict -> "exit 1 when a claim of the paper does not hold (by default it is reported in the JSON)."
-            | Smoke -> "a few steps of everything on tiny subsets (the CI configuration; the numbers mean nothing)."
-            | Out _ -> "the results folder (default results/ at the repository root)."
+            | Name _ -> Own.name | Scale _ -> Own.scale | Seed _ -> Own.seed | Config _ -> Own.config | Strict -> Own.strict
+            | Smoke -> Own.smoke | Out _ -> Own.out
+    interface IArgParserTemplate with
+        member this.Usage = (this :> IFlags).Flag.Usage
 
 let parser = ArgumentParser.Create<ReproArgs>(programName = "mofo repro")
 
 /// The one name of the reproduction; anything else left over (Argu gives the main command every token it does not
 /// know) is a usage error naming it.
 let name (a: ParseResults<ReproArgs>) =
-    match a.GetResults Name with
+    match Flag.all Own.name a with
     | [ n ] when not (n.StartsWith "-") -> n
     | ns ->
         let extra = ns |> List.tryFind (fun n -> n.StartsWith "-") |> Option.defaultWith (fun () -> String.Join(" ", ns))
@@ -47,17 +50,22 @@ let name (a: ParseResults<ReproArgs>) =
 let options (a: ParseResults<ReproArgs>) : Options =
     name a |> ignore
     let d = Options.defaults ()
-    { Seed = a.GetResult(Seed, d.Seed)
-      Scale = (match a.TryGetResult Scale with Some ScaleArg.Paper -> "paper" | _ -> "tiny")
-      Strict = a.Contains Strict
-      OutDir = a.GetResult(Out, d.OutDir)
-      Config = a.TryGetResult Config
-      Smoke = a.Contains Smoke }
+    let seed = Flag.getOr Own.seed (int64 d.Seed) a
+    if seed < int64 Int32.MinValue || seed > int64 Int32.MaxValue then raise (ArgumentException $"{Own.seed.Name} {seed}: must fit in 32 bits")
+    { Seed = int seed
+      Scale = Flag.getOr Own.scale d.Scale a
+      Strict = Flag.has Own.strict a
+      OutDir = Flag.getOr Own.out d.OutDir a
+      Config = Flag.tryGet Own.config a
+      Smoke = Flag.has Own.smoke a }
 
-/// The options of a script's arguments (fsi.CommandLineArgs: the script path first, then flags; no name).
-let scriptOptions (argv: string[]) =
+/// A script's arguments (fsi.CommandLineArgs: the script path first, then flags; no name) as `mofo repro` parses them.
+let scriptArgs (argv: string[]) =
     let args = if argv.Length > 0 && argv[0].EndsWith(".fsx", StringComparison.OrdinalIgnoreCase) then argv[1..] else argv
-    options (parser.ParseCommandLine(Array.append [| "script" |] args))
+    parser.ParseCommandLine(Array.append [| "script" |] args)
+
+/// The options of a script's arguments; a bad value is a `FlagException` naming its flag.
+let scriptOptions (argv: string[]) = options (Flag.check (scriptArgs argv))
 
 let run (a: ParseResults<ReproArgs>) =
     let o = options a

@@ -13,6 +13,25 @@ open MoFO.Dsl
 /// (the union case `Report` of TrainArgs hides the module's name)
 module ForgettingReport = MoFO.Dsl.Report
 
+/// `mofo train`'s own flags (the shared ones are in `Flags`).
+module private Own =
+    let data = Flags.data.Describe "the training data (a file; a TRACE task folder)."
+    let format =
+        Flag.choice "--format" "tulu, alpaca, gsm8k, dpr, trace or jsonl."
+            [ "tulu", DataFormat.Tulu; "alpaca", DataFormat.Alpaca; "gsm8k", DataFormat.Gsm8k; "dpr", DataFormat.Dpr; "trace", DataFormat.Trace; "jsonl", DataFormat.Jsonl ]
+        |> Flag.sets "Format"
+    let output = Flags.output.Describe "the run's folder: metrics.jsonl, checkpoint/, model/ (the fine-tuned HF folder), train_summary.json."
+    let evalData = Flag.text "--eval-data" "held-out data in the same format: its loss is logged (dpr: defaults to test.c.txt beside the train file)."
+    let sampleFraction = Flag.float "--sample-fraction" "train on a seeded fraction of the data (the paper: 0.1 of MetaMathQA)."
+    let limit = Flags.limit.Describe "use only the first N examples."
+    let report = Flag.switch "--report" "after training, evaluate the base and the fine-tuned model and write report.json and report.html into --output."
+    let reportSuite =
+        Flag.choice "--report-suite" "the report's measures: tiny (pretrain proxy, story cloze, greedy intactness), paper (MMLU, ARC, HellaSwag, GSM8K, HumanEval) or auto (default: tiny below 100M parameters)."
+            [ "tiny", ForgettingReport.Suite.Tiny; "paper", ForgettingReport.Suite.Paper; "auto", ForgettingReport.Suite.Auto ]
+    let hellaswag = Flag.text "--hellaswag" "the report's HellaSwag jsonl (hellaswag_val.jsonl; not available offline): adds HellaSwag to the paper suite."
+    let cache = Flags.cache.Describe "the report's folder of cached base-model samples (default results/cache)."
+    let unsafeNoSandbox = Flags.unsafeNoSandbox.Describe "the report's HumanEval: run generated code without bubblewrap when it is missing (dangerous)."
+
 type TrainArgs =
     | [<Mandatory>] Model of path: string
     | [<Mandatory>] Data of path: string
@@ -20,34 +39,34 @@ type TrainArgs =
     | [<Mandatory>] Output of dir: string
     | Tensorboard of dir: string
     | Method of name: string
-    | Alpha of a: float
-    | Lora_Rank of r: int
-    | Lora_Alpha of a: float
-    | Lora_Dropout of p: float
+    | Alpha of a: string
+    | Lora_Rank of r: string
+    | Lora_Alpha of a: string
+    | Lora_Dropout of p: string
     | Lora_Targets of names: string
     | Lora_Optimizer of name: string
-    | Lr of lr: float
-    | Epochs of n: int
-    | Steps of n: int
-    | Batch_Size of n: int
-    | Micro_Batch_Size of n: int
-    | Max_Len of n: int
+    | Lr of lr: string
+    | Epochs of n: string
+    | Steps of n: string
+    | Batch_Size of n: string
+    | Micro_Batch_Size of n: string
+    | Max_Len of n: string
     | Schedule of name: string
-    | Warmup_Ratio of r: float
-    | Weight_Decay of wd: float
-    | Max_Grad_Norm of norm: float
-    | L1_Lambda of l: float
-    | L2_Lambda of l: float
-    | Seed of seed: int64
+    | Warmup_Ratio of r: string
+    | Weight_Decay of wd: string
+    | Max_Grad_Norm of norm: string
+    | L1_Lambda of l: string
+    | L2_Lambda of l: string
+    | Seed of seed: string
     | Eval_Data of path: string
-    | Sample_Fraction of f: float
-    | Limit of n: int
+    | Sample_Fraction of f: string
+    | Limit of n: string
     | Pack
-    | Save_Every of n: int
-    | Eval_Every of n: int
+    | Save_Every of n: string
+    | Eval_Every of n: string
     | Tokenizer of path: string
     | Device of name: string
-    | Precision of Common.PrecisionArg
+    | Precision of name: string
     | Master_Weights
     | Round_To_Nearest
     | Step_In_Backward
@@ -61,83 +80,30 @@ type TrainArgs =
     | Hellaswag of path: string
     | Cache of dir: string
     | Unsafe_No_Sandbox
-    interface IArgParserTemplate with
-        member this.Usage =
+    interface IFlags with
+        member this.Flag =
             match this with
-            | Model _ -> "the base model: an HF folder or a llama2.c .bin."
-            | Data _ -> "the training data (a file; a TRACE task folder)."
-            | Format _ -> "tulu, alpaca, gsm8k, dpr, trace or jsonl."
-            | Output _ -> "the run's folder: metrics.jsonl, checkpoint/, model/ (the fine-tuned HF folder), train_summary.json."
-            | Tensorboard _ -> "write TensorBoard event files to this folder (loss, learning rate, gradient norm, updated fraction, tokens/s, distance, held-out loss; rank 0 alone)."
-            | Method _ -> Common.methodUsage ()
-            | Alpha _ -> $"MoFO / BCD update fraction per parameter tensor (default {Defaults.Alpha})."
-            | Lora_Rank _ -> "--method lora: the adapters' rank r (default 8)."
-            | Lora_Alpha _ -> "--method lora: the scaling α (the update is α/r · B·A; default 2r)."
-            | Lora_Dropout _ -> "--method lora: dropout on the adapters' input (default 0)."
-            | Lora_Targets _ -> "--method lora: comma-separated linear layers to adapt (default: the attention and MLP projections; Llama q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; GPT-NeoX query_key_value,dense,dense_h_to_4h,dense_4h_to_h)."
-            | Lora_Optimizer _ -> "--method lora: the member that trains the adapters, adamw (default) or mofo (the filter on the adapters' moments, --alpha)."
-            | Lr _ -> $"peak learning rate (default {Defaults.LearningRate}; LoRA usually wants about {Methods.LoraLrScale}× more)."
-            | Epochs _ -> $"epochs over the data (default {Defaults.Epochs})."
-            | Steps _ -> "optimizer steps (overrides --epochs)."
-            | Batch_Size _ -> $"examples per optimizer step (default {Defaults.BatchSize})."
-            | Micro_Batch_Size _ -> "examples per forward/backward pass; gradients accumulate (default: the batch size)."
-            | Max_Len _ -> $"truncate examples to this many tokens (default {Defaults.MaxLength})."
-            | Schedule _ -> $"constant, linear or cosine (default {Defaults.Schedule})."
-            | Warmup_Ratio _ -> $"fraction of the steps for linear warmup (default {Defaults.WarmupRatio})."
-            | Weight_Decay _ -> $"decoupled weight decay (default {Defaults.WeightDecay})."
-            | Max_Grad_Norm _ -> $"clip the gradient's global norm (default {Defaults.MaxGradNorm}; 0 disables)."
-            | L1_Lambda _ -> $"strength of the L1 term toward the pretrained weights (with --method l1 default {Defaults.L1Lambda}; with another method it adds the term)."
-            | L2_Lambda _ -> $"strength of the L2 term toward the pretrained weights (with --method l2 default {Defaults.L2Lambda}; with another method it adds the term)."
-            | Seed _ -> $"seed of data order, sub-sampling and random members (default {Defaults.Seed})."
-            | Eval_Data _ -> "held-out data in the same format: its loss is logged (dpr: defaults to test.c.txt beside the train file)."
-            | Sample_Fraction _ -> "train on a seeded fraction of the data (the paper: 0.1 of MetaMathQA)."
-            | Limit _ -> "use only the first N examples."
-            | Pack -> "pack examples into rows of --max-len tokens instead of padding."
-            | Save_Every _ -> "write a checkpoint every N steps (default: at the end and on Ctrl-C)."
-            | Eval_Every _ -> "log the held-out loss every N steps."
-            | Tokenizer _ -> "the tokenizer file, if it is not beside the model."
-            | Device _ -> "cpu (default) or cuda (CUDA builds)."
-            | Precision _ -> "fp32 (default on the CPU) or bf16 (default on CUDA): bfloat16 weights, gradients and activations; float32 loss and moments; stochastic rounding of the update."
-            | Master_Weights -> "bf16: keep float32 master weights in the optimizer instead of stochastic rounding."
-            | Round_To_Nearest -> "bf16: round the update to nearest (updates below half a bf16 ulp are lost; for comparisons)."
-            | Step_In_Backward -> "step each layer's tensors as soon as their gradients are complete and free them (no full set of gradients in memory); needs --gradient-checkpointing, one micro-batch per step, and no clipping (--max-grad-norm defaults to 0)."
-            | Gradient_Checkpointing -> "recompute each decoder layer's activations in the backward pass (less memory, one more forward)."
-            | Track_Touched -> "report the fraction of entries ever updated (a byte per entry; on by default below 100M parameters)."
-            | Memory_Budget _ -> "plan against this much memory (e.g. 16GiB) instead of what the machine has free; the run is refused (exit 7) when it cannot fit."
-            | Skip_Empty -> "drop records whose answer is empty (Code-Alpaca has two) instead of stopping at them."
-            | Resume -> "continue the run in --output from its checkpoint (same settings required)."
-            | Report -> "after training, evaluate the base and the fine-tuned model and write report.json and report.html into --output."
-            | Report_Suite _ -> "the report's measures: tiny (pretrain proxy, story cloze, greedy intactness), paper (MMLU, ARC, HellaSwag, GSM8K, HumanEval) or auto (default: tiny below 100M parameters)."
-            | Hellaswag _ -> "the report's HellaSwag jsonl (hellaswag_val.jsonl; not available offline): adds HellaSwag to the paper suite."
-            | Cache _ -> "the report's folder of cached base-model samples (default results/cache)."
-            | Unsafe_No_Sandbox -> "the report's HumanEval: run generated code without bubblewrap when it is missing (dangerous)."
-
-/// The options of a run from the command line (Core's defaults where a flag is absent).
-let options (a: ParseResults<TrainArgs>) =
-    let batch = a.GetResult(Batch_Size, Defaults.BatchSize)
-    TrainingOptions(
-        Method = Common.methodSpecWith (a.TryGetResult Method) (a.TryGetResult Alpha) (a.TryGetResult L1_Lambda) (a.TryGetResult L2_Lambda)
-                    (Common.loraSpec (a.TryGetResult Lora_Rank) (a.TryGetResult Lora_Alpha) (a.TryGetResult Lora_Dropout) (a.TryGetResult Lora_Targets)) (a.TryGetResult Lora_Optimizer),
-        LearningRate = a.GetResult(Lr, Defaults.LearningRate),
-        Epochs = a.GetResult(Epochs, Defaults.Epochs),
-        Steps = (a.TryGetResult Steps |> Option.toNullable),
-        BatchSize = batch,
-        MicroBatchSize = a.GetResult(Micro_Batch_Size, batch),
-        MaxLength = a.GetResult(Max_Len, Defaults.MaxLength),
-        Schedule = (a.TryGetResult Schedule |> Option.map TrainingOptions.ParseSchedule |> Option.defaultValue Defaults.Schedule),
-        WarmupRatio = a.GetResult(Warmup_Ratio, Defaults.WarmupRatio),
-        WeightDecay = a.GetResult(Weight_Decay, Defaults.WeightDecay),
-        MaxGradNorm = a.GetResult(Max_Grad_Norm, (if a.Contains Step_In_Backward then 0.0 else Defaults.MaxGradNorm)),
-        Seed = a.GetResult(Seed, Defaults.Seed),
-        Pack = a.Contains Pack,
-        SaveEvery = a.GetResult(Save_Every, 0),
-        EvalEvery = a.GetResult(Eval_Every, 0))
+            | Model _ -> Flags.model | Data _ -> Own.data | Format _ -> Own.format | Output _ -> Own.output
+            | Tensorboard _ -> Flags.tensorboard | Method _ -> Flags.method | Alpha _ -> Flags.alpha
+            | Lora_Rank _ -> Flags.loraRank | Lora_Alpha _ -> Flags.loraAlpha | Lora_Dropout _ -> Flags.loraDropout
+            | Lora_Targets _ -> Flags.loraTargets | Lora_Optimizer _ -> Flags.loraOptimizer | Lr _ -> Flags.lr
+            | Epochs _ -> Flags.epochs | Steps _ -> Flags.steps | Batch_Size _ -> Flags.batchSize | Micro_Batch_Size _ -> Flags.microBatchSize
+            | Max_Len _ -> Flags.maxLen | Schedule _ -> Flags.schedule | Warmup_Ratio _ -> Flags.warmupRatio | Weight_Decay _ -> Flags.weightDecay
+            | Max_Grad_Norm _ -> Flags.maxGradNorm | L1_Lambda _ -> Flags.l1Lambda | L2_Lambda _ -> Flags.l2Lambda | Seed _ -> Flags.seed
+            | Eval_Data _ -> Own.evalData | Sample_Fraction _ -> Own.sampleFraction | Limit _ -> Own.limit | Pack -> Flags.pack
+            | Save_Every _ -> Flags.saveEvery | Eval_Every _ -> Flags.evalEvery | Tokenizer _ -> Flags.tokenizer | Device _ -> Flags.device
+            | Precision _ -> Flags.precision | Master_Weights -> Flags.masterWeights | Round_To_Nearest -> Flags.roundToNearest
+            | Step_In_Backward -> Flags.stepInBackward | Gradient_Checkpointing -> Flags.gradientCheckpointing | Track_Touched -> Flags.trackTouched
+            | Memory_Budget _ -> Flags.memoryBudget | Skip_Empty -> Flags.skipEmpty | Resume -> Flags.resume | Report -> Own.report
+            | Report_Suite _ -> Own.reportSuite | Hellaswag _ -> Own.hellaswag | Cache _ -> Own.cache | Unsafe_No_Sandbox -> Own.unsafeNoSandbox
+    interface IArgParserTemplate with
+        member this.Usage = (this :> IFlags).Flag.Usage
 
 /// The held-out file the command line names (--eval-data; for dpr test.c.txt beside the train file; for a TRACE
 /// folder with eval.json the folder itself).
 let evalPath (a: ParseResults<TrainArgs>) (format: DataFormat) =
-    let path = a.GetResult Data
-    match a.TryGetResult Eval_Data, format with
+    let path = Flag.get Own.data a
+    match Flag.tryGet Own.evalData a, format with
     | Some p, _ -> Some p
     | None, DataFormat.Dpr ->
         let p = Path.Combine(Path.GetDirectoryName(Path.GetFullPath path), "test.c.txt")
@@ -147,11 +113,10 @@ let evalPath (a: ParseResults<TrainArgs>) (format: DataFormat) =
 
 /// Reads the training (and held-out) examples the command line names.
 let data (a: ParseResults<TrainArgs>) (o: TrainingOptions) =
-    let format = InstructionData.ParseFormat(a.GetResult Format)
-    let path = a.GetResult Data
-    let train = InstructionData.Read(path, format, skipEmpty = a.Contains Skip_Empty)
-    let train = match a.TryGetResult Sample_Fraction with Some f -> DataOrder.Subsample(train, f, o.Seed) | None -> train
-    let train = match a.TryGetResult Limit with Some n -> train |> Seq.truncate n |> Seq.toList |> Collections.Generic.List | None -> train
+    let format = Flag.get Own.format a
+    let train = InstructionData.Read(Flag.get Own.data a, format, skipEmpty = Flag.has Flags.skipEmpty a)
+    let train = match Flag.tryGet Own.sampleFraction a with Some f -> DataOrder.Subsample(train, f, o.Seed) | None -> train
+    let train = match Flag.tryGet Own.limit a with Some n -> train |> Seq.truncate n |> Seq.toList |> Collections.Generic.List | None -> train
     let eval =
         evalPath a format |> Option.map (fun p -> InstructionData.Read(p, format, "eval", (if format = DataFormat.Dpr then 0 else -1)))
     train, eval
@@ -159,55 +124,54 @@ let data (a: ParseResults<TrainArgs>) (o: TrainingOptions) =
 /// The report's suite (None without --report). The report's flags are checked before training, so that a bad value
 /// costs no training run.
 let reportSuite (a: ParseResults<TrainArgs>) =
-    let suite = a.TryGetResult Report_Suite |> Option.map (fun v -> ForgettingReport.Suite.Parse("--report-suite", v))
-    if not (a.Contains Report) then
-        for flag, given in [ "--report-suite", a.Contains Report_Suite; "--hellaswag", a.Contains Hellaswag; "--cache", a.Contains Cache
-                             "--unsafe-no-sandbox", a.Contains Unsafe_No_Sandbox ] do
-            if given then raise (ArgumentException $"{flag} configures the report: add --report")
+    let suite = Flag.tryGet Own.reportSuite a
+    if not (Flag.has Own.report a) then
+        for flag, given in [ Own.reportSuite.Name, suite.IsSome; Own.hellaswag.Name, (Flag.tryGet Own.hellaswag a).IsSome
+                             Own.cache.Name, (Flag.tryGet Own.cache a).IsSome; Own.unsafeNoSandbox.Name, Flag.has Own.unsafeNoSandbox a ] do
+            if given then raise (ArgumentException $"{flag} configures the report: add {Own.report.Name}")
         None
     else
-        a.TryGetResult Hellaswag |> Option.iter (fun p ->
-            if not (File.Exists p) then raise (FileNotFoundException($"--hellaswag {p}: file not found (expected HellaSwag's public jsonl, e.g. hellaswag_val.jsonl)", p)))
+        Flag.tryGet Own.hellaswag a |> Option.iter (fun p ->
+            if not (File.Exists p) then raise (FileNotFoundException($"{Own.hellaswag.Name} {p}: file not found (expected HellaSwag's public jsonl, e.g. hellaswag_val.jsonl)", p)))
         Some (defaultArg suite ForgettingReport.Suite.Auto)
 
 /// The report's held-out task: the trainer's eval set (read the same way); DPR adds its two-choice form.
 let reportTask (a: ParseResults<TrainArgs>) (o: TrainingOptions) : TaskData option =
-    let format = InstructionData.ParseFormat(a.GetResult Format)
-    evalPath a format |> Option.map (fun p -> ForgettingReport.heldOutTask format p o.MaxLength)
+    evalPath a (Flag.get Own.format a) |> Option.map (fun p -> ForgettingReport.heldOutTask (Flag.get Own.format a) p o.MaxLength)
 
 /// The report's settings at a suite's scale, with the command line's pass-throughs.
 let reportSettings (a: ParseResults<TrainArgs>) (suite: ForgettingReport.Suite) =
     let s = if suite = ForgettingReport.Suite.Paper then Settings.Paper else Settings.Tiny
     { s with
-        Data = (match a.TryGetResult Hellaswag with Some h -> s.Data |> Map.add "hellaswag" h | None -> s.Data)
-        Cache = a.GetResult(Cache, s.Cache)
-        UnsafeNoSandbox = a.Contains Unsafe_No_Sandbox }
+        Data = (match Flag.tryGet Own.hellaswag a with Some h -> s.Data |> Map.add "hellaswag" h | None -> s.Data)
+        Cache = Flag.getOr Own.cache s.Cache a
+        UnsafeNoSandbox = Flag.has Own.unsafeNoSandbox a }
 
 let run (a: ParseResults<TrainArgs>) =
-    let device = MoFO.Runtime.device (a.TryGetResult Device)
-    let o: TrainingOptions =
-        Common.withScale (options a) device (a.TryGetResult Precision) (a.Contains Master_Weights) (a.Contains Round_To_Nearest) (a.Contains Gradient_Checkpointing) (a.Contains Track_Touched) (a.Contains Step_In_Backward)
+    let device = MoFO.Runtime.device (Flag.tryGet Flags.device a)
+    let o = Common.trainingOptions device a
     o.Validate()
     let suite = reportSuite a
     let train, eval = data a o
     let task = suite |> Option.bind (fun _ -> reportTask a o)
-    Common.checkMemory (a.GetResult Model) o (a.TryGetResult Memory_Budget) (Plan.parseSize "--memory-budget") |> ignore
+    let modelPath, tokenizer, output = Flag.get Flags.model a, Flag.tryGet Flags.tokenizer a, Flag.get Own.output a
+    Common.checkMemory modelPath o (Flag.tryGet Flags.memoryBudget a) |> ignore
     let r, metricsFile, report =
-        use model = ModelLoader.Load(a.GetResult Model, Option.toObj (a.TryGetResult Tokenizer), device, Common.dtype o.Precision)
+        use model = ModelLoader.Load(modelPath, Option.toObj tokenizer, device, Common.dtype o.Precision)
         // The report's suite and data are settled before training: a missing benchmark fails now, not after the run.
         let report =
             suite |> Option.map (fun s ->
                 let s = ForgettingReport.resolve s (ForgettingReport.parameterCount model)
                 let settings = reportSettings a s
-                if s = ForgettingReport.Suite.Tiny && a.Contains Hellaswag then
+                if s = ForgettingReport.Suite.Tiny && (Flag.tryGet Own.hellaswag a).IsSome then
                     eprintfn "mofo train: --hellaswag is used by the paper suite only; this report runs the tiny suite (--report-suite paper to change it)"
                 ForgettingReport.preflight (ForgettingReport.measures s task settings) settings
                 s, settings)
-        let trainer = Trainer(model, train, Option.toObj (eval |> Option.map (fun e -> e :> Collections.Generic.IReadOnlyList<_>)), o, a.GetResult Output)
-        trainer.TensorBoardDir <- Option.toObj (a.TryGetResult Tensorboard)
+        let trainer = Trainer(model, train, Option.toObj (eval |> Option.map (fun e -> e :> Collections.Generic.IReadOnlyList<_>)), o, output)
+        trainer.TensorBoardDir <- Option.toObj (Flag.tryGet Flags.tensorboard a)
         eprintfn "mofo train: %s, %d examples%s, %d steps of %d (micro-batch %d), lr %g (%A), output %s"
             (string o.Method) trainer.Examples (if o.Pack then " (packed rows)" else "") trainer.TotalSteps o.BatchSize o.MicroBatch
-            o.LearningRate o.Schedule (Path.GetFullPath(a.GetResult Output))
+            o.LearningRate o.Schedule (Path.GetFullPath output)
         use cts = new Threading.CancellationTokenSource()
         let handler = ConsoleCancelEventHandler(fun _ e ->
             if not cts.IsCancellationRequested then
@@ -216,7 +180,7 @@ let run (a: ParseResults<TrainArgs>) =
                 cts.Cancel())
         Console.CancelKeyPress.AddHandler handler
         try
-            let r = trainer.Run(a.Contains Resume, cts.Token)
+            let r = trainer.Run(Flag.has Flags.resume a, cts.Token)
             printfn "steps: %d of %d%s" r.Steps r.TotalSteps (if r.Interrupted then " (interrupted; continue with --resume)" else "")
             r.FinalLoss |> Option.ofNullable |> Option.iter (printfn "final train loss: %.4f")
             r.EvalLoss |> Option.ofNullable |> Option.iter (printfn "held-out loss: %.4f")
@@ -231,8 +195,8 @@ let run (a: ParseResults<TrainArgs>) =
     | Some _ when not MoFO.Distributed.Job.IsRoot -> ()   // rank 0 alone measures and writes the report
     | Some (suite, settings) when not r.Interrupted && not (isNull r.ModelDir) ->
         if task.IsNone then eprintfn "mofo train: no held-out data (--eval-data): the report has no task measures"
-        let opts: ForgettingReport.Options = { Tokenizer = a.TryGetResult Tokenizer; Device = a.TryGetResult Device; MetricsFile = Some metricsFile }
-        ForgettingReport.forgettingWith opts (a.GetResult Model) r.ModelDir task settings suite (a.GetResult Output) |> ignore
+        let opts: ForgettingReport.Options = { Tokenizer = tokenizer; Device = Flag.tryGet Flags.device a; MetricsFile = Some metricsFile }
+        ForgettingReport.forgettingWith opts modelPath r.ModelDir task settings suite output |> ignore
     | Some _ -> eprintfn "mofo train: the run was interrupted, so there is no fine-tuned model to report on (continue with --resume --report)"
     | None -> ()
     if r.Interrupted then int ExitCode.Interrupted else 0

@@ -1,5 +1,6 @@
-/// The `mofo` command line: the schema (Argu) and the dispatch. Every command runs under `Common.guard`, so the same
-/// failure gives the same exit code everywhere (`ExitCode`; README "Exit codes").
+/// The `mofo` command line: the schema (Argu) and the dispatch. Every command runs under `Common.command` (its flags
+/// checked first; `Cli.Flag`, `Cli.Flags`) or `Common.guard`, so the same failure gives the same exit code everywhere
+/// (`ExitCode`; README "Exit codes").
 module MoFO.Dsl.Cli.Main
 
 open System
@@ -65,7 +66,7 @@ type MofoArgs =
             | Methods _ -> "list the fine-tuning methods (optimizer members and loss terms) with their defaults."
             | Plan _ -> "the memory a fine-tuning run will need, by component, against the memory available (exit 7 when it does not fit)."
             | Point _ -> "run one point of a sweep (internal: sweeps start these processes)."
-            | Data_Root _ -> "the folder with the real models, tokenizers and datasets (default: $MOFO_DATA, else ../shared/data beside the repository)."
+            | Data_Root _ -> Flags.dataRoot.Usage
 
 let parser = ArgumentParser.Create<MofoArgs>(programName = "mofo")
 
@@ -82,50 +83,56 @@ let private methods () =
          + "the final folder holds the merged weights and PEFT's adapter_model.safetensors + adapter_config.json")
     printfn "loss terms (--method NAME for AdamW with the term; --l1-lambda / --l2-lambda add one to any member):"
     for t in Methods.Terms do printfn "  %-12s %s (default λ %g)" t.Name t.Description t.DefaultLambda
-    printfn "defaults: lr %g, %A schedule, warmup %g, weight decay %g, gradient clipping at %g, batch %d, max length %d, seed %d"
-        Defaults.LearningRate Defaults.Schedule Defaults.WarmupRatio Defaults.WeightDecay Defaults.MaxGradNorm Defaults.BatchSize Defaults.MaxLength Defaults.Seed
+    printfn "defaults: lr %g, %A schedule, warmup %g, weight decay %g, gradient clipping at %g, %d epoch%s of batch %d, max length %d, seed %d"
+        Defaults.LearningRate Defaults.Schedule Defaults.WarmupRatio Defaults.WeightDecay Defaults.MaxGradNorm Defaults.Epochs
+        (if Defaults.Epochs = 1 then "" else "s") Defaults.BatchSize Defaults.MaxLength Defaults.Seed
     0
 
-/// Parses and runs one command line; returns the exit code. `--help` prints usage (exit 0); a wrong flag or a missing
-/// subcommand prints the error and the usage to stderr (exit 2); a failure prints one line with its exit code.
-let run (argv: string[]) =
-    match (try Ok (parser.ParseCommandLine(argv)) with :? ArguParseException as e -> Error e) with
-    | Error e when e.ErrorCode = ErrorCode.HelpText ->
+/// A command line Argu refuses: `--help` prints usage (exit 0); an unknown flag or a missing subcommand prints the
+/// error and the usage (exit 2); a flag without its value is one line (exit 2).
+let private refused (e: ArguParseException) =
+    if e.ErrorCode = ErrorCode.HelpText then
         printfn "%s" e.Message
         0
-    | Error e ->
-        eprintfn "%s" e.Message
+    else
+        let first = e.Message.Split('\n')[0]
+        if first.Contains "must be followed by" then eprintfn "mofo: %s" (Common.render e) else eprintfn "%s" e.Message
         int MoFO.Dsl.ExitCode.Usage
+
+/// Parses and runs one command line; returns the exit code. Every command's flags are checked before it runs (a bad
+/// value or a missing mandatory flag is one line, exit 2; `Common.command`); a failure prints one line with its exit code.
+let run (argv: string[]) =
+    match (try Ok (parser.ParseCommandLine(argv)) with :? ArguParseException as e -> Error e) with
+    | Error e -> refused e
     | Ok args ->
-      args.TryGetResult MofoArgs.Data_Root |> Option.iter (fun p -> MoFO.DataRoot.Override <- p)
-      Common.guard (fun () ->
+        args.TryGetResult MofoArgs.Data_Root |> Option.iter (fun p -> MoFO.DataRoot.Override <- p)
         match args.TryGetSubCommand() with
-        | Some (MofoArgs.Info _) -> Info.run ()
-        | Some (MofoArgs.Train a) -> Train.run a
-        | Some (MofoArgs.Continual a) -> Continual.run a
-        | Some (MofoArgs.Eval a) -> Eval.run a
-        | Some (MofoArgs.Eval_Samples a) -> EvalSamples.run a
-        | Some (MofoArgs.Generate g) -> Generate.run g
-        | Some (MofoArgs.Convert c) -> Convert.run c
-        | Some (MofoArgs.Init i) -> Init.run i
-        | Some (MofoArgs.Average v) -> Average.run v
-        | Some (MofoArgs.Repro r) -> Repro.run r
-        | Some (MofoArgs.Methods _) -> methods ()
-        | Some (MofoArgs.Plan p) -> Plan.run p
+        | Some (MofoArgs.Info _) -> Common.guard Info.run
+        | Some (MofoArgs.Methods _) -> Common.guard methods
+        | Some (MofoArgs.Train a) -> Common.command a Train.run
+        | Some (MofoArgs.Continual a) -> Common.command a Continual.run
+        | Some (MofoArgs.Eval a) -> Common.command a Eval.run
+        | Some (MofoArgs.Eval_Samples a) -> Common.command a EvalSamples.run
+        | Some (MofoArgs.Generate g) -> Common.command g Generate.run
+        | Some (MofoArgs.Convert c) -> Common.command c Convert.run
+        | Some (MofoArgs.Init i) -> Common.command i Init.run
+        | Some (MofoArgs.Average v) -> Common.command v Average.run
+        | Some (MofoArgs.Repro r) -> Common.command r Repro.run
+        | Some (MofoArgs.Plan p) -> Common.command p Plan.run
         | Some (MofoArgs.Bench b) ->
-            (match b.TryGetSubCommand() with
-             | Some (BenchArgs.Model m) -> Bench.Model.run m
-             | Some (BenchArgs.Optim o) -> Bench.Optim.run o
-             | Some (BenchArgs.Memory m) -> Bench.Memory.run m
-             | None ->
-                 eprintfn "%s" (b.Parser.PrintUsage(message = "mofo bench: a benchmark is required."))
-                 2)
+            match b.TryGetSubCommand() with
+            | Some (BenchArgs.Model m) -> Common.command m Bench.Model.run
+            | Some (BenchArgs.Optim o) -> Common.command o Bench.Optim.run
+            | Some (BenchArgs.Memory m) -> Common.command m Bench.Memory.run
+            | None ->
+                eprintfn "%s" (b.Parser.PrintUsage(message = "mofo bench: a benchmark is required."))
+                2
         | _ ->
             match args.TryGetResult MofoArgs.Point with
-            | Some file -> MoFO.Dsl.Sweep.runPoint file
+            | Some file -> Common.guard (fun () -> MoFO.Dsl.Sweep.runPoint file)
             | None ->
                 eprintfn "%s" (parser.PrintUsage(message = "mofo: a subcommand is required."))
-                2)
+                2
 
 /// A paper-repro script: `mofo repro <name>` with the script's arguments (fsi.CommandLineArgs), so a script and the
 /// command give the same results and exit codes.
@@ -133,13 +140,13 @@ let script (name: string) (argv: string[]) =
     let args = if argv.Length > 0 && argv[0].EndsWith(".fsx", StringComparison.OrdinalIgnoreCase) then argv[1..] else argv
     run (Array.append [| "repro"; name |] args)
 
-/// A custom study script (scripts/ablation.fsx): the reproduction flags parsed as `mofo repro` parses them, the body
-/// run under the same guard; returns the exit code.
+/// A custom study script (scripts/ablation.fsx): the reproduction flags parsed and checked as `mofo repro` does, the
+/// body run under the same guard; returns the exit code.
 let study (argv: string[]) (body: MoFO.Dsl.Study.Ctx -> int) =
-    match (try Ok (Repro.scriptOptions argv) with :? ArguParseException as e -> Error e) with
-    | Error e when e.ErrorCode = ErrorCode.HelpText -> printfn "%s" e.Message; 0
-    | Error e -> eprintfn "%s" e.Message; int MoFO.Dsl.ExitCode.Usage
-    | Ok o ->
-        Common.guard (fun () ->
+    match (try Ok (Repro.scriptArgs argv) with :? ArguParseException as e -> Error e) with
+    | Error e -> refused e
+    | Ok a ->
+        Common.command a (fun a ->
+            let o = Repro.options a
             MoFO.Runtime.init ()
             body (MoFO.Dsl.Study.context o))

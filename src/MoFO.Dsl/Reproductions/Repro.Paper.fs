@@ -272,9 +272,9 @@ let table5 (c: Ctx) =
     let stream, metric = stream c
     let tasks = Continual.tasks stream
     let recipe =
-        if c.Smoke then { Recipe.Default with Lr = 1e-3; BatchSize = 4; MicroBatchSize = 4; MaxLength = 128; Schedule = MoFO.Training.Schedule.Constant }
-        elif c.IsTiny then { Recipe.Default with Lr = 1e-3; BatchSize = 8; MicroBatchSize = 8; MaxLength = 256; Schedule = MoFO.Training.Schedule.Constant }
-        else { Recipe.Default with Lr = 1e-5; BatchSize = 64; MicroBatchSize = 4; MaxLength = 1024 }
+        if c.Smoke then { Recipe.Paper with Lr = 1e-3; BatchSize = 4; MicroBatchSize = 4; MaxLength = 128; Schedule = MoFO.Training.Schedule.Constant }
+        elif c.IsTiny then { Recipe.Paper with Lr = 1e-3; BatchSize = 8; MicroBatchSize = 8; MaxLength = 256; Schedule = MoFO.Training.Schedule.Constant }
+        else { Recipe.Paper with Lr = 1e-5; BatchSize = 64; MicroBatchSize = 4; MaxLength = 1024 }
     let memory = if c.IsTiny then 16 else 64
     let methods =
         [ Method.FullFT; Method.HFT; Method.MoFO 0.05; Method.GEM(memory, Method.FullFT); Method.GEM(memory, Method.MoFO 0.05)

@@ -108,11 +108,12 @@ let codeAlpaca (c: Ctx) = if c.IsTiny then Dataset.CodeAlpaca None else Dataset.
 
 /// The recipes. Tiny: the pilot of DESIGN.md (lr 1e-3 constant, Lion 0.2×; DPR 300 steps of 16; instruction data
 /// 150 steps of 8 at ≤ 320 tokens). Paper: Appendix B (lr 2e-5 cosine, 2 epochs, batch 128 for MetaMathQA (a seeded
-/// 10 %) and 64 for Code-Alpaca, 1024 tokens). Smoke (CI): 3 steps of 4.
+/// 10 %) and 64 for Code-Alpaca, 1024 tokens). Smoke (CI): 3 steps of 4. Every one starts from `Recipe.Paper` (the tiny
+/// and smoke ones keep its 2 epochs: with `Steps` set they count only in each run's identity in the store).
 type Kind = DprKind | MathKind | CodeKind
 
 let recipe (c: Ctx) (k: Kind) =
-    let d = Recipe.Default
+    let d = Recipe.Paper
     if c.Smoke then { d with Lr = 1e-3; Steps = Some 3; BatchSize = 4; MicroBatchSize = 4; MaxLength = 128; Schedule = Schedule.Constant }
     elif c.IsTiny then
         match k with

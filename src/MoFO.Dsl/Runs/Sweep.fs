@@ -29,12 +29,9 @@ type PointFile = { Job: Job; Threads: int }
 /// How many points run at once: on CPU at tiny scale one per core (each with one intra-op thread: a tiny model does
 /// not use two cores well); otherwise one. MOFO_PARALLEL overrides.
 let parallelism (scale: Scale) =
-    match Environment.GetEnvironmentVariable "MOFO_PARALLEL" with
-    | null | "" -> (match scale with Scale.Tiny -> max 1 Environment.ProcessorCount | Scale.Paper _ -> 1)
-    | s ->
-        match Int32.TryParse s with
-        | true, n when n >= 1 -> n
-        | _ -> raise (OptionException("MOFO_PARALLEL", $"MOFO_PARALLEL={s}: expected a positive integer"))
+    match EnvironmentVariables.PositiveInteger EnvironmentVariables.Parallel |> Option.ofNullable with
+    | Some n -> n
+    | None -> (match scale with Scale.Tiny -> max 1 Environment.ProcessorCount | Scale.Paper _ -> 1)
 
 /// Runs a job in this process.
 let runJob (showProgress: bool) (j: Job) =

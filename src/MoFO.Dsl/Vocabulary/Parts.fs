@@ -52,9 +52,11 @@ type Dataset =
         | Gsm8kTrain -> "gsm8k-train"
         | File (n, p, f, h) -> $"""{n}:{Path.GetFullPath p}:{f}:{defaultArg h ""}"""
 
-/// How to fine-tune: the paper's knobs (defaults: Core's `Defaults`, the authors' scripts, with the paper's batch of
-/// 128 in micro-batches of 4, 2 epochs and 1024 tokens). `Lr` is Adam's learning rate: a member whose authors advise
-/// another step size runs at `Lr` times its factor (`Recipe.lrFor`; Lion 0.2).
+/// How to fine-tune: the knobs of a run. `Recipe.Default` is Core's defaults (`Defaults`, through
+/// `TrainingOptions.Default`: the one set of defaults, which `mofo train` uses too); `Recipe.Paper` is the paper's
+/// Appendix B on top of them (batch 128 in micro-batches of 4, 2 epochs, 1024 tokens), the recipe the reproductions
+/// and scripts start from. `Lr` is Adam's learning rate: a member whose authors advise another step size runs at `Lr`
+/// times its factor (`Recipe.lrFor`; Lion 0.2).
 type Recipe =
     { Lr: float
       Steps: int option
@@ -76,10 +78,14 @@ type Recipe =
       BFloat16Update: MoFO.Optim.BFloat16Update
       /// recompute each decoder layer's activations in the backward pass
       GradientCheckpointing: bool }
+    /// Core's defaults (`TrainingOptions.Default`): lr 2e-5 cosine, 1 epoch of batch 16 (one micro-batch), 512 tokens.
     static member Default =
-        { Lr = Defaults.LearningRate; Steps = None; Epochs = 2; BatchSize = 128; MicroBatchSize = 4; MaxLength = 1024; Schedule = Defaults.Schedule
-          WarmupRatio = Defaults.WarmupRatio; WeightDecay = Defaults.WeightDecay; MaxGradNorm = Defaults.MaxGradNorm; TrainLimit = None; SampleFraction = None
-          Precision = Precision.Float32; BFloat16Update = MoFO.Optim.BFloat16Update.StochasticRounding; GradientCheckpointing = false }
+        let o = TrainingOptions.Default
+        { Lr = o.LearningRate; Steps = Option.ofNullable o.Steps; Epochs = o.Epochs; BatchSize = o.BatchSize; MicroBatchSize = o.MicroBatch
+          MaxLength = o.MaxLength; Schedule = o.Schedule; WarmupRatio = o.WarmupRatio; WeightDecay = o.WeightDecay; MaxGradNorm = o.MaxGradNorm
+          TrainLimit = None; SampleFraction = None; Precision = o.Precision; BFloat16Update = o.BFloat16Update; GradientCheckpointing = o.GradientCheckpointing }
+    /// The paper's recipe (Appendix B) on Core's defaults: batch 128 in micro-batches of 4, 2 epochs, 1024 tokens.
+    static member Paper = { Recipe.Default with Epochs = 2; BatchSize = 128; MicroBatchSize = 4; MaxLength = 1024 }
 
 module Recipe =
     /// The learning rate a method runs at under a recipe: `Lr` times the method's factor (Lion: 0.2; LoRA: 10).
