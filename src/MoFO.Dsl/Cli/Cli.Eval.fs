@@ -64,6 +64,10 @@ type EvalArgs =
     interface IArgParserTemplate with
         member this.Usage = (this :> IFlags).Flag.Usage
 
+/// The task's name as given (`runWith` looks it up among its own measures; the command line checks it against every
+/// declared task before the command runs).
+let private taskOf (args: ParseResults<EvalArgs>) = args.GetResult Task
+
 /// The settings of one `mofo eval` (the paper's protocol, with the flags applied through the measure's declaration).
 let settings (m: Measure) (args: ParseResults<EvalArgs>) =
     let knobs =
@@ -76,7 +80,7 @@ let settings (m: Measure) (args: ParseResults<EvalArgs>) =
 /// A measure against the base model (the distance, KL to base) needs `--base`: said before anything else is read.
 let private requireBase (m: Measure) (args: ParseResults<EvalArgs>) =
     if Evals.againstBase m && (Flag.tryGet Own.baseModel args).IsNone then
-        raise (OptionException("Base", $"--task {Flag.get Own.task args}: --base is required (the model to measure from)"))
+        raise (OptionException("Base", $"--task {taskOf args}: --base is required (the model to measure from)"))
 
 /// Runs a measure on a loaded model (through `Evals.measure`, as the DSL and `mofo train --report` do).
 let evaluateMeasure (m: Measure) (model: CausalLM) (args: ParseResults<EvalArgs>) : Outcome =
@@ -90,7 +94,7 @@ let evaluateMeasure (m: Measure) (model: CausalLM) (args: ParseResults<EvalArgs>
         if baseModel.IsValueCreated && not (obj.ReferenceEquals(baseModel.Value, model)) then baseModel.Value.Dispose()
 
 /// Runs the task on a loaded model.
-let evaluate (model: CausalLM) (args: ParseResults<EvalArgs>) : Outcome = evaluateMeasure (Evals.ofTask (Flag.get Own.task args)) model args
+let evaluate (model: CausalLM) (args: ParseResults<EvalArgs>) : Outcome = evaluateMeasure (Evals.ofTask (taskOf args)) model args
 
 /// Writes the results file: lm-evaluation-harness's results JSON with MoFO.NET's own record of the evaluation beside
 /// its keys, and with --log-samples the harness's samples files beside it.
@@ -101,7 +105,7 @@ let private write (path: string) (m: Measure) (outcome: Outcome) (seconds: float
     let root = LmEval.results modelPath s (Flag.tryGet Own.limit args) seconds ts groups
     let options = JsonSerializerOptions(WriteIndented = true, NumberHandling = Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals)
     let record =
-        {| task = Flag.get Own.task args; measure = m.Key; model = modelPath; count = outcome.Count
+        {| task = taskOf args; measure = m.Key; model = modelPath; count = outcome.Count
            metrics = dict outcome.Metrics; elapsedSeconds = seconds; items = outcome.Items.ToJson options |}
     let own = Text.Json.Nodes.JsonNode.Parse(JsonSerializer.Serialize(record, options)).AsObject()
     for KeyValue (k, v) in Seq.toList own do
@@ -115,14 +119,14 @@ let private write (path: string) (m: Measure) (outcome: Outcome) (seconds: float
 
 /// `mofo eval` with the tasks of `measures` (`run`: every declared measure).
 let runWith (measures: Measure list) (args: ParseResults<EvalArgs>) =
-    let m = Evals.ofTaskIn measures (Flag.get Own.task args)
+    let m = Evals.ofTaskIn measures (taskOf args)
     requireBase m args
     if Flag.has Own.logSamples args && (Flag.tryGet Own.output args).IsNone then
         raise (OptionException("Output", "--log-samples writes beside the results file: pass --output FILE"))
     let clock = Diagnostics.Stopwatch.StartNew()
     use model = ModelLoader.Load(Flag.get Own.model args, Option.toObj (Flag.tryGet Flags.tokenizer args), MoFO.Runtime.device (Flag.tryGet Own.device args))
     let outcome = evaluateMeasure m model args
-    printfn "%s on %s (%d items, %.1f s)" (Flag.get Own.task args) model.Name outcome.Count clock.Elapsed.TotalSeconds
+    printfn "%s on %s (%d items, %.1f s)" (taskOf args) model.Name outcome.Count clock.Elapsed.TotalSeconds
     for (k, v) in outcome.Metrics do
         printfn "  %-24s %.4f" k v
     Flag.tryGet Own.output args |> Option.iter (fun path -> write path m outcome clock.Elapsed.TotalSeconds args)
