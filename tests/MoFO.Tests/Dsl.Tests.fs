@@ -9,7 +9,7 @@ open MoFO.Dsl.Evals
 open MoFO.Tests.Fixtures
 
 let private run (label: string) (m: Method option) (values: (Measure * float) list) : Run =
-    { Label = label; Method = m; ModelPath = ""; BasePath = ""; Dir = ""; Values = Map.ofList values; Train = None; Seed = 0 }
+    { Label = label; Key = "test:" + label; Method = m; ModelPath = ""; BasePath = ""; Dir = ""; Values = Map.ofList values; Train = None; Seed = 0 }
 
 let private tempDir () =
     let d = Path.Combine(Path.GetTempPath(), $"mofo-dsl-{Guid.NewGuid():N}")
@@ -267,5 +267,57 @@ let smoke =
                 Expect.equal code 0 $"exit code; stderr: {err}"
                 Expect.stringContains stdout "table2" "prints the table"
                 Expect.isTrue (File.Exists(Path.Combine(out, "table2.json"))) "writes the JSON")
+        }
+    ]
+
+/// A run's identity is what differs: labels name what tells runs apart, results are keyed by run, and two rows with
+/// one label are an error.
+[<Tests>]
+let identity =
+    testList "Dsl.identity" [
+        test "Dsl.identity.labels: a 2 × 2 sweep over learning rates and methods is labelled by method and rate; seeds and LoRA's effective rate show where they differ; withLabel overrides" {
+            let e = smokeExperiment 3 []
+            let sweep = [ for lr in [ 3e-4; 1e-3 ] do for m in [ Method.FullFT; Method.MoFO 0.15 ] -> e |> Experiment.withLr lr |> Experiment.withMethod m ]
+            Expect.equal (Labels.distinguish sweep)
+                [ "Full FT · lr 0.0003"; "MoFO (α=15%) · lr 0.0003"; "Full FT · lr 0.001"; "MoFO (α=15%) · lr 0.001" ] "method and rate"
+            Expect.equal (Labels.distinguish (Experiment.compare [ Method.FullFT; Method.MoFO 0.15 ] e)) [ "Full FT"; "MoFO (α=15%)" ] "nothing else differs: the method alone"
+            Expect.equal (Labels.distinguish ([ e; e ] |> Experiment.seeds [ 0; 1 ] |> List.distinct)) [ "MoFO (α=15%) · seed 0"; "MoFO (α=15%) · seed 1" ] "seeds"
+            let lora = Method.LoRA (8, None)
+            let loras = [ 1e-4; 1e-3 ] |> List.map (fun lr -> e |> Experiment.withMethod lora |> Experiment.withLr lr)
+            Expect.equal (Labels.distinguish loras) [ $"{lora.Label} · lr 0.001"; $"{lora.Label} · lr 0.01" ] "LoRA at its effective rate (10× the recipe's)"
+            Expect.stringContains (Experiment.runDir loras[1]) "-lr0.01-" "and its run folder is named by it"
+            Expect.equal (Labels.distinguish [ Experiment.withLabel "mine" sweep[0]; sweep[1] ]) [ "mine"; "MoFO (α=15%)" ] "an own label stays; the rest are told apart among themselves"
+        }
+
+        test "Dsl.identity.duplicate: two rows with one label are an error naming both runs; the same run twice is one row" {
+            let a = Results.rowOf "runs/a-123" "Full FT" [ "task_loss", "Task loss", 1.0 ]
+            let b = Results.rowOf "runs/b-456" "Full FT" [ "task_loss", "Task loss", 2.0 ]
+            let ex = try Results.distinctRows [ a; b ] |> ignore; "" with :? ArgumentException as x -> x.Message
+            Expect.stringContains ex "runs/a-123" "names the first run"
+            Expect.stringContains ex "runs/b-456" "and the second"
+            Expect.stringContains ex "Experiment.withLabel" "and how to tell them apart"
+            Expect.equal (Results.distinctRows [ a; a ]) [ a ] "one run twice: one row"
+        }
+
+        testSequenced <| test "Dsl.identity.sweep: a newcomer's 2 × 2 sweep, without relabelling, writes five rows (base + 4) with distinct labels that show the learning rate" {
+            requireAsset MoFO.DataRoot.Assets.Stories260K |> ignore
+            let e = smokeExperiment 2 [ Measure.TaskLoss ]
+            withCache (fun cache ->
+                let runs = [ for lr in [ 3e-4; 1e-3 ] do for m in [ Method.FullFT; Method.MoFO 0.15 ] -> e |> Experiment.withLr lr |> Experiment.withMethod m ] |> Experiment.runAll
+                let table = { Title = "2 × 2"; Columns = [ Column.Of Measure.TaskLoss ]; Base = Some (Experiment.baseline e); Rows = runs }
+                let out = Path.Combine(cache, "results")
+                let o = { Results.Options.defaults () with OutDir = out }
+                let c = Study.context o
+                let code = Study.finish c { Study.output "sweep" "A 2 × 2 sweep" with Tables = [ table ] }
+                Expect.equal code 0 "written"
+                use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, "sweep.json")))
+                let rows = [ for r in doc.RootElement.GetProperty("rows").EnumerateArray() -> r.GetProperty("method").GetString(), r.GetProperty("key").GetString() ]
+                Expect.equal rows.Length 5 "base + 4 rows"
+                Expect.equal (rows |> List.map fst |> List.distinct |> List.length) 5 $"distinct labels: {rows}"
+                Expect.equal (rows |> List.map snd |> List.distinct |> List.length) 5 "distinct keys"
+                for label, _ in rows |> List.tail do Expect.stringContains label "lr " $"{label} shows its learning rate"
+                let metrics = doc.RootElement.GetProperty("rows").[1].GetProperty("metrics")
+                Expect.isTrue (metrics.TryGetProperty "task_loss" |> fst) "metrics under the measure's key"
+                Expect.equal (doc.RootElement.GetProperty("metricNames").GetProperty("task_loss").GetString()) Measure.TaskLoss.Name "its name beside it")
         }
     ]

@@ -12,15 +12,19 @@ let results =
     testList "Optim.results" [
         test "Optim.results.json follows the output contract (name, scale, seed, rows, paper, checks, elapsedSeconds)" {
             let r =
-                { Name = "demo"; Scale = "tiny"; Seed = 3
-                  Rows = [ row "Adam" [ "loss", 0.5; "nan", nan ]; row "MoFO" [ "loss", 0.25 ] ]
+                { Name = "demo"; Title = "A demo"; Scale = "tiny"; Seed = 3
+                  Rows = [ row "Adam" [ "loss", 0.5; "nan", nan ]; row "MoFO" [ "Δ loss", 0.25 ] ]
                   Paper = None
                   Checks = [ check "MoFO lower" true "0.25 < 0.5" ]
                   ElapsedSeconds = 1.5; Layout = None }
             use doc = JsonDocument.Parse(toJson r)
             let root = doc.RootElement
             let keys = [ for p in root.EnumerateObject() -> p.Name ]
-            Expect.equal keys [ "name"; "scale"; "seed"; "rows"; "paper"; "checks"; "elapsedSeconds" ] "top-level keys in order"
+            Expect.equal keys [ "name"; "title"; "scale"; "seed"; "rows"; "metricNames"; "paper"; "checks"; "elapsedSeconds" ] "top-level keys in order"
+            Expect.equal (root.GetProperty("rows").[0].GetProperty("key").GetString()) "adam" "a row's key"
+            Expect.equal (root.GetProperty("rows").[1].GetProperty("method").GetString()) "MoFO" "its label"
+            Expect.isTrue (root.GetProperty("rows").[1].GetProperty("metrics").TryGetProperty("delta_loss") |> fst) "metrics under machine keys"
+            Expect.equal (root.GetProperty("metricNames").GetProperty("delta_loss").GetString()) "Δ loss" "with their display names beside them"
             Expect.equal (root.GetProperty("rows").[0].GetProperty("metrics").GetProperty("loss").GetDouble()) 0.5 "a metric"
             Expect.equal (root.GetProperty("rows").[0].GetProperty("metrics").GetProperty("nan").ValueKind) JsonValueKind.Null "NaN is written as null"
             Expect.equal (root.GetProperty("paper").ValueKind) JsonValueKind.Null "no paper numbers → null"

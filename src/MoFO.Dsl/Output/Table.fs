@@ -13,6 +13,8 @@ type Column =
     | Of of Measure
     | Mean of name: string * Measure list
     member c.Header = match c with Of m -> m.Name | Mean (n, _) -> n
+    /// The column's machine key in results JSON: the measure's key, or the mean's name as a key ("average").
+    member c.Key = match c with Of m -> m.Key | Mean (n, _) -> Results.keyOf n
     member c.Measures = match c with Of m -> [ m ] | Mean (_, ms) -> ms
     /// The value in the table's unit (accuracies in %); a mean skips measures that are unavailable (NaN).
     member c.Value(values: Map<Measure, float>) =
@@ -57,15 +59,16 @@ module Table =
             if Double.IsFinite d then $"{fmt v} ({fmtDelta d})" else fmt v
         | _ -> fmt v
 
-    /// The rows of the JSON contract: each run's column values and their changes from the base ("Δ <column>").
+    /// The rows of the JSON contract, keyed by run: each run's column values and their changes from the base, under
+    /// the columns' keys (`arc_easy`, `delta_arc_easy`) with their headers as display names.
     let rows (t: Table) : Results.Row list =
         let all = (t.Base |> Option.toList) @ t.Rows
         [ for r in all ->
-            Results.row r.Label
+            Results.rowOf r.Key r.Label
                 [ for c in t.Columns do
-                    yield c.Header, c.Value r.Values
+                    yield c.Key, c.Header, c.Value r.Values
                     match t.Base with
-                    | Some b when r.Method.IsSome -> yield "Δ " + c.Header, c.Value r.Values - c.Value b.Values
+                    | Some b when r.Method.IsSome -> yield "delta_" + c.Key, "Δ " + c.Header, c.Value r.Values - c.Value b.Values
                     | _ -> () ] ]
 
     let markdown (t: Table) =
@@ -106,7 +109,12 @@ module Table =
             sb.AppendLine($"| {name} | " + String.Join(" | ", cells) + " |") |> ignore
         sb.ToString()
 
-    let paperRows (p: PaperTable) : Results.Row list = p.Rows |> List.map (fun (n, vals) -> Results.row n vals)
+    /// The paper's rows under the machine keys of the columns whose headers they use (a header no column has: its name
+    /// made a key).
+    let paperRows (columns: Column list) (p: PaperTable) : Results.Row list =
+        let keyOf (header: string) =
+            columns |> List.tryFind (fun c -> c.Header = header) |> Option.map (fun c -> c.Key) |> Option.defaultWith (fun () -> Results.keyOf header)
+        p.Rows |> List.map (fun (n, vals) -> Results.rowOf ("paper:" + Results.keyOf n) n [ for h, v in vals -> keyOf h, h, v ])
 
     /// A grouped bar chart of the change from the base model per column (one group per column, one bar per method).
     let deltaChart (t: Table) =

@@ -183,6 +183,6 @@ let frontier (c: Ctx) =
         sb.AppendLine().AppendLine("± is half the spread over seeds. " + tinyNote c) |> ignore
         sb.ToString()
     let report: Results.Report =
-        { Name = "frontier"; Scale = c.Scale.Name; Seed = c.Seed; Rows = pointRows @ wiseRows @ matchedRows @ predictorRows; Paper = None; Checks = checks
+        { Name = "frontier"; Title = "frontier"; Scale = c.Scale.Name; Seed = c.Seed; Rows = pointRows @ wiseRows @ matchedRows @ predictorRows; Paper = None; Checks = checks
           ElapsedSeconds = c.Clock.Elapsed.TotalSeconds; Layout = Some md }
     Results.finish c.Options report (Some chart)

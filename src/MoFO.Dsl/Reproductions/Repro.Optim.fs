@@ -21,7 +21,7 @@ let toyExample (o: Options) =
           "distanceFromPretrained", r.DistanceFromStart ]
     let dist (a: float, b: float) (r: ToyRun) = sqrt ((r.Theta1 - a) ** 2.0 + (r.Theta2 - b) ** 2.0)
     let report =
-        { Name = "toy-example"; Scale = o.Scale; Seed = o.Seed
+        { Name = "toy-example"; Title = "toy-example"; Scale = o.Scale; Seed = o.Seed
           Rows = [ row "Adam" (metrics adam); row "MoFO (α = 50 %)" (metrics mofo) ]
           Paper =
             Some [ row "Adam" [ "theta1", 1.0; "theta2", 1.0; "finetuneLoss", 0.0; "pretrainLoss", 2.0; "distanceFromPretrained", sqrt 2.0 ]
@@ -69,7 +69,7 @@ let convergence (o: Options) =
     let infUnder = pts |> List.forall (fun p -> p.MinGradInf <= p.MinGradTopAlpha)
     let last = List.last pts
     let report =
-        { Name = "convergence"; Scale = o.Scale; Seed = o.Seed
+        { Name = "convergence"; Title = "convergence"; Scale = o.Scale; Seed = o.Seed
           Rows = rows
           Paper = None
           Checks =

@@ -49,7 +49,7 @@ let table1 (c: Ctx) =
               (avg.Value adam.Values - avg.Value baseRun.Values > avg.Value lion.Values - avg.Value baseRun.Values)
               $"average: base {avg.Value baseRun.Values:F2}, Adam {avg.Value adam.Values:F2}, Lion {avg.Value lion.Values:F2}" ]
     let tables = [ { bench with Rows = [ adam; lion ] }; { signal with Rows = [ adam; lion ] } ]
-    finish c "table1" tables (Some Paper.table1) checks [ tinyNote c; trainingNote runs ] (Table.deltaChart tables[1])
+    finish c { output "table1" "table1" with Tables = tables; Paper = (Some Paper.table1); Checks = checks; Notes = [ tinyNote c ]; Figure = (Table.deltaChart tables[1]) }
 
 /// Table 2: MoFO forgets less than Adam at similar fine-tuning loss.
 let table2 (c: Ctx) =
@@ -66,7 +66,7 @@ let table2 (c: Ctx) =
               (avg.Value mofo.Values > avg.Value adam.Values)
               ($"average: base {avg.Value baseRun.Values:F2}, Adam {avg.Value adam.Values:F2}, MoFO {avg.Value mofo.Values:F2}" + (if c.IsTiny then " (near chance at tiny scale)" else "")) ]
     let tables = [ { bench with Rows = [ adam; mofo ] }; { signal with Rows = [ adam; mofo ] } ]
-    finish c "table2" tables (Some Paper.table2) checks [ tinyNote c; trainingNote runs ] (Table.deltaChart tables[1])
+    finish c { output "table2" "table2" with Tables = tables; Paper = (Some Paper.table2); Checks = checks; Notes = [ tinyNote c ]; Figure = (Table.deltaChart tables[1]) }
 
 // ---- Figures 1 and 3: the loss landscape ---------------------------------------------------------------------------
 
@@ -140,7 +140,7 @@ let figureLandscape (c: Ctx) =
             sb.AppendLine($"""| {r.Method} | {m["distance"]:F3} | {m["finetune loss"]:F4} | {m["pretrain loss (proxy)"]:F4} |""") |> ignore
         sb.AppendLine().AppendLine($"Grid {n} × {n}; fine-tuning loss on {heldOut} held-out DPR examples, pretraining-loss proxy on {nSamples} base-model samples.").AppendLine(tinyNote c).ToString()
     let report: Results.Report =
-        { Name = "figure-landscape"; Scale = c.Scale.Name; Seed = c.Seed; Rows = rows; Paper = None; Checks = checks
+        { Name = "figure-landscape"; Title = "figure-landscape"; Scale = c.Scale.Name; Seed = c.Seed; Rows = rows; Paper = None; Checks = checks
           ElapsedSeconds = c.Clock.Elapsed.TotalSeconds; Layout = Some layout }
     Results.finish c.Options report (Some chart)
 
@@ -185,14 +185,14 @@ let table3 (c: Ctx) =
     let methods = [ Method.FullFT; Method.HFT; Method.L1 1e-6; Method.L2 1e-3; Method.MoFO 0.15 ]
     let baseRun, runs, bench, signal = instructionStudy c (metaMathQA c) MathKind Measure.Gsm8k mathColumns methods
     let checks = regularizationChecks c baseRun runs[0] runs[1] runs[2] runs[3] runs[4] Measure.Gsm8k
-    finish c "table3" [ bench; signal ] (Some Paper.table3) checks [ tinyNote c; trainingNote runs ] (Table.deltaChart signal)
+    finish c { output "table3" "table3" with Tables = [ bench; signal ]; Paper = (Some Paper.table3); Checks = checks; Notes = [ tinyNote c ]; Figure = (Table.deltaChart signal) }
 
 /// Table 4: Llama-2-7B on Code-Alpaca with Full FT, HFT, L1, L2 and MoFO (α = 10 %).
 let table4 (c: Ctx) =
     let methods = [ Method.FullFT; Method.HFT; Method.L1 1e-6; Method.L2 1e-3; Method.MoFO 0.10 ]
     let baseRun, runs, bench, signal = instructionStudy c (codeAlpaca c) CodeKind Measure.HumanEval codeColumns methods
     let checks = regularizationChecks c baseRun runs[0] runs[1] runs[2] runs[3] runs[4] Measure.HumanEval
-    finish c "table4" [ bench; signal ] (Some Paper.table4) checks [ tinyNote c; trainingNote runs ] (Table.deltaChart signal)
+    finish c { output "table4" "table4" with Tables = [ bench; signal ]; Paper = (Some Paper.table4); Checks = checks; Notes = [ tinyNote c ]; Figure = (Table.deltaChart signal) }
 
 /// Table 6: at α = 10 %, MoFO against gradient-filtered and randomized BCD (and Full FT) on MetaMathQA.
 let table6 (c: Ctx) =
@@ -207,7 +207,7 @@ let table6 (c: Ctx) =
           Claims.forgetsLess Measure.PretrainProxy baseRun rnd full
           Results.check ("MoFO's GSM8K exceeds both BCD variants'" + (if c.IsTiny then " (near zero at tiny scale)" else "")) (mofo[Measure.Gsm8k] > grad[Measure.Gsm8k] && mofo[Measure.Gsm8k] > rnd[Measure.Gsm8k])
               $"GSM8K: MoFO {100.0 * mofo[Measure.Gsm8k]:F1}, gradient-filtered {100.0 * grad[Measure.Gsm8k]:F1}, randomized {100.0 * rnd[Measure.Gsm8k]:F1}" ]
-    finish c "table6" [ bench; signal ] (Some Paper.table6) checks [ tinyNote c; trainingNote runs ] (Table.deltaChart signal)
+    finish c { output "table6" "table6" with Tables = [ bench; signal ]; Paper = (Some Paper.table6); Checks = checks; Notes = [ tinyNote c ]; Figure = (Table.deltaChart signal) }
 
 // ---- Figure 4: the update fraction α ---------------------------------------------------------------------------------
 
@@ -250,7 +250,7 @@ let figureFraction (c: Ctx) =
               |> Chart.withXAxisStyle "update fraction α (%)" ]
         |> Chart.withTitle "Figure 4: the update fraction of MoFO"
         |> Chart.withSize (1200, 500)
-    finish c "figure-fraction" [ table ] None checks [ Paper.fractionFigureNotes; tinyNote c; trainingNote runs ] (Some chart)
+    finish c { output "figure-fraction" "figure-fraction" with Tables = [ table ]; Paper = None; Checks = checks; Notes = [ Paper.fractionFigureNotes; tinyNote c ]; Figure = (Some chart) }
 
 // ---- Table 5: continual fine-tuning -----------------------------------------------------------------------------------
 
@@ -320,6 +320,6 @@ let table5 (c: Ctx) =
         |> Chart.withTitle "Table 5: continual fine-tuning"
         |> Chart.withSize (1200, 500)
     let report: Results.Report =
-        { Name = "table5"; Scale = c.Scale.Name; Seed = c.Seed; Rows = rows; Paper = Some (Table.paperRows Paper.table5); Checks = checks
+        { Name = "table5"; Title = "table5"; Scale = c.Scale.Name; Seed = c.Seed; Rows = rows; Paper = Some (Table.paperRows [] Paper.table5); Checks = checks
           ElapsedSeconds = c.Clock.Elapsed.TotalSeconds; Layout = Some md }
     Results.finish c.Options report (Some chart)

@@ -140,12 +140,40 @@ let tinyNote (c: Ctx) =
         + (if c.Smoke then " SMOKE RUN (CI): 3 training steps and tiny evaluation subsets; the numbers mean nothing." else "")
     else ""
 
-/// Rows of several tables merged per method (the JSON contract's rows).
+/// Rows of several tables merged per run (the JSON contract's rows): a run's row holds its values in every table.
 let mergeRows (tables: Table list) : Row list =
-    let rows = tables |> List.collect Table.rows
-    rows
-    |> List.groupBy (fun r -> r.Method)
-    |> List.map (fun (m, rs) -> row m (rs |> List.collect (fun r -> r.Metrics) |> List.distinctBy fst))
+    tables |> List.collect Table.rows
+    |> List.groupBy (fun r -> r.Key, r.Method)
+    |> List.map (fun ((k, m), rs) ->
+        { Key = k; Method = m
+          Metrics = rs |> List.collect (fun r -> r.Metrics) |> List.distinctBy fst
+          Names = rs |> List.collect (fun r -> r.Names) |> List.distinctBy fst })
+
+/// What a study writes (`finish`): results/<Name>.json, .md and .html and the console's table. Build it with
+/// `Study.output name title` and set what the study has: `{ Study.output "table3" "Table 3 — …" with Tables = …; Checks = … }`.
+type StudyOutput =
+    { /// the results' file name: results/<Name>.{json,md,html}
+      Name: string
+      /// the study's title: the heading of the Markdown and the HTML page (and the page's title)
+      Title: string
+      /// the study's tables (each a base row, then its runs over its columns); the JSON rows are their runs' values
+      Tables: Table list
+      /// the paper's own numbers for the same columns, shown beside the tables
+      Paper: PaperTable option
+      /// the paper's claims as checks of this run (`Claims.*`, `Results.check`)
+      Checks: Check list
+      /// paragraphs after the tables (what the tiny scale shows, caveats); the training summary of the tables' runs
+      /// is added by `finish`
+      Notes: string list
+      /// a figure of the study's own (a frontier, a landscape, a curve over α); None: the tables' measures, each on its
+      /// own axis
+      Figure: Plotly.NET.GenericChart option
+      /// rows beyond the tables' (figures of other shape: a frontier's points, a landscape's losses)
+      ExtraRows: Row list }
+
+/// An output with a name and a title and nothing else yet.
+let output (name: string) (title: string) =
+    { Name = name; Title = title; Tables = []; Paper = None; Checks = []; Notes = []; Figure = None; ExtraRows = [] }
 
 /// The Markdown of a study: its tables, the paper's table, notes.
 let layout (tables: Table list) (paper: PaperTable option) (notes: string list) =
@@ -155,11 +183,13 @@ let layout (tables: Table list) (paper: PaperTable option) (notes: string list) 
     for n in notes |> List.filter (fun n -> n <> "") do sb.AppendLine(n).AppendLine() |> ignore
     sb.ToString()
 
-/// The training summary of each run, as a table (steps, seconds, final train loss, touched fraction).
+/// The training summary of each run, as a list under a heading (steps, seconds, final train loss, touched fraction);
+/// empty when no run has one.
 let trainingNote (runs: Run list) =
     let sb = StringBuilder()
-    sb.AppendLine("Training: " ) |> ignore
-    for r in runs do
+    let trained = runs |> List.filter (fun r -> r.Train.IsSome) |> List.distinctBy (fun r -> r.Key)
+    if not trained.IsEmpty then sb.AppendLine("Training:").AppendLine() |> ignore
+    for r in trained do
         match r.Train with
         | Some t ->
             let loss = t.FinalLoss.GetValueOrDefault nan
@@ -167,10 +197,15 @@ let trainingNote (runs: Run list) =
         | None -> ()
     sb.ToString()
 
-/// Writes a study's result (JSON, Markdown, the HTML figure), prints it; returns the exit code.
-let finish (c: Ctx) (name: string) (tables: Table list) (paper: PaperTable option) (checks: Check list) (notes: string list) (chart: Plotly.NET.GenericChart option) =
+/// Writes a study's result (JSON, Markdown, HTML), prints it; returns the exit code (1 under --strict when a claim
+/// does not hold). Two rows with one label are an error naming both runs.
+let finish (c: Ctx) (o: StudyOutput) =
+    let runs = o.Tables |> List.collect (fun t -> t.Rows)
+    let notes = o.Notes @ [ trainingNote runs ]
     let report =
-        { Name = name; Scale = c.Scale.Name; Seed = c.Seed; Rows = mergeRows tables
-          Paper = paper |> Option.map Table.paperRows; Checks = checks; ElapsedSeconds = c.Clock.Elapsed.TotalSeconds
-          Layout = Some (layout tables paper notes) }
+        { Name = o.Name; Title = o.Title; Scale = c.Scale.Name; Seed = c.Seed; Rows = mergeRows o.Tables @ o.ExtraRows
+          Paper = o.Paper |> Option.map (Table.paperRows (o.Tables |> List.collect (fun t -> t.Columns))); Checks = o.Checks
+          ElapsedSeconds = c.Clock.Elapsed.TotalSeconds
+          Layout = (if o.Tables.IsEmpty && o.Paper.IsNone then None else Some (layout o.Tables o.Paper notes)) }
+    let chart = match o.Figure with Some f -> Some f | None -> o.Tables |> List.tryLast |> Option.bind Table.deltaChart
     Results.finish c.Options report chart

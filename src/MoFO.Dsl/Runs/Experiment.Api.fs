@@ -5,7 +5,10 @@ namespace MoFO.Dsl
 [<CompilationRepresentation(CompilationRepresentationFlags.ModuleSuffix)>]
 module Experiment =
     let create model data method recipe measures (scale: Scale) seed =
-        { Model = model; Data = data; Method = method; Recipe = recipe; Measures = measures; Seed = seed; Scale = scale; Settings = Settings.Of scale }
+        { Model = model; Data = data; Method = method; Recipe = recipe; Measures = measures; Seed = seed; Scale = scale; Settings = Settings.Of scale
+          Label = None }
+    /// The run's name in tables, JSON and claims, instead of the method's label and what tells it apart.
+    let withLabel (label: string) (e: Experiment) = { e with Label = Some label }
     let withMethod m (e: Experiment) = { e with Method = m }
     let withLr lr (e: Experiment) = { e with Recipe = { e.Recipe with Lr = lr } }
     let withSeed s (e: Experiment) = { e with Seed = s }
@@ -27,8 +30,10 @@ module Experiment =
     /// Trains and evaluates one experiment in this process (cached: a finished run is read from the store).
     let runWith (showProgress: bool) (e: Experiment) = Training.runWith showProgress e
     let run (e: Experiment) = Training.runWith true e
-    /// Several experiments, each point in its own process (`Sweep.runAll`).
-    let runAll (es: Experiment list) = Sweep.runAll es
+    /// Several experiments, each point in its own process (`Sweep.runAll`), labelled so that the labels tell them apart
+    /// (`Labels.distinguish`: the method, then the learning rate, seed, … where they differ).
+    let runAll (es: Experiment list) =
+        List.map2 (fun (r: Run) label -> { r with Label = label }) (Sweep.runAll es) (Labels.distinguish es)
     /// The base model on the experiment's measures (cached).
     let baseline (e: Experiment) = Training.baseline e
     /// WiSE-FT: the experiment's fine-tuned model interpolated with its base, θ = (1 − t)·θ_base + t·θ_tuned
@@ -43,9 +48,9 @@ module Experiment =
             MoFO.Models.WeightAverage.Write(e.Model.Path, tuned.ModelPath, t, model, e.Scale.Device)
         let task = lazy (Some (snd (Datasets.load e.Data e.Recipe.MaxLength)))
         let values = Training.evaluate dir model e.Model.Path e.Scale.Device task e.Settings e.Measures
-        { tuned with Label = $"{tuned.Label} · WiSE t={t}"; ModelPath = model; Dir = dir; Values = values }
+        { tuned with Label = $"{tuned.Label} · WiSE t={t}"; Key = Identity.keyOf dir; ModelPath = model; Dir = dir; Values = values }
     /// A row from an lm-evaluation-harness results JSON (a model evaluated elsewhere, or by `mofo eval --output`): its
     /// benchmark numbers as MoFO.NET's measures (`LmEval.measuresOf`), to put beside runs in a table.
     let fromLmEval (label: string) (file: string) : Run =
-        { Label = label; Method = None; ModelPath = file; BasePath = ""; Dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath file)
+        { Label = label; Key = "lm-eval:" + System.IO.Path.GetFullPath file; Method = None; ModelPath = file; BasePath = ""; Dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath file)
           Values = LmEval.measuresOf file; Train = None; Seed = 0 }

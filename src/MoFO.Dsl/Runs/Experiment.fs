@@ -17,11 +17,18 @@ type Experiment =
       Seed: int
       Scale: Scale
       /// how the measures run (limits, shots, samples): `Settings.Of scale` unless a study overrides it
-      Settings: Settings }
+      Settings: Settings
+      /// the run's name in tables, JSON and claims (`Experiment.withLabel`); None: the method's label, followed by
+      /// whatever tells it apart from the experiments it is run with (`Labels.distinguish`)
+      Label: string option }
 
 /// A model with its measured values: the base model or a fine-tuned one.
 type Run =
-    { Label: string
+    { /// the run's name in tables and claims (display only: results are keyed by `Key`)
+      Label: string
+      /// the run's identity, stable across processes: its folder in the store (`runs/<name>-<hash>`), `base/…` for a base
+      /// model; results rows are keyed by it
+      Key: string
       Method: Method option
       ModelPath: string
       BasePath: string
@@ -45,8 +52,13 @@ module Identity =
                    [ string r.Precision; string r.BFloat16Update; string r.GradientCheckpointing ]
                else []))
 
-    /// The run's folder in the store.
-    let runDir (e: Experiment) = Store.folder "runs" $"{e.Data.Name}-{e.Method.Key}-lr{Store.inv e.Recipe.Lr}-s{e.Seed}" (trainingKey e)
+    /// The run's folder in the store (named with the learning rate the method runs at: `Recipe.lrFor`).
+    let runDir (e: Experiment) = Store.folder "runs" $"{e.Data.Name}-{e.Method.Key}-lr{Store.inv (Recipe.lrFor e.Method e.Recipe)}-s{e.Seed}" (trainingKey e)
+
+    /// A run's key: its folder relative to the store (a folder outside it: its full path).
+    let keyOf (dir: string) =
+        let rel = System.IO.Path.GetRelativePath(Store.root (), System.IO.Path.GetFullPath dir)
+        (if rel.StartsWith ".." || System.IO.Path.IsPathRooted rel then System.IO.Path.GetFullPath dir else rel).Replace('\\', '/')
 
     /// The base model's folder in the store (its evaluations).
     let baseDir (model: ModelSource) = Store.folder "base" model.Label model.Path
@@ -60,3 +72,47 @@ module Identity =
             WarmupRatio = r.WarmupRatio, WeightDecay = r.WeightDecay, MaxGradNorm = r.MaxGradNorm, Seed = int64 e.Seed,
             ShowProgress = showProgress, SaveEvery = (match r.Steps with Some s when s >= 100 -> 50 | _ -> 0))
             .WithScale(r.Precision, r.BFloat16Update, r.GradientCheckpointing, Nullable())
+
+/// Labels that tell runs apart: a run is named by its method, followed by whatever differs between it and the runs it
+/// is run with under the same method name (the learning rate it runs at, the seed, the data, …), unless the experiment
+/// carries its own label (`Experiment.withLabel`). Labels are for display; results are keyed by `Run.Key`.
+module Labels =
+    let private g (x: float) = x.ToString("G3", Globalization.CultureInfo.InvariantCulture)
+
+    /// What can tell an experiment apart from another, in the order a label lists them: the data, the model, the learning
+    /// rate the method runs at (`Recipe.lrFor`: LoRA's is 10× the recipe's), the length of training, the batch, the
+    /// other recipe knobs, the seed.
+    let parts (e: Experiment) =
+        let r = e.Recipe
+        [ e.Data.Name
+          e.Model.Label
+          $"lr {g (Recipe.lrFor e.Method r)}"
+          (match r.Steps with Some s -> $"{s} steps" | None -> $"{r.Epochs} epochs")
+          $"batch {r.BatchSize}"
+          $"max length {r.MaxLength}"
+          $"{r.Schedule} schedule".ToLowerInvariant()
+          $"warmup {g r.WarmupRatio}"
+          $"weight decay {g r.WeightDecay}"
+          $"clip {g r.MaxGradNorm}"
+          (match r.Precision with Precision.BFloat16 -> $"bf16 ({r.BFloat16Update})" | _ -> "fp32")
+          (match r.TrainLimit with Some n -> $"{n} examples" | None -> "all examples")
+          (match r.SampleFraction with Some f -> $"{g (100.0 * f)} %% of the data" | None -> "all of the data")
+          $"seed {e.Seed}" ]
+
+    /// The label of one experiment on its own: its own label, else its method's.
+    let single (e: Experiment) = e.Label |> Option.defaultValue e.Method.Label
+
+    /// The labels of experiments run together, in order: an experiment's own label as it is; otherwise its method's
+    /// label followed by each part (`parts`) that differs among the experiments of that method label without a label
+    /// of their own. Experiments that differ only in what a label does not show (the measures, the evaluation
+    /// settings) get the same label.
+    let distinguish (es: Experiment list) =
+        let unlabelled = es |> List.filter (fun e -> e.Label.IsNone)
+        es |> List.map (fun e ->
+            match e.Label with
+            | Some l -> l
+            | None ->
+                let mine = parts e
+                let others = unlabelled |> List.filter (fun o -> o.Method.Label = e.Method.Label) |> List.map parts
+                let differing = mine |> List.indexed |> List.filter (fun (i, v) -> others |> List.exists (fun o -> o[i] <> v)) |> List.map snd
+                String.Join(" · ", e.Method.Label :: differing))

@@ -20,7 +20,7 @@ type Job =
         match j with
         | Train e ->
             let p = if e.Recipe.Precision = MoFO.Training.Precision.BFloat16 then $" · bf16 ({e.Recipe.BFloat16Update})" else ""
-            $"{e.Data.Name} · {e.Method.Label} · lr {e.Recipe.Lr:G3} · seed {e.Seed}{p}"
+            $"{e.Data.Name} · {e.Method.Label} · lr {Recipe.lrFor e.Method e.Recipe:G3} · seed {e.Seed}{p}"
         | Continual c -> $"continual · {c.Experiment.Method.Label} · seed {c.Experiment.Seed}"
 
 /// A point's file: the job and the intra-op threads its process uses (0: libtorch's default).

@@ -89,12 +89,12 @@ let baseline (e: Experiment) : Run =
     let dir = Identity.baseDir e.Model
     let task = lazy (Some (snd (Datasets.load e.Data e.Recipe.MaxLength)))
     let values = evaluate dir path path e.Scale.Device task e.Settings e.Measures
-    { Label = e.Model.Label; Method = None; ModelPath = path; BasePath = path; Dir = dir; Values = values; Train = None; Seed = e.Seed }
+    { Label = e.Model.Label; Key = Identity.keyOf dir; Method = None; ModelPath = path; BasePath = path; Dir = dir; Values = values; Train = None; Seed = e.Seed }
 
 /// A run without numbers (diverged, or failed in every attempt): every value is NaN.
 let failedRun (e: Experiment) =
     let dir = Identity.runDir e
-    { Label = e.Method.Label; Method = Some e.Method; ModelPath = Path.Combine(dir, "model"); BasePath = e.Model.Path; Dir = dir
+    { Label = Labels.single e; Key = Identity.keyOf dir; Method = Some e.Method; ModelPath = Path.Combine(dir, "model"); BasePath = e.Model.Path; Dir = dir
       Values = e.Measures |> List.map (fun m -> m, nan) |> Map.ofList; Train = None; Seed = e.Seed }
 
 /// Trains and evaluates one experiment. A run that diverged (the trainer stopped on non-finite losses) has NaN values,
@@ -113,5 +113,5 @@ let runWith (showProgress: bool) (e: Experiment) : Run =
             let task = lazy (Some (snd (Datasets.load e.Data e.Recipe.MaxLength)))
             let modelPath = Path.Combine(dir, "model")
             let values = evaluate dir modelPath e.Model.Path e.Scale.Device task e.Settings e.Measures
-            { Label = e.Method.Label; Method = Some e.Method; ModelPath = modelPath; BasePath = e.Model.Path; Dir = dir; Values = values
+            { Label = Labels.single e; Key = Identity.keyOf dir; Method = Some e.Method; ModelPath = modelPath; BasePath = e.Model.Path; Dir = dir; Values = values
               Train = Some summary; Seed = e.Seed }
