@@ -35,4 +35,4 @@ exit (MoFO.Dsl.Cli.Main.study fsi.CommandLineArgs (fun c ->
         Claims.trend "larger α moves farther from the pretrained model" Measure.Distance true (List.zip [ 0.05; 0.15; 0.5; 1.0 ] runs)
         :: [ for r in runs |> List.take 3 -> Claims.forgetsLess Measure.PretrainProxy baseline r full ]
 
-    Study.finish c { Study.output "ablation-alpha" "ablation-alpha" with Tables = [ table ]; Checks = checks }))
+    Study.finish c { Study.output "ablation-alpha" "Ablation — MoFO's update fraction α on DPR (stories260K)" with Tables = [ table ]; Checks = checks }))

@@ -51,4 +51,4 @@ exit (MoFO.Dsl.Cli.Main.study fsi.CommandLineArgs (fun c ->
                | Some a, Some b -> a.FinalLoss.GetValueOrDefault nan > b.FinalLoss.GetValueOrDefault nan
                | _ -> false)
               $"""final train loss: nearest {(nearest.Train |> Option.map (fun t -> t.FinalLoss.GetValueOrDefault nan) |> Option.defaultValue nan):F4}, stochastic {(sr.Head.Train |> Option.map (fun t -> t.FinalLoss.GetValueOrDefault nan) |> Option.defaultValue nan):F4}; held-out: nearest {nearest[Measure.TaskLoss]:F4} ({pct nearest[Measure.TaskLoss]})""" ]
-    Study.finish c { Study.output "precision" "precision" with Tables = [ table ]; Checks = checks }))
+    Study.finish c { Study.output "precision" "Precision study — float32, bfloat16 with stochastic rounding, master weights, round-to-nearest" with Tables = [ table ]; Checks = checks }))

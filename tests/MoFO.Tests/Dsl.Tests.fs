@@ -170,6 +170,13 @@ let tests =
                 let text = File.ReadAllText(Path.Combine(repoRoot, "paper-repro", n + ".fsx"))
                 Expect.isTrue (text.Contains $"\"{n}\"" && text.Contains "#load \"../scripts/MoFO.fsx\"") $"{n}.fsx runs reproduction {n}"
             Expect.isTrue (scripts.Contains "all") "all.fsx"
+            // each script spells out its pipeline (it is the definition `mofo repro` runs), not a call into compiled code
+            for n in MoFO.Dsl.Repro.All.names do
+                let text = File.ReadAllText(Path.Combine(repoRoot, "paper-repro", n + ".fsx"))
+                Expect.isTrue (text.Contains "Cli.Main.study" && text.Contains "finish c") $"{n}.fsx runs its own study"
+                Expect.isFalse (text.Contains "Cli.Main.script") $"{n}.fsx does not delegate to compiled code"
+            let table3 = File.ReadAllText(Path.Combine(repoRoot, "paper-repro", "table3.fsx"))
+            Expect.stringContains table3 "let methods = [ Method.FullFT; Method.HFT; Method.L1 1e-6; Method.L2 1e-3; Method.MoFO 0.15 ]" "Table 3 names the methods it compares"
         }
 
         testSequenced <| test "Dsl.Experiment: a run is cached; an interrupted run resumes to the same weights as an uninterrupted one" {
@@ -241,7 +248,30 @@ let tests =
 [<Tests>]
 let smoke =
     testSequenced <| testList "Repro.Smoke" [
-        for name in MoFO.Dsl.Repro.All.names do
+        yield testCase "Repro.Smoke.edited: a researcher adds LoRA to the methods of table3.fsx (the definition mofo repro runs) and runs it: a LoRA row appears" <| fun () ->
+            requireAsset MoFO.DataRoot.Assets.Stories260K |> ignore
+            let original = Path.Combine(repoRoot, "paper-repro", "table3.fsx")
+            let text = File.ReadAllText original
+            let methods = "let methods = [ Method.FullFT; Method.HFT; Method.L1 1e-6; Method.L2 1e-3; Method.MoFO 0.15 ]"
+            Expect.stringContains text methods "the methods line"
+            let edited = Path.Combine(repoRoot, "paper-repro", $".edited-{Guid.NewGuid():N}.fsx")
+            File.WriteAllText(edited, text.Replace(methods, methods.Replace("Method.MoFO 0.15 ]", "Method.MoFO 0.15; Method.LoRA (8, None) ]")))
+            try
+                withCache (fun cache ->
+                    let out = Path.Combine(cache, "results")
+                    let psi = Diagnostics.ProcessStartInfo("dotnet", UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true)
+                    for a in [ "fsi"; "--quiet"; edited; "--smoke"; "--out"; out ] do psi.ArgumentList.Add a
+                    use p = Diagnostics.Process.Start psi
+                    let err = p.StandardError.ReadToEndAsync()
+                    let stdout = p.StandardOutput.ReadToEnd()
+                    p.WaitForExit()
+                    Expect.equal p.ExitCode 0 $"exit code; {err.Result}"
+                    use doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(out, "table3.json")))
+                    let labels = [ for r in doc.RootElement.GetProperty("rows").EnumerateArray() -> r.GetProperty("method").GetString() ]
+                    Expect.equal labels.Length 7 $"base + 6 methods: {labels}"
+                    Expect.isTrue (labels |> List.exists (fun l -> l.StartsWith "LoRA")) $"a LoRA row: {labels}; {stdout}")
+            finally File.Delete edited
+        for name in MoFO.Dsl.Repro.All.names |> List.filter (fun n -> n <> "table3") do
           yield
             test $"Repro.Smoke.{name}: runs with --smoke and writes results/{name}.json, .md and .html" {
                 requireAsset MoFO.DataRoot.Assets.Stories260K |> ignore

@@ -9,7 +9,7 @@ open MoFO.Dsl.Results
 /// `mofo repro`'s own flags (the shared ones are in `Flags`).
 module private Own =
     let name =
-        let lines = MoFO.Dsl.Repro.All.studies |> List.map (fun (n, w, _) -> $"{n} ({w})")
+        let lines = MoFO.Dsl.Repro.All.studies |> List.map (fun (n, w) -> $"{n} ({w})")
         Flag.text "mofo repro <name>" ("the reproduction: " + String.Join("; ", lines) + "; all (every one but the frontier, then results/index.html).")
         |> Flag.sets "Name"
     let scale = Flag.choice "--scale" "tiny (default: stories260K on this CPU) or paper (the paper's models and data from --config, on a GPU)." [ "tiny", "tiny"; "paper", "paper" ]

@@ -9,6 +9,7 @@ open TorchSharp
 open MoFO.Evaluation
 open MoFO.Models
 open MoFO.Dsl.Evals
+open Plotly.NET
 
 type Surface =
     { Xs: float list
@@ -89,3 +90,20 @@ let nearest (s: Surface) (values: float list list) (x: float, y: float) =
     let ix = s.Xs |> List.mapi (fun i v -> i, abs (v - x)) |> List.minBy snd |> fst
     let iy = s.Ys |> List.mapi (fun i v -> i, abs (v - y)) |> List.minBy snd |> fst
     values[iy][ix]
+
+/// A contour of one loss over the plane, with the pretrained model at the origin and the two fine-tuned models marked
+/// (named, with their distance from the pretrained model).
+let contour (s: Surface) (z: float list list) (title: string) (nameA: string) (nameB: string) =
+    let open' = Chart.Contour(zData = z, X = s.Xs, Y = s.Ys, Name = title, ShowScale = false, ContoursColoring = StyleParam.ContourColoring.Heatmap)
+    let ax, ay = s.A
+    let bx, by = s.B
+    let mark (x: float) (y: float) (name: string) (color: string) (text: string list) =
+        Chart.Point(x = [ x ], y = [ y ], Name = name, MarkerColor = Color.fromString color, MultiText = text,
+                               TextPosition = StyleParam.TextPosition.TopCenter, ShowLegend = false)
+    [ open'
+      mark 0.0 0.0 "pretrained" "black" []
+      mark ax ay $"{nameA} ({s.DistanceA:F2} from pretrained)" "orange" [ nameA ]
+      mark bx by $"{nameB} ({s.DistanceB:F2} from pretrained)" "green" [ nameB ] ]
+    |> Chart.combine
+    |> Chart.withXAxisStyle $"along {nameA} − pretrained"
+    |> Chart.withYAxisStyle "orthogonal direction"

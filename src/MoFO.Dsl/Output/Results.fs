@@ -109,7 +109,8 @@ let private columns (rows: Row list) = rows |> List.collect (fun r -> r.Metrics 
 
 let private header (rows: Row list) (key: string) = names rows |> List.tryFind (fun (k, _) -> k = key) |> Option.map snd |> Option.defaultValue key
 
-let private table (rows: Row list) =
+/// A Markdown table of rows (a column per metric key, headed by its name).
+let markdownTable (rows: Row list) =
     let cols = columns rows
     let sb = StringBuilder()
     sb.AppendLine("| method | " + String.Join(" | ", cols |> List.map (header rows)) + " |") |> ignore
@@ -128,9 +129,9 @@ let toMarkdown (r: Report) =
     match r.Layout with
     | Some layout -> sb.AppendLine(layout).AppendLine() |> ignore
     | None ->
-        sb.AppendLine("## This run").AppendLine().Append(table r.Rows).AppendLine() |> ignore
+        sb.AppendLine("## This run").AppendLine().Append(markdownTable r.Rows).AppendLine() |> ignore
         match r.Paper with
-        | Some p -> sb.AppendLine("## The paper").AppendLine().Append(table p).AppendLine() |> ignore
+        | Some p -> sb.AppendLine("## The paper").AppendLine().Append(markdownTable p).AppendLine() |> ignore
         | None -> ()
     sb.AppendLine("## Checks").AppendLine() |> ignore
     for c in r.Checks do

@@ -168,17 +168,21 @@ type StudyOutput =
       /// a figure of the study's own (a frontier, a landscape, a curve over α); None: the tables' measures, each on its
       /// own axis
       Figure: Plotly.NET.GenericChart option
-      /// rows beyond the tables' (figures of other shape: a frontier's points, a landscape's losses)
-      ExtraRows: Row list }
+      /// rows beyond the tables' (figures of other shape: a frontier's points, a landscape's losses), shown in the
+      /// Markdown as a plain table unless the study gives its own `Layout`
+      ExtraRows: Row list
+      /// the study's own Markdown for its rows, in place of the plain table of `ExtraRows` (a frontier's tables)
+      Layout: string option }
 
 /// An output with a name and a title and nothing else yet.
 let output (name: string) (title: string) =
-    { Name = name; Title = title; Tables = []; Paper = None; Checks = []; Notes = []; Figure = None; ExtraRows = [] }
+    { Name = name; Title = title; Tables = []; Paper = None; Checks = []; Notes = []; Figure = None; ExtraRows = []; Layout = None }
 
 /// The Markdown of a study: its tables, the paper's table, notes.
-let layout (tables: Table list) (paper: PaperTable option) (notes: string list) =
+let layout (tables: Table list) (extra: Row list) (paper: PaperTable option) (notes: string list) =
     let sb = StringBuilder()
     for t in tables do sb.AppendLine(Table.markdown t) |> ignore
+    if not extra.IsEmpty then sb.AppendLine(Results.markdownTable extra) |> ignore
     paper |> Option.iter (fun p -> sb.AppendLine(Table.paperMarkdown p) |> ignore)
     for n in notes |> List.filter (fun n -> n <> "") do sb.AppendLine(n).AppendLine() |> ignore
     sb.ToString()
@@ -206,6 +210,6 @@ let finish (c: Ctx) (o: StudyOutput) =
         { Name = o.Name; Title = o.Title; Scale = c.Scale.Name; Seed = c.Seed; Rows = mergeRows o.Tables @ o.ExtraRows
           Paper = o.Paper |> Option.map (Table.paperRows (o.Tables |> List.collect (fun t -> t.Columns))); Checks = o.Checks
           ElapsedSeconds = c.Clock.Elapsed.TotalSeconds
-          Layout = (if o.Tables.IsEmpty && o.Paper.IsNone then None else Some (layout o.Tables o.Paper notes)) }
+          Layout = Some (layout o.Tables (if o.Layout.IsSome then [] else o.ExtraRows) o.Paper (Option.toList o.Layout @ notes)) }
     let chart = match o.Figure with Some f -> Some f | None -> o.Tables |> List.tryLast |> Option.bind Table.deltaChart
     Results.finish c.Options report chart

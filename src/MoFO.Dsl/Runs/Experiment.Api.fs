@@ -1,5 +1,7 @@
 namespace MoFO.Dsl
 
+open System
+
 /// Building and running experiments (the DSL's front door): builders, `run`, `runAll` (a sweep, each point in its own
 /// process), `baseline`.
 [<CompilationRepresentation(CompilationRepresentationFlags.ModuleSuffix)>]
@@ -30,6 +32,16 @@ module Experiment =
     /// Trains and evaluates one experiment in this process (cached: a finished run is read from the store).
     let runWith (showProgress: bool) (e: Experiment) = Training.runWith showProgress e
     let run (e: Experiment) = Training.runWith true e
+    /// The first run of a method among runs; an ArgumentException naming the methods present otherwise.
+    let find (m: Method) (runs: Run list) =
+        match runs |> List.tryFind (fun r -> r.Method = Some m) with
+        | Some r -> r
+        | None ->
+            let present = String.Join(", ", runs |> List.choose (fun r -> r.Method) |> List.map (fun x -> x.Label))
+            raise (System.ArgumentException $"no run of {m.Label} among the runs ({present})")
+    /// The runs with a method's runs shown under another label (the paper's names: "Adam" for Full FT).
+    let relabel (m: Method) (label: string) (runs: Run list) =
+        runs |> List.map (fun r -> if r.Method = Some m then { r with Label = label } else r)
     /// Several experiments, each point in its own process (`Sweep.runAll`), labelled so that the labels tell them apart
     /// (`Labels.distinguish`: the method, then the learning rate, seed, … where they differ).
     let runAll (es: Experiment list) =
