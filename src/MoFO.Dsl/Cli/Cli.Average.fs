@@ -13,7 +13,6 @@ module private Own =
     let output = Flags.output.Describe "the folder to write (new or empty): an HF folder in the tuned model's dtype, with its tokenizer."
     let t = Flag.float "--t" "the weight of the tuned model: θ = (1 − t)·θ_base + t·θ_tuned (default 0.5; 0 = base, 1 = tuned; outside [0, 1] with --extrapolate)." |> Flag.sets "t"
     let extrapolate = Flag.switch "--extrapolate" "allow t outside 0 ≤ t ≤ 1: the point beyond the tuned model (t > 1) or behind the base (t < 0) on their line."
-    let device = Flags.device.Describe "cpu (default) or cuda."
 
 type AverageArgs =
     | [<Mandatory>] Base of path: string
@@ -26,7 +25,7 @@ type AverageArgs =
         member this.Flag =
             match this with
             | Base _ -> Own.baseModel | Tuned _ -> Own.tuned | Output _ -> Own.output | T _ -> Own.t | Extrapolate -> Own.extrapolate
-            | Device _ -> Own.device
+            | Device _ -> Flags.device
     interface IArgParserTemplate with
         member this.Usage = (this :> IFlags).Flag.Usage
 
@@ -43,6 +42,6 @@ let run (a: ParseResults<AverageArgs>) =
     MoFO.Runtime.init ()
     let baseModel, tuned, output = Flag.get Own.baseModel a, Flag.get Own.tuned a, Flag.get Own.output a
     let clock = Diagnostics.Stopwatch.StartNew()
-    WeightAverage.Write(baseModel, tuned, t, output, MoFO.Runtime.device (Flag.tryGet Own.device a))
+    WeightAverage.Write(baseModel, tuned, t, output, MoFO.Runtime.device (Flag.tryGet Flags.device a))
     printfn "averaged: (1 − %g)·%s + %g·%s → %s (%.1f s)" t baseModel t tuned output clock.Elapsed.TotalSeconds
     0

@@ -6,7 +6,6 @@ open MoFO.Models
 
 /// `mofo convert`'s own flags (the shared ones are in `Flags`).
 module private Own =
-    let model = Flags.model.Describe "the model: a llama2.c .bin (tokenizer beside it) or an HF folder."
     let toHf = Flag.text "--to-hf" "the output folder: config.json, model.safetensors (or shards + index), tokenizer, generation_config.json."
     let shardSizeMb = Flags.shardSizeMb.Describe "largest shard in MiB (default 5120); bigger checkpoints are sharded with model.safetensors.index.json."
 
@@ -18,12 +17,12 @@ type ConvertArgs =
     interface IFlags with
         member this.Flag =
             match this with
-            | Model _ -> Own.model | Tokenizer _ -> Flags.tokenizer | To_Hf _ -> Own.toHf | Shard_Size_Mb _ -> Own.shardSizeMb
+            | Model _ -> Flags.model | Tokenizer _ -> Flags.tokenizer | To_Hf _ -> Own.toHf | Shard_Size_Mb _ -> Own.shardSizeMb
     interface IArgParserTemplate with
         member this.Usage = (this :> IFlags).Flag.Usage
 
 let run (args: ParseResults<ConvertArgs>) =
-    use lm = ModelLoader.Load(Flag.get Own.model args, Flag.tryGet Flags.tokenizer args |> Option.toObj)
+    use lm = ModelLoader.Load(Flag.get Flags.model args, Flag.tryGet Flags.tokenizer args |> Option.toObj)
     let shard = int64 (Flag.getOr Own.shardSizeMb 5120 args) <<< 20
     let folder = Flag.get Own.toHf args
     let files = MoFO.Models.HfFolder.Save(lm, folder, shard)

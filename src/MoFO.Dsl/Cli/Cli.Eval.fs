@@ -19,7 +19,6 @@ module private Own =
         Flag.oneOf "--task" ("the measure: " + String.Join(", ", taskNames () |> List.map fst) + ".")
             (fun () -> taskNames () |> Seq.map fst) (fun s -> taskNames () |> List.exists (fun (t, _) -> t = s))
         |> Flag.sets "Task"
-    let model = Flags.model.Describe "an HF model folder or a llama2.c .bin."
     let data = Flags.data.Describe "the task's data (defaults under the data root; required for hellaswag (its public jsonl), mc (a user jsonl) and perplexity (a .txt or a jsonl with \"text\"))."
     let limit = Flags.limit.Describe "evaluate only the first N items (MMLU: the first N of every subject)."
     let shots = Flag.int "--shots" "few-shot examples (default: 0; gsm8k 5)." |> Flag.atLeast 0
@@ -33,7 +32,6 @@ module private Own =
     let maxNewTokens = Flags.maxNewTokens.Describe "generation length (gsm8k 256, humaneval 512, samples 100)."
     let seed = Flags.seed.Describe "the seed of sampling and few-shot selection (default 1234)."
     let cache = Flags.cache.Describe "folder that caches base-model samples (default results/cache)."
-    let device = Flags.device.Describe "cpu (default; float32, or bfloat16 for a bfloat16 checkpoint) or cuda (bfloat16)."
 
 type EvalArgs =
     | [<Mandatory>] Model of path: string
@@ -57,10 +55,10 @@ type EvalArgs =
     interface IFlags with
         member this.Flag =
             match this with
-            | Model _ -> Own.model | Task _ -> Own.task | Tokenizer _ -> Flags.tokenizer | Data _ -> Own.data | Limit _ -> Own.limit
+            | Model _ -> Flags.model | Task _ -> Own.task | Tokenizer _ -> Flags.tokenizer | Data _ -> Own.data | Limit _ -> Own.limit
             | Shots _ -> Own.shots | Output _ -> Own.output | Log_Samples -> Own.logSamples | Base _ -> Own.baseModel | Samples _ -> Own.samples
             | Temperature _ -> Own.temperature | Top_P _ -> Own.topP | K _ -> Own.k | Max_New_Tokens _ -> Own.maxNewTokens | Seed _ -> Own.seed
-            | Cache _ -> Own.cache | Device _ -> Own.device | Unsafe_No_Sandbox -> Flags.unsafeNoSandbox
+            | Cache _ -> Own.cache | Device _ -> Flags.inferenceDevice | Unsafe_No_Sandbox -> Flags.unsafeNoSandbox
     interface IArgParserTemplate with
         member this.Usage = (this :> IFlags).Flag.Usage
 
@@ -100,7 +98,7 @@ let evaluate (model: CausalLM) (args: ParseResults<EvalArgs>) : Outcome = evalua
 /// its keys, and with --log-samples the harness's samples files beside it.
 let private write (path: string) (m: Measure) (outcome: Outcome) (seconds: float) (args: ParseResults<EvalArgs>) =
     let s = settings m args
-    let modelPath = Path.GetFullPath(Flag.get Own.model args)
+    let modelPath = Path.GetFullPath(Flag.get Flags.model args)
     let ts, groups = LmEval.tasks m s outcome
     let root = LmEval.results modelPath s (Flag.tryGet Own.limit args) seconds ts groups
     let options = JsonSerializerOptions(WriteIndented = true, NumberHandling = Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals)
@@ -124,7 +122,7 @@ let runWith (measures: Measure list) (args: ParseResults<EvalArgs>) =
     if Flag.has Own.logSamples args && (Flag.tryGet Own.output args).IsNone then
         raise (OptionException("Output", "--log-samples writes beside the results file: pass --output FILE"))
     let clock = Diagnostics.Stopwatch.StartNew()
-    use model = ModelLoader.Load(Flag.get Own.model args, Option.toObj (Flag.tryGet Flags.tokenizer args), MoFO.Runtime.device (Flag.tryGet Own.device args))
+    use model = ModelLoader.Load(Flag.get Flags.model args, Option.toObj (Flag.tryGet Flags.tokenizer args), MoFO.Runtime.device (Flag.tryGet Flags.inferenceDevice args))
     let outcome = evaluateMeasure m model args
     printfn "%s on %s (%d items, %.1f s)" (taskOf args) model.Name outcome.Count clock.Elapsed.TotalSeconds
     for (k, v) in outcome.Metrics do

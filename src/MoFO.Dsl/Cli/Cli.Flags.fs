@@ -26,6 +26,9 @@ let device =
     Flag.oneOf "--device" "cpu (default) or cuda (CUDA builds; cuda:N for one GPU)." (fun () -> Seq.ofList [ "cpu"; "cuda"; "cuda:N" ]) ok
     |> Flag.sets "Device"
 
+/// `--device` where a model is loaded to generate or evaluate (not trained): the dtype follows the checkpoint.
+let inferenceDevice = device.Describe "cpu (default; float32, or bfloat16 for a bfloat16 checkpoint) or cuda (bfloat16)."
+
 let dataRoot =
     Flag.text "--data-root" "the folder with the real models, tokenizers and datasets (default: $MOFO_DATA, else ../shared/data beside the repository)."
     |> Flag.sets "DataRoot"

@@ -13,7 +13,6 @@ module private Own =
     let topP = Flags.topP.Describe "nucleus sampling mass (default 1)."
     let seed = Flags.seed.Describe "seed of the sampler (default 0)."
     let stop = Flag.text "--stop" "a stop string (repeatable); the output is cut before it."
-    let device = Flags.device.Describe "cpu (default; float32, or bfloat16 for a bfloat16 checkpoint) or cuda (bfloat16)."
 
 type GenerateArgs =
     | [<Mandatory>] Model of path: string
@@ -29,12 +28,12 @@ type GenerateArgs =
         member this.Flag =
             match this with
             | Model _ -> Flags.model | Tokenizer _ -> Flags.tokenizer | Prompt _ -> Own.prompt | Max_New_Tokens _ -> Own.maxNewTokens
-            | Temperature _ -> Own.temperature | Top_P _ -> Own.topP | Seed _ -> Own.seed | Stop _ -> Own.stop | Device _ -> Own.device
+            | Temperature _ -> Own.temperature | Top_P _ -> Own.topP | Seed _ -> Own.seed | Stop _ -> Own.stop | Device _ -> Flags.inferenceDevice
     interface IArgParserTemplate with
         member this.Usage = (this :> IFlags).Flag.Usage
 
 let run (args: ParseResults<GenerateArgs>) =
-    let dev = MoFO.Runtime.device (Flag.tryGet Own.device args)
+    let dev = MoFO.Runtime.device (Flag.tryGet Flags.inferenceDevice args)
     use lm = ModelLoader.Load(Flag.get Flags.model args, Flag.tryGet Flags.tokenizer args |> Option.toObj, dev)
     let prompt = Flag.getOr Own.prompt "" args
     let options =
