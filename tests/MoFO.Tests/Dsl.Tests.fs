@@ -329,6 +329,31 @@ let identity =
             Expect.equal (Results.distinctRows [ a; a ]) [ a ] "one run twice: one row"
         }
 
+        test "Dsl.identity.scriptErrors: errors in a script name the script's words (Recipe.Lr), not a flag; a missing data file is named by its full path" {
+            requireAsset MoFO.DataRoot.Assets.Stories260K |> ignore
+            let dir = tempDir ()
+            let runScript (body: string) =
+                let path = Path.Combine(dir, $"s{Guid.NewGuid():N}.fsx")
+                let mofo = Path.Combine(repoRoot, "scripts", "MoFO.fsx").Replace("\\", "/")
+                File.WriteAllText(path, $"#load \"{mofo}\"\nopen MoFO.Dsl\nexit (MoFO.Dsl.Cli.Main.study fsi.CommandLineArgs (fun c ->\n{body}\n    0))\n")
+                let psi = Diagnostics.ProcessStartInfo("dotnet", UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = dir)
+                for a in [ "fsi"; "--quiet"; path ] do psi.ArgumentList.Add a
+                use p = Diagnostics.Process.Start psi
+                let out = p.StandardOutput.ReadToEndAsync()
+                let err = p.StandardError.ReadToEnd()
+                p.WaitForExit()
+                p.ExitCode, err + out.Result
+            let code, err =
+                runScript "    let r = { Recipe.Default with Lr = -1e-3; Steps = Some 1 }\n    Experiment.run (Experiment.create ModelSource.Stories260K Dataset.Dpr Method.FullFT r [ Measure.TaskLoss ] Scale.Tiny 0) |> ignore"
+            Expect.equal code 2 $"a usage error; {err}"
+            Expect.stringContains err "mofo: Recipe.Lr -0.001: must be" "the recipe's field, as the script spells it"
+            Expect.isFalse (err.Contains "--lr") "not the command line's flag"
+            let code, err =
+                runScript "    let d = Dataset.File(\"mine\", \"no/such.jsonl\", MoFO.Data.DataFormat.Jsonl, None)\n    Experiment.run (Experiment.create ModelSource.Stories260K d Method.FullFT { Recipe.Default with Steps = Some 1 } [ Measure.TaskLoss ] Scale.Tiny 0) |> ignore"
+            Expect.equal code 3 $"a missing file; {err}"
+            Expect.stringContains err (Path.Combine(dir, "no", "such.jsonl")) "its full path"
+        }
+
         testSequenced <| test "Dsl.identity.sweep: a newcomer's 2 × 2 sweep, without relabelling, writes five rows (base + 4) with distinct labels that show the learning rate" {
             requireAsset MoFO.DataRoot.Assets.Stories260K |> ignore
             let e = smokeExperiment 2 [ Measure.TaskLoss ]

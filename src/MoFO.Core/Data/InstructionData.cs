@@ -38,7 +38,7 @@ public static class InstructionData
     public static List<TrainingExample> Read(string path, DataFormat format, string split = "train", int dprTemplate = -1, bool skipEmpty = false)
     {
         if (format != DataFormat.Trace && !File.Exists(path))
-            throw new FileNotFoundException($"{path}: data file not found", path);
+            throw new FileNotFoundException($"{Path.GetFullPath(path)}: data file not found", path);
         if (path.EndsWith(".parquet", StringComparison.OrdinalIgnoreCase)) return ReadParquet(path, format, skipEmpty);
         return format switch
         {
@@ -141,7 +141,7 @@ public static class InstructionData
     public static List<TrainingExample> ReadTrace(string path, string split, bool skipEmpty = false)
     {
         var file = Directory.Exists(path) ? Path.Combine(path, split + ".json") : path;
-        if (!File.Exists(file)) throw new FileNotFoundException($"{file}: TRACE split not found (a task folder holds train.json, eval.json and test.json)", file);
+        if (!File.Exists(file)) throw new FileNotFoundException($"{Path.GetFullPath(file)}: TRACE split not found (a task folder holds train.json, eval.json and test.json)", file);
         JsonDocument doc;
         try { doc = JsonDocument.Parse(TextFiles.ReadAllText(file)); }
         catch (JsonException e) { throw new DataFormatException(file, (int?)(e.LineNumber + 1), $"not valid JSON ({e.Message})", e); }

@@ -33,7 +33,7 @@ public static class JsonLines
 {
     public static IEnumerable<JsonLine> Read(string path)
     {
-        if (!System.IO.File.Exists(path)) throw new FileNotFoundException($"{path}: file not found", path);
+        if (!System.IO.File.Exists(path)) throw new FileNotFoundException($"{System.IO.Path.GetFullPath(path)}: file not found", path);
         using var stream = OpenText(path);
         int lineNo = 0;
         string? line;

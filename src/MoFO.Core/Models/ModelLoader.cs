@@ -70,7 +70,7 @@ public static class ModelLoader
         }
         if (File.Exists(path))
             throw new CheckpointException($"{path}: unsupported model file (expected a llama2.c .bin or an HF folder with config.json)");
-        throw new MissingAssetException($"{path}: not found (expected an HF model folder or a llama2.c .bin file)");
+        throw new MissingAssetException($"{Path.GetFullPath(path)}: not found (expected an HF model folder or a llama2.c .bin file)");
     }
 
     /// <summary>Builds the module on the meta device in the target dtype and reads every parameter from the parts

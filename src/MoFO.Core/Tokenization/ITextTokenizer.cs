@@ -32,7 +32,7 @@ public static class TextTokenizer
     /// <summary>Loads <c>tokenizer.json</c> (byte-level BPE) or a SentencePiece <c>.model</c> by the file's name.</summary>
     public static ITextTokenizer Load(string file)
     {
-        if (!File.Exists(file)) throw new FileNotFoundException($"{file}: tokenizer file not found (expected a SentencePiece .model or an HF tokenizer.json)", file);
+        if (!File.Exists(file)) throw new FileNotFoundException($"{Path.GetFullPath(file)}: tokenizer file not found (expected a SentencePiece .model or an HF tokenizer.json)", file);
         return file.EndsWith(".json", StringComparison.OrdinalIgnoreCase)
             ? ByteLevelBpeTokenizer.Load(file)
             : SentencePieceTextTokenizer.Load(file);

@@ -135,7 +135,7 @@ public static class MemoryPlanner
             if (!File.Exists(file)) throw new Checkpoints.CheckpointException($"{file}: missing (an HF model folder holds config.json)");
             return ModelConfig.Load(file);
         }
-        if (!File.Exists(path)) throw new MissingAssetException($"{path}: not found (expected an HF model folder or a llama2.c .bin file)");
+        if (!File.Exists(path)) throw new MissingAssetException($"{Path.GetFullPath(path)}: not found (expected an HF model folder or a llama2.c .bin file)");
         using var r = new BinaryReader(File.OpenRead(path));
         if (r.BaseStream.Length < 28) throw new Checkpoints.CheckpointException($"{path}: shorter than llama2.c's 28-byte header");
         var h = Enumerable.Range(0, 7).Select(_ => r.ReadInt32()).ToArray();

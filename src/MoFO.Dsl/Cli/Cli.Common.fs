@@ -54,6 +54,20 @@ let renderFor (flags: Flag list) (e: exn) =
 /// An error as the command line says it (the shared flags).
 let render (e: exn) = renderFor [] e
 
+/// An error as a script says it: Core's option fields as the `Recipe` fields and method arguments a script sets
+/// (`Recipe.Lr -0.001: must be …`), never as command-line flags.
+let renderScript (e: exn) =
+    let e = match e with :? AggregateException as a when a.InnerExceptions.Count = 1 -> a.InnerExceptions[0] | e -> e
+    match e with
+    | :? FlagException -> e.Message
+    | :? MemoryPlanException as m -> m.Message
+    | :? OptionException as o ->
+        match Recipe.scriptField o.Field with
+        | Some word when o.Message.StartsWith(o.Field + " ") -> word + o.Message.Substring o.Field.Length
+        | Some word -> $"{o.Message} ({word})"
+        | None -> o.Message
+    | e -> e.Message
+
 /// The process's standard error before a rank other than 0 is quietened: its errors still reach the launcher.
 let mutable private stderr0 : IO.TextWriter = null
 
@@ -85,7 +99,7 @@ let private startRank () =
 /// distributed job a failing rank prints its error with its rank and ends every rank (MPI_Abort with the exit code).
 /// `flags`: the command's, so that an error names the flag as this command spells it. A `MOFO_*` variable that does not
 /// parse stops every command before it starts.
-let guardWith (flags: Flag list) (f: unit -> int) =
+let guardRendered (render: exn -> string) (f: unit -> int) =
     let distributed = MoFO.Distributed.Job.Distributed
     let mutable signal = null
     try
@@ -98,7 +112,7 @@ let guardWith (flags: Flag list) (f: unit -> int) =
             code
         with e ->
             let code = match e with :? Argu.ArguParseException -> ExitCode.Usage | e -> ExitCode.classify e
-            let text = if code = ExitCode.Failure then e.ToString() else renderFor flags e
+            let text = if code = ExitCode.Failure then e.ToString() else render e
             if distributed then
                 let rank = try $"rank {MoFO.Distributed.Job.World.Rank}: " with _ -> ""
                 if isNull stderr0 then stderr0 <- Console.Error
@@ -109,6 +123,9 @@ let guardWith (flags: Flag list) (f: unit -> int) =
             int code
     finally
         if not (isNull signal) then signal.Dispose()
+
+/// The failure guard of a command: its errors in its flags' words.
+let guardWith (flags: Flag list) (f: unit -> int) = guardRendered (renderFor flags) f
 
 /// Runs a command under `guardWith` with the shared flags.
 let guard (f: unit -> int) = guardWith [] f

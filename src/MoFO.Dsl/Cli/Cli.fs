@@ -146,7 +146,9 @@ let study (argv: string[]) (body: MoFO.Dsl.Study.Ctx -> int) =
     match (try Ok (Repro.scriptArgs argv) with :? ArguParseException as e -> Error e) with
     | Error e -> refused e
     | Ok a ->
-        Common.command a (fun a ->
-            let o = Repro.options a
+        // the script's flags are checked as the command line's (a bad one is named as a flag); the body's errors name
+        // the script's own words (Recipe.Lr, Method.LoRA's rank), never a flag the script does not have
+        Common.guardRendered Common.renderScript (fun () ->
+            let o = Repro.options (Flag.check a)
             MoFO.Runtime.init ()
             body (MoFO.Dsl.Study.context o))

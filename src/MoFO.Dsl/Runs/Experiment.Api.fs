@@ -45,6 +45,7 @@ module Experiment =
     /// Several experiments, each point in its own process (`Sweep.runAll`), labelled so that the labels tell them apart
     /// (`Labels.distinguish`: the method, then the learning rate, seed, … where they differ).
     let runAll (es: Experiment list) =
+        for e in es do Identity.check e
         List.map2 (fun (r: Run) label -> { r with Label = label }) (Sweep.runAll es) (Labels.distinguish es)
     /// The base model on the experiment's measures (cached).
     let baseline (e: Experiment) = Training.baseline e

@@ -73,6 +73,12 @@ module Identity =
             ShowProgress = showProgress, SaveEvery = (match r.Steps with Some s when s >= 100 -> 50 | _ -> 0))
             .WithScale(r.Precision, r.BFloat16Update, r.GradientCheckpointing, Nullable())
 
+    /// Checks an experiment's settings before anything runs (the recipe and method as Core validates them, and what
+    /// only the recipe has): an OptionException on the field, which a script's guard names in its words (`Recipe.Lr`).
+    let check (e: Experiment) =
+        Recipe.check e.Recipe
+        (options e false).Validate()
+
 /// Labels that tell runs apart: a run is named by its method, followed by whatever differs between it and the runs it
 /// is run with under the same method name (the learning rate it runs at, the seed, the data, …), unless the experiment
 /// carries its own label (`Experiment.withLabel`). Labels are for display; results are keyed by `Run.Key`.

@@ -100,6 +100,7 @@ let failedRun (e: Experiment) =
 /// Trains and evaluates one experiment. A run that diverged (the trainer stopped on non-finite losses) has NaN values,
 /// and its marker file keeps a re-run from training it again.
 let runWith (showProgress: bool) (e: Experiment) : Run =
+    Identity.check e
     let dir = Identity.runDir e
     let marker = Path.Combine(dir, "diverged.txt")
     if File.Exists marker then failedRun e

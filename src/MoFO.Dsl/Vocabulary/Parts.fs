@@ -18,7 +18,7 @@ type ModelSource =
         match m with
         | Stories260K -> DataRoot.Require DataRoot.Assets.Stories260K
         | Llama2c p | HfFolder p ->
-            if not (File.Exists p || Directory.Exists p) then raise (MissingAssetException $"{p}: the model is missing (expected a llama2.c .bin or an HF folder with config.json)")
+            if not (File.Exists p || Directory.Exists p) then raise (MissingAssetException $"{Path.GetFullPath p}: the model is missing (expected a llama2.c .bin or an HF folder with config.json)")
             Path.GetFullPath p
     member m.Label =
         match m with
@@ -90,6 +90,31 @@ type Recipe =
 module Recipe =
     /// The learning rate a method runs at under a recipe: `Lr` times the method's factor (Lion: 0.2; LoRA: 10).
     let lrFor (m: Method) (r: Recipe) = r.Lr * m.LrScale
+
+    /// The word a script uses for one of Core's option fields: the `Recipe` field that sets it (`LearningRate` →
+    /// `Recipe.Lr`), or the method's argument; None for a field a script does not set. Errors in a script name these.
+    let scriptField (coreField: string) =
+        match coreField with
+        | "LearningRate" -> Some "Recipe.Lr"
+        | "Steps" | "Epochs" | "BatchSize" | "MicroBatchSize" | "MaxLength" | "Schedule" | "WarmupRatio" | "WeightDecay"
+        | "MaxGradNorm" | "Precision" | "GradientCheckpointing" | "TrainLimit" | "SampleFraction" -> Some ("Recipe." + coreField)
+        | "MasterWeights" | "BFloat16Update" -> Some "Recipe.BFloat16Update"
+        | "Alpha" -> Some "the method's α (Method.MoFO α, …)"
+        | "Lambda" -> Some "the method's λ (Method.L1 λ, Method.L2 λ)"
+        | "LoraRank" -> Some "Method.LoRA's rank"
+        | "LoraTargets" -> Some "Method.LoRA's targets"
+        | "Method" -> Some "Experiment.Method"
+        | _ -> None
+
+    /// Checks what Core does not see of a recipe (the training limit, the sample fraction); an OptionException on the
+    /// field otherwise.
+    let check (r: Recipe) =
+        match r.TrainLimit with
+        | Some n when n < 1 -> raise (OptionException("TrainLimit", $"TrainLimit {n}: must be at least 1 (or None: every example)"))
+        | _ -> ()
+        match r.SampleFraction with
+        | Some f when not (f > 0.0 && f <= 1.0) -> raise (OptionException("SampleFraction", $"SampleFraction {f}: must lie in (0, 1]"))
+        | _ -> ()
 
 /// The paper's models and data at paper scale (from a JSON config file); None = not given.
 type PaperPaths =
