@@ -25,7 +25,7 @@ exit (MoFO.Dsl.Cli.Main.study fsi.CommandLineArgs (fun c ->
     let task = { task with HeldOut = List.truncate heldOut task.HeldOut }
     let samples =
         use b = MoFO.Models.ModelLoader.Load(e.Model.Path)
-        Evals.baseSamples b c.Settings.Samples c.Settings.SampleTokens c.Settings.Seed c.Settings.Cache |> Seq.truncate nSamples |> ResizeArray
+        Harnesses.baseSamples b c.Settings.Samples c.Settings.SampleTokens c.Settings.Seed c.Settings.Cache |> Seq.truncate nSamples |> ResizeArray
     eprintfn "landscape: Figure 1 (Adam, Lion), %d × %d points" n n
     let fig1 = Landscape.compute e.Model.Path adam.ModelPath lion.ModelPath task samples n 0.25
     eprintfn "landscape: Figure 3 (Adam, MoFO), %d × %d points" n n
