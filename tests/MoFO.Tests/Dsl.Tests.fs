@@ -127,8 +127,11 @@ let tests =
             Expect.stringContains md "| base | 25.0 | 22.5 |" "base row in % (commonsense = mean of the two ARC columns)"
             Expect.stringContains md "| MoFO | 30.0 (+5.00) | 25.0 (+2.50) |" "deltas to the base"
             let rows = Table.rows t
-            let mofo = rows |> List.find (fun x -> x.Method = "MoFO") |> fun x -> Map.ofList x.Metrics
-            Expect.floatClose Accuracy.high mofo["Δ Commonsense"] 2.5 "the JSON rows carry the deltas"
+            let row = rows |> List.find (fun x -> x.Method = "MoFO")
+            let mofo = Map.ofList row.Metrics
+            Expect.floatClose Accuracy.high mofo["delta_commonsense"] 2.5 "the JSON rows carry the deltas, under machine keys"
+            Expect.equal (Map.ofList row.Names)["delta_commonsense"] "Δ Commonsense" "with their display names beside them"
+            Expect.equal row.Key "test:MoFO" "keyed by the run"
         }
 
         test "Dsl.Study.config: a missing config, an unknown field, a missing key and a missing path each name what is wrong" {
