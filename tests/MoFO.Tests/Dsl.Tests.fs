@@ -130,7 +130,7 @@ let tests =
             let row = rows |> List.find (fun x -> x.Method = "MoFO")
             let mofo = Map.ofList row.Metrics
             Expect.floatClose Accuracy.high mofo["delta_commonsense"] 2.5 "the JSON rows carry the deltas, under machine keys"
-            Expect.equal (Map.ofList row.Names)["delta_commonsense"] "Δ Commonsense" "with their display names beside them"
+            Expect.equal ((Map.ofList row.Names).["delta_commonsense"]) "Δ Commonsense" "with their display names beside them"
             Expect.equal row.Key "test:MoFO" "keyed by the run"
         }
 
