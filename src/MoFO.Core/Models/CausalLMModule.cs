@@ -14,7 +14,14 @@ public abstract class CausalLMModule(string name) : nn.Module(name)
 {
     public abstract ModelConfig Config { get; }
 
-    public abstract Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KVCache? cache = null);
+    public Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KVCache? cache = null) =>
+        Head(Hidden(inputIds, attentionMask, positionIds, cache));
+
+    /// <summary>The final hidden states [B, T, H] (after the final norm): what the output layer maps to logits.</summary>
+    public abstract Tensor Hidden(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KVCache? cache = null);
+
+    /// <summary>The output layer: hidden states [.., H] to logits [.., V] (the head, or the tied embeddings).</summary>
+    public abstract Tensor Head(Tensor hidden);
 
     public abstract KVCache CreateCache(long batch, long capacity);
 

@@ -140,7 +140,7 @@ public sealed class GPTNeoXForCausalLM : CausalLMModule
     public override KVCache CreateCache(long batch, long capacity) =>
         new(config.NumHiddenLayers, batch, config.NumAttentionHeads, capacity, config.HeadSize, DType, Device);
 
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KVCache? cache = null)
+    public override Tensor Hidden(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KVCache? cache = null)
     {
         var past = cache?.Length ?? 0;
         var t = inputIds.shape[1];
@@ -154,7 +154,8 @@ public sealed class GPTNeoXForCausalLM : CausalLMModule
         else
             for (var i = 0; i < gpt_neox.layers.Count; i++) h = gpt_neox.layers[i].Forward(h, cos, sin, mask, cache, i);
         cache?.Advance(t);
-        h = gpt_neox.final_layer_norm.forward(h);
-        return embed_out is not null ? embed_out.forward(h) : nn.functional.linear(h, gpt_neox.embed_in.weight!);
+        return gpt_neox.final_layer_norm.forward(h);
     }
+
+    public override Tensor Head(Tensor hidden) => embed_out is not null ? embed_out.forward(hidden) : nn.functional.linear(hidden, gpt_neox.embed_in.weight!);
 }

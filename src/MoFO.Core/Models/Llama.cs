@@ -146,7 +146,7 @@ public sealed class LlamaForCausalLM : CausalLMModule
     public override KVCache CreateCache(long batch, long capacity) =>
         new(config.NumHiddenLayers, batch, config.NumKeyValueHeads, capacity, config.HeadDim, DType, Device);
 
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KVCache? cache = null)
+    public override Tensor Hidden(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KVCache? cache = null)
     {
         var past = cache?.Length ?? 0;
         var t = inputIds.shape[1];
@@ -160,7 +160,8 @@ public sealed class LlamaForCausalLM : CausalLMModule
         else
             for (var i = 0; i < model.layers.Count; i++) h = model.layers[i].Forward(h, cos, sin, mask, cache, i);
         cache?.Advance(t);
-        h = model.norm.forward(h);
-        return lm_head is not null ? lm_head.forward(h) : nn.functional.linear(h, model.embed_tokens.weight!);
+        return model.norm.forward(h);
     }
+
+    public override Tensor Head(Tensor hidden) => lm_head is not null ? lm_head.forward(hidden) : nn.functional.linear(hidden, model.embed_tokens.weight!);
 }

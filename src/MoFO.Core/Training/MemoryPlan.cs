@@ -246,13 +246,17 @@ public static class MemoryPlanner
         return new("activations", activations + attention, detail + $" (+ attention {MemoryPlan.Gb(attention)})");
     }
 
-    /// <summary>The logits in the model's dtype, their float32 copy, log-softmax and their gradients; the output layers'
+    /// <summary>The logits in the model's dtype, their float32 copy, log-softmax and their gradients — of one chunk of
+    /// tokens when the step computes its loss in chunks (<see cref="Models.ChunkedLoss"/>) —; the output layers'
     /// backward (<see cref="TrainedKind.HeadBackwardBytes"/>).</summary>
     static PlanPart LogitsAndHead(Basis b)
     {
         var c = b.X.Config;
-        long logits = b.Tokens * c.VocabSize * (b.Wb + 4L * 3) + (long)((double)c.VocabSize * c.HiddenSize * b.Kind.HeadBackwardBytes(b.Wb));
-        return new("logits and head", logits, $"{b.Tokens:N0} tokens × {c.VocabSize:N0} vocabulary, and the output layers' backward"
+        bool chunked = Models.ChunkedLoss.Needed(b.Tokens, c.VocabSize);
+        long tokens = chunked ? Math.Min(b.Tokens, Models.ChunkedLoss.TokensPerChunk(c.VocabSize)) : b.Tokens;
+        long logits = tokens * c.VocabSize * (b.Wb + 4L * 3) + (long)((double)c.VocabSize * c.HiddenSize * b.Kind.HeadBackwardBytes(b.Wb));
+        var what = chunked ? $"chunks of {tokens:N0} of the {b.Tokens:N0} tokens" : $"{b.Tokens:N0} tokens";
+        return new("logits and head", logits, $"{what} × {c.VocabSize:N0} vocabulary, and the output layers' backward"
                                               + (b.Kind.BaseFrozen ? " (frozen: no weight gradient)" : ""));
     }
 

@@ -92,9 +92,18 @@ public sealed class Trainer
         return order.Skip(pos * _o.BatchSize).Take(_o.BatchSize).Select(i => _rows[i]).ToList();
     }
 
-    /// <summary>Sum of token cross-entropies of a batch and the number of predicted tokens.</summary>
+    /// <summary>Sum of token cross-entropies of a batch and the number of predicted tokens. When the batch's logits would
+    /// exceed <see cref="ChunkedLoss.ChunkEntries"/> entries, the output layer and the loss run over chunks of the
+    /// predicting positions (<see cref="ChunkedLoss"/>): the full logits never exist at once.</summary>
     static (Tensor Sum, long Count) LossSum(CausalLM lm, Batch b)
     {
+        long vocab = lm.Module.Config.VocabSize;
+        if (ChunkedLoss.Needed(b.InputIds.shape[0] * (b.InputIds.shape[1] - 1), vocab))
+        {
+            var device = lm.Module.Device;
+            var hidden = lm.Module.Hidden(b.InputIds.to(device), b.AttentionMask.to(device));
+            return ChunkedLoss.Sum(lm.Module.Head, hidden, b.Labels, ChunkedLoss.TokensPerChunk(vocab), Tokenized.Ignore);
+        }
         var logits = lm.Logits(b.InputIds, b.AttentionMask);
         var v = logits.shape[^1];
         var shifted = logits[.., ..^1, ..].reshape(-1, v).to(ScalarType.Float32);
