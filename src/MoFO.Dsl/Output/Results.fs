@@ -386,7 +386,7 @@ let printTable (r: Report) =
     | None ->
         let heads, body = cells r.Rows
         let widths = heads |> List.map (fun c -> max 10 (c.Length + 1))
-        let widths = widths |> List.mapi (fun i w -> body |> List.fold (fun w (_, cs) -> max w (List.item i cs).Length + 1) w)
+        let widths = widths |> List.mapi (fun i w -> body |> List.fold (fun w (_, cs) -> max w ((List.item i cs).Length + 1)) w)
         let mw = r.Rows |> List.map (fun x -> x.Method.Length) |> List.fold max 6
         printfn "%s%s" ("method".PadRight mw) (String.Join("", List.map2 (fun (c: string) w -> c.PadLeft w) heads widths))
         for label, cs in body do

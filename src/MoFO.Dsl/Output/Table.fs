@@ -253,22 +253,28 @@ module Table =
         [ Measure.PretrainProxy; Measure.KlToBaseSamples; Measure.KlToBase ]
         |> List.tryPick (fun m -> t.Columns |> List.tryFind (fun c -> c = Column.Of m))
 
-    /// Task loss against forgetting: a point per run (labelled), the base model marked apart. None unless the table has
-    /// a task-loss column and a forgetting column (the pretrain proxy, or a KL to the base).
+    /// Task loss against forgetting: a point per run (runs at the same point, as the table rounds them, share one point
+    /// and one label), the base model marked apart. None unless the table has a task-loss column and a forgetting
+    /// column (the pretrain proxy, or a KL to the base).
     let scatter (t: Table) =
         match t.Columns |> List.tryFind (fun c -> c = Column.Of Measure.TaskLoss), forgettingColumn t with
         | Some x, Some y ->
+            let fx, fy = format t x, format t y
             let point (r: Run) = x.Value r.Values, y.Value r.Values
-            let runs = colours t |> List.filter (fun (r, _) -> isRun t r || t.Base.IsNone) |> List.filter (fun (r, _) -> let a, b = point r in Double.IsFinite a && Double.IsFinite b)
-            if runs.IsEmpty then None
+            let finite (r: Run) = let a, b = point r in Double.IsFinite a && Double.IsFinite b
+            let groups =
+                colours t |> List.filter (fun (r, _) -> (isRun t r || t.Base.IsNone) && finite r)
+                |> List.groupBy (fun (r, _) -> let a, b = point r in Results.NumberFormat.value fx a, Results.NumberFormat.value fy b)
+                |> List.map (fun (_, rs) -> point (fst rs.Head), String.Join(", ", rs |> List.map (fun (r, _) -> r.Label)), snd rs.Head)
+            if groups.IsEmpty then None
             else
-                let pts = runs |> List.map (fst >> point)
                 let traces =
-                    [ Chart.Point(xy = pts, Name = "runs", MultiText = (runs |> List.map (fun (r, _) -> r.Label)), TextPosition = StyleParam.TextPosition.MiddleRight,
-                                  MarkerColor = Color.fromColors (runs |> List.map (snd >> Color.fromString)), ShowLegend = false)
+                    [ Chart.Point(xy = (groups |> List.map (fun (p, _, _) -> p)), Name = "runs", MultiText = (groups |> List.map (fun (_, l, _) -> l)),
+                                  TextPosition = StyleParam.TextPosition.MiddleRight, ShowLegend = false,
+                                  MarkerColor = Color.fromColors (groups |> List.map (fun (_, _, c) -> Color.fromString c)))
                       |> Chart.withMarkerStyle (Size = 11)
                       match t.Base with
-                      | Some b when (let a, c = point b in Double.IsFinite a && Double.IsFinite c) ->
+                      | Some b when finite b ->
                           Chart.Point(xy = [ point b ], Name = $"base: {b.Label}", MultiText = [ $"{b.Label} (base)" ], TextPosition = StyleParam.TextPosition.MiddleLeft,
                                       MarkerColor = Color.fromString "#555", MarkerSymbol = StyleParam.MarkerSymbol.Star, ShowLegend = false)
                           |> Chart.withMarkerStyle (Size = 16)

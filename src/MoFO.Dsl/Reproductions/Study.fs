@@ -213,10 +213,8 @@ let private page (o: StudyOutput) (notes: string list) (report: Report) : Block 
     let tableFigures t = [ Table.chart t; Table.scatter t ] |> List.choose id
     let drawn = o.Tables |> List.collect tableFigures |> List.map Plotly.NET.GenericChart.toJson |> Set.ofList
     let own = o.Figure |> Option.filter (fun f -> not (drawn.Contains(Plotly.NET.GenericChart.toJson f)))
-    let notesHtml = notes |> List.filter (String.IsNullOrWhiteSpace >> not) |> List.map (Html.ofMarkdown >> Block.Html)
-    if o.Tables.IsEmpty && o.Paper.IsNone then
-        (if notesHtml.IsEmpty then Results.blocks { report with Layout = None } None |> List.filter (function Block.Html h -> not (h.Contains "<h2>Checks</h2>") | _ -> true) else notesHtml)
-        @ (own |> Option.map Block.Figure |> Option.toList) @ [ Block.Html (Html.checks o.Checks) ]
+    // without tables: the notes (the report's layout) or else its rows, the figure, the checks
+    if o.Tables.IsEmpty && o.Paper.IsNone then Results.blocks report own
     else
         let legendAfter = o.Tables |> List.tryFindIndex (fun t -> hasChanges [ t ])
         [ for i, t in List.indexed o.Tables do
@@ -226,7 +224,7 @@ let private page (o: StudyOutput) (notes: string list) (report: Report) : Block 
           match o.Paper with Some p -> Block.Html (Table.paperHtml p) | None -> ()
           match own with Some f -> Block.Figure f | None -> ()
           Block.Html (Html.checks o.Checks)
-          yield! notesHtml ]
+          for n in notes do Block.Html (Html.ofMarkdown n) ]
 
 /// Writes a study's result (JSON, Markdown, HTML), prints it; returns the exit code (1 under --strict when a claim
 /// does not hold). Two rows with one label are an error naming both runs.
