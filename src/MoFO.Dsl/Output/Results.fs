@@ -391,7 +391,7 @@ let printTable (r: Report) =
         printfn "%s%s" ("method".PadRight mw) (String.Join("", List.map2 (fun (c: string) w -> c.PadLeft w) heads widths))
         for label, cs in body do
             printfn "%s%s" (label.PadRight mw) (String.Join("", List.map2 (fun (c: string) w -> c.PadLeft w) cs widths))
-    if not r.Checks.IsEmpty then printfn "%s" (holding r.Checks)
+    if not r.Checks.IsEmpty then printfn "\n%s" (holding r.Checks)
     for c in r.Checks do
         printfn "%s %s — %s" (if c.Holds then "[holds]" else "[DOES NOT HOLD]") c.Claim c.Detail
 
