@@ -125,7 +125,7 @@ let tests =
             let t = { Title = "t"; Columns = [ Column.Of Measure.ArcEasy; Columns.commonsense ]; Base = Some b; Rows = [ r ] }
             let md = Table.markdown t
             Expect.stringContains md "| base | 25.0 | 22.5 |" "base row in % (commonsense = mean of the two ARC columns)"
-            Expect.stringContains md "| MoFO | 30.0 (+5.00) | 25.0 (+2.50) |" "deltas to the base"
+            Expect.stringContains md "| MoFO | 30.0 (+5.00) | 25.0 (+2.50) |" "deltas to the base (changes in points with 2 decimals, as the paper prints them)"
             let rows = Table.rows t
             let row = rows |> List.find (fun x -> x.Method = "MoFO")
             let mofo = Map.ofList row.Metrics

@@ -168,8 +168,8 @@ type StudyOutput =
       /// a figure of the study's own (a frontier, a landscape, a curve over α); None: the tables' measures, each on its
       /// own axis
       Figure: Plotly.NET.GenericChart option
-      /// rows beyond the tables' (figures of other shape: a frontier's points, a landscape's losses), shown in the
-      /// Markdown as a plain table unless the study gives its own `Layout`
+      /// rows beyond the tables' (figures of other shape: a frontier's points, a landscape's losses), shown as a plain
+      /// table unless the study gives its own `Layout`
       ExtraRows: Row list
       /// the study's own Markdown for its rows, in place of the plain table of `ExtraRows` (a frontier's tables)
       Layout: string option }
@@ -178,38 +178,71 @@ type StudyOutput =
 let output (name: string) (title: string) =
     { Name = name; Title = title; Tables = []; Paper = None; Checks = []; Notes = []; Figure = None; ExtraRows = []; Layout = None }
 
-/// The Markdown of a study: its tables, the paper's table, notes.
+/// What the parentheses in a study's tables mean (the rule of `Table.change`).
+let changeLegend =
+    "In parentheses: the change from the base model's row, shown where the base's value is a measurement other than 0 "
+    + "(a change from 0 would repeat the value, as in the distance from the base)."
+
+let private hasChanges (tables: Table list) = tables |> List.exists (fun t -> t.Base.IsSome && not t.Rows.IsEmpty)
+
+/// The Markdown of a study: its tables, what their parentheses mean, its other rows, the paper's table, the notes
+/// (blank ones left out).
 let layout (tables: Table list) (extra: Row list) (paper: PaperTable option) (notes: string list) =
     let sb = StringBuilder()
     for t in tables do sb.AppendLine(Table.markdown t) |> ignore
+    if hasChanges tables then sb.AppendLine(changeLegend).AppendLine() |> ignore
     if not extra.IsEmpty then sb.AppendLine(Results.markdownTable extra) |> ignore
     paper |> Option.iter (fun p -> sb.AppendLine(Table.paperMarkdown p) |> ignore)
-    for n in notes |> List.filter (fun n -> n <> "") do sb.AppendLine(n).AppendLine() |> ignore
+    for n in notes |> List.filter (String.IsNullOrWhiteSpace >> not) do sb.AppendLine(n.Trim()).AppendLine() |> ignore
     sb.ToString()
 
-/// The training summary of each run, as a list under a heading (steps, seconds, final train loss, touched fraction);
-/// empty when no run has one.
+/// The training summary of each run, as a list under a "Training" heading (steps, seconds, final train loss, touched
+/// fraction, run folder); "" when no run has one, so no empty heading is written.
 let trainingNote (runs: Run list) =
     let sb = StringBuilder()
     let trained = runs |> List.filter (fun r -> r.Train.IsSome) |> List.distinctBy (fun r -> r.Key)
-    if not trained.IsEmpty then sb.AppendLine("Training:").AppendLine() |> ignore
+    if not trained.IsEmpty then sb.AppendLine("## Training").AppendLine() |> ignore
     for r in trained do
         match r.Train with
         | Some t ->
             let loss = t.FinalLoss.GetValueOrDefault nan
-            sb.AppendLine($"- {r.Label} (seed {r.Seed}): {t.Steps} steps in {t.ElapsedSeconds:F0} s, final train loss {loss:F4}, entries ever updated {100.0 * t.TouchedFraction:F1} %%, run folder `{Path.GetRelativePath(Directory.GetCurrentDirectory(), r.Dir)}`") |> ignore
+            let folder = Path.GetRelativePath(Directory.GetCurrentDirectory(), r.Dir)
+            sb.AppendLine($"- {r.Label} (seed {r.Seed}): {t.Steps} steps in {t.ElapsedSeconds:F0} s, final train loss {loss:F4}, entries ever updated {100.0 * t.TouchedFraction:F1} %%, run folder `{folder}`") |> ignore
         | None -> ()
     sb.ToString()
+
+/// The HTML page of a study after its title: each table with its figures (each measure on its own axis; task loss
+/// against forgetting where the table has both), the paper's table, the study's own figure (unless it is one of the
+/// tables' figures), the checks, the notes.
+let private page (o: StudyOutput) (notes: string list) (report: Report) : Block list =
+    let tableFigures t = [ Table.chart t; Table.scatter t ] |> List.choose id
+    let drawn = o.Tables |> List.collect tableFigures |> List.map Plotly.NET.GenericChart.toJson |> Set.ofList
+    let own = o.Figure |> Option.filter (fun f -> not (drawn.Contains(Plotly.NET.GenericChart.toJson f)))
+    // without tables: the notes (the report's layout) or else its rows, the figure, the checks
+    if o.Tables.IsEmpty && o.Paper.IsNone && o.ExtraRows.IsEmpty && o.Layout.IsNone then Results.blocks report own
+    else
+        let legendAfter = o.Tables |> List.tryFindIndex (fun t -> hasChanges [ t ])
+        [ for i, t in List.indexed o.Tables do
+            Block.Html (Table.html t)
+            if legendAfter = Some i then Block.Html $"<p class=\"legend\">{Html.enc changeLegend}</p>"
+            yield! tableFigures t |> List.map Block.Figure
+          match o.Layout with
+          | Some l -> Block.Html (Html.ofMarkdown l)
+          | None -> if not o.ExtraRows.IsEmpty then Block.Html (Html.ofMarkdown (Results.markdownTable o.ExtraRows))
+          match o.Paper with Some p -> Block.Html (Table.paperHtml p) | None -> ()
+          match own with Some f -> Block.Figure f | None -> ()
+          Block.Html (Html.checks o.Checks)
+          for n in notes do Block.Html (Html.ofMarkdown n) ]
 
 /// Writes a study's result (JSON, Markdown, HTML), prints it; returns the exit code (1 under --strict when a claim
 /// does not hold). Two rows with one label are an error naming both runs.
 let finish (c: Ctx) (o: StudyOutput) =
     let runs = o.Tables |> List.collect (fun t -> t.Rows)
-    let notes = o.Notes @ [ trainingNote runs ]
+    let notes = o.Notes @ [ trainingNote runs ] |> List.filter (String.IsNullOrWhiteSpace >> not)
+    let laidOut = not (o.Tables.IsEmpty && o.Paper.IsNone && notes.IsEmpty && o.ExtraRows.IsEmpty && o.Layout.IsNone)
     let report =
         { Name = o.Name; Title = o.Title; Scale = c.Scale.Name; Seed = c.Seed; Rows = mergeRows o.Tables @ o.ExtraRows
           Paper = o.Paper |> Option.map (Table.paperRows (o.Tables |> List.collect (fun t -> t.Columns))); Checks = o.Checks
           ElapsedSeconds = c.Clock.Elapsed.TotalSeconds
-          Layout = Some (layout o.Tables (if o.Layout.IsSome then [] else o.ExtraRows) o.Paper (Option.toList o.Layout @ notes)) }
-    let chart = match o.Figure with Some f -> Some f | None -> o.Tables |> List.tryLast |> Option.bind Table.deltaChart
-    Results.finish c.Options report chart
+          Layout = (if laidOut then Some (layout o.Tables (if o.Layout.IsSome then [] else o.ExtraRows) o.Paper (Option.toList o.Layout @ notes)) else None) }
+    Results.finishWith c.Options report (page o notes report)
