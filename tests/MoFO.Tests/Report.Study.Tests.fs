@@ -108,7 +108,7 @@ let tests =
         }
 
         test "Report.Study.figure: a study's own figure that is one of its tables' figures is drawn once" {
-            let o = { Study.output "own" "Own" with Tables = [ table ]; Figure = Table.deltaChart table }
+            let o = { Study.output "own" "Own" with Tables = [ table ]; Figure = Table.scatter table }
             let _, html, _ = finish o
             Expect.equal (count "<div class=\"figure\">" html) 2 "the measures' panels and the scatter, not the panels twice"
         }

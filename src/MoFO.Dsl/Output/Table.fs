@@ -244,9 +244,6 @@ module Table =
                 |> Chart.withMargin (Margin.init (Left = 20 + 7 * labelWidth, Right = 30, Top = 80, Bottom = 30))
                 |> Chart.withSize (1100, 110 + nRows * (70 + 26 * (all t).Length)))
 
-    /// The former name of `chart` (the measures now each on their own axis).
-    let deltaChart (t: Table) = chart t
-
     /// The forgetting measure a scatter of the table puts against its task loss: the pretraining-loss proxy, else the
     /// KL to the base on its samples, else on the task.
     let private forgettingColumn (t: Table) =
