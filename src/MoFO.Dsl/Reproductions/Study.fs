@@ -179,7 +179,7 @@ let output (name: string) (title: string) =
     { Name = name; Title = title; Tables = []; Paper = None; Checks = []; Notes = []; Figure = None; ExtraRows = []; Layout = None }
 
 /// What the parentheses in a study's tables mean (the rule of `Table.change`).
-let changeLegend =
+let private changeLegend =
     "In parentheses: the change from the base model's row, shown where the base's value is a measurement other than 0 "
     + "(a change from 0 would repeat the value, as in the distance from the base)."
 
