@@ -26,8 +26,15 @@ public sealed class Block
     public long LastUpdated { get; internal set; }
     /// <summary>The optimizer's moment tensors (Adam: exp_avg, exp_avg_sq; Lion: exp_avg; GD: none); float32 for a
     /// bfloat16 parameter, else the parameter's dtype.</summary>
-    public IReadOnlyList<Tensor> Moments => _moments;
+    /// <remarks>Under <see cref="MomentStorage.Blockwise8Bit"/> the moments live in <see cref="Quantized"/>, and this list
+    /// holds their float32 working copies only while the block steps (empty between steps).</remarks>
+    public IReadOnlyList<Tensor> Moments { get { Owner?.EnsureState(); return _moments; } }
     internal Tensor[] _moments = Array.Empty<Tensor>();
+    /// <summary>The optimizer that holds the block (its state is allocated on first use).</summary>
+    internal BlockOptimizer? Owner;
+    /// <summary>The moments in 8 bits (<see cref="MomentStorage.Blockwise8Bit"/>); null when they are float32.</summary>
+    public IReadOnlyList<QuantizedMoment>? Quantized { get { Owner?.EnsureState(); return _quantized; } }
+    internal QuantizedMoment[]? _quantized;
     /// <summary>A byte per entry, 1 once the entry has received an update (only when touch tracking is on).</summary>
     public Tensor? Touched { get; internal set; }
     /// <summary>The float32 master of a bfloat16 parameter under <see cref="BFloat16Update.MasterWeights"/> (created at
@@ -95,8 +102,7 @@ public abstract class BlockOptimizer : IDisposable
                 var kind = g.Kind == BlockKind.Auto ? rule(g.Names[j], p) : g.Kind;
                 if (kind == BlockKind.Auto) kind = BlockKind.Dense;
                 var b = new Block(_blocks.Count, g.Names[j], p, gi, kind);
-                var momentType = p.dtype == ScalarType.BFloat16 ? ScalarType.Float32 : p.dtype;
-                b._moments = Enumerable.Range(0, moments).Select(_ => zeros_like(p, dtype: momentType).DetachFromDisposeScope()).ToArray();
+                b.Owner = this;
                 if (trackTouched) b.Touched = zeros(p.shape, ScalarType.Byte, p.device).DetachFromDisposeScope();
                 _blocks.Add(b);
             }
@@ -134,6 +140,97 @@ public abstract class BlockOptimizer : IDisposable
             if (value != BFloat16Update.MasterWeights)
                 foreach (var b in _blocks) { b.Master?.Dispose(); b.Master = null; }
             _bf16Update = value;
+        }
+    }
+
+    MomentStorage _storage = MomentStorage.Float32;
+
+    /// <summary>
+    /// How the moments are kept between steps (default <see cref="MomentStorage.Float32"/>). Under
+    /// <see cref="MomentStorage.Blockwise8Bit"/> each moment is a <see cref="QuantizedMoment"/> (signed code for m, unsigned
+    /// for moments that are never negative, such as Adam's v); a step dequantizes the moments of the block it steps into
+    /// float32 working copies, runs the member's float32 step on them (MoFO's selection ranks the updated float32 m, and
+    /// the update reads the updated float32 m and v, as 8-bit Adam does), and quantizes them back. Setting it converts the
+    /// moments the optimizer holds.
+    /// </summary>
+    public MomentStorage MomentStorage
+    {
+        get => _storage;
+        set
+        {
+            if (!Enum.IsDefined(value)) throw new ArgumentException($"MomentStorage = {(int)value}: not a defined value", nameof(value));
+            if (value == _storage) return;
+            if (!_allocated) { _storage = value; return; }
+            using var noGrad = no_grad();
+            foreach (var b in _blocks.Where(b => b.Owned))
+            {
+                if (value == MomentStorage.Blockwise8Bit)
+                {
+                    b._quantized = b._moments.Select((m, i) => Quantize(b, i, m)).ToArray();
+                    foreach (var m in b._moments) m.Dispose();
+                    b._moments = Array.Empty<Tensor>();
+                }
+                else
+                {
+                    b._moments = b._quantized!.Select(q => q.Dequantize(b.Parameter.shape).DetachFromDisposeScope()).ToArray();
+                    foreach (var q in b._quantized!) q.Dispose();
+                    b._quantized = null;
+                }
+            }
+            _storage = value;
+        }
+    }
+
+    bool _allocated;
+
+    /// <summary>Allocates the moments of the blocks this process owns, as zeros in the storage chosen (once, at the first
+    /// step, state access or read of <see cref="Block.Moments"/>: choosing 8-bit storage after construction never
+    /// allocates float32 moments first).</summary>
+    internal void EnsureState()
+    {
+        if (_allocated) return;
+        _allocated = true;
+        using var noGrad = no_grad();
+        foreach (var b in _blocks.Where(b => b.Owned))
+        {
+            var p = b.Parameter;
+            if (_storage == MomentStorage.Blockwise8Bit)
+                b._quantized = Enumerable.Range(0, MomentsPerBlock).Select(i => QuantizedMoment.Zeros(b.Numel, MomentIsSigned(i), p.device)).ToArray();
+            else
+            {
+                var momentType = p.dtype == ScalarType.BFloat16 ? ScalarType.Float32 : p.dtype;
+                b._moments = Enumerable.Range(0, MomentsPerBlock).Select(_ => zeros_like(p, dtype: momentType).DetachFromDisposeScope()).ToArray();
+            }
+        }
+    }
+
+    /// <summary>Whether moment <paramref name="index"/> of a block can be negative (it takes the signed 8-bit code); a
+    /// member whose moment is never negative (Adam's v) says so, and that moment takes the finer unsigned code.</summary>
+    protected virtual bool MomentIsSigned(int index) => true;
+
+    QuantizedMoment Quantize(Block b, int index, Tensor x)
+    {
+        var q = QuantizedMoment.Zeros(b.Numel, MomentIsSigned(index), b.Parameter.device);
+        q.Quantize(x);
+        return q;
+    }
+
+    /// <summary>Steps an owned block that has a gradient: directly on float32 moments, or on float32 working copies of its
+    /// 8-bit moments, quantized back after the step (the copies of one block at a time).</summary>
+    void StepOwned(Block b, ParamGroup group, Tensor grad)
+    {
+        if (b._quantized is null) { StepBlock(b, group, grad); return; }
+        var working = b._quantized.Select(q => q.Dequantize(b.Parameter.shape)).ToArray();
+        try
+        {
+            b._moments = working;
+            StepBlock(b, group, grad);
+            for (int i = 0; i < working.Length; i++) b._quantized[i].Quantize(working[i]);
+        }
+        finally
+        {
+            b._moments = Array.Empty<Tensor>();
+            foreach (var w in working) w.Dispose();
         }
     }
 
@@ -175,6 +272,7 @@ public abstract class BlockOptimizer : IDisposable
     /// <summary>One optimizer step over every block that has a gradient.</summary>
     public void step()
     {
+        EnsureState();
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
         StepCount++;
@@ -186,7 +284,7 @@ public abstract class BlockOptimizer : IDisposable
             var grad = b.Parameter.grad;
             if (grad is null) { b.LastUpdated = 0; continue; }
             b.Step++;
-            StepBlock(b, _groups[b.Group], grad);
+            StepOwned(b, _groups[b.Group], grad);
         }
     }
 
@@ -200,6 +298,7 @@ public abstract class BlockOptimizer : IDisposable
     /// member (MoFO's selection is per tensor), with each gradient freed as soon as its block has stepped.</summary>
     public void BeginPartialStep()
     {
+        EnsureState();
         StepCount++;
         BeginStep();
         _steppedThisStep.Clear();
@@ -218,7 +317,7 @@ public abstract class BlockOptimizer : IDisposable
         var grad = b.Parameter.grad;
         if (grad is null) { b.LastUpdated = 0; return false; }
         b.Step++;
-        StepBlock(b, _groups[b.Group], grad);
+        StepOwned(b, _groups[b.Group], grad);
         return true;
     }
 
@@ -251,6 +350,8 @@ public abstract class BlockOptimizer : IDisposable
             if (b.Owned) continue;
             foreach (var m in b._moments) m.Dispose();
             b._moments = Array.Empty<Tensor>();
+            foreach (var q in b._quantized ?? []) q.Dispose();
+            b._quantized = null;
             b.Touched?.Dispose(); b.Touched = null;
             b.Master?.Dispose(); b.Master = null;
         }
@@ -289,6 +390,7 @@ public abstract class BlockOptimizer : IDisposable
     /// </summary>
     public Dictionary<string, Tensor> state_dict()
     {
+        EnsureState();
         using var noGrad = no_grad();
         var d = new Dictionary<string, Tensor>
         {
@@ -301,6 +403,11 @@ public abstract class BlockOptimizer : IDisposable
         {
             d[$"block.{b.Index}.step"] = tensor(b.Step);
             for (int i = 0; i < b._moments.Length; i++) d[$"block.{b.Index}.moment{i}"] = b._moments[i].cpu().clone();
+            for (int i = 0; i < (b._quantized?.Length ?? 0); i++)
+            {
+                d[$"block.{b.Index}.moment{i}.codes"] = b._quantized![i].Codes.cpu().clone();
+                d[$"block.{b.Index}.moment{i}.scales"] = b._quantized![i].Scales.cpu().clone();
+            }
             if (b.Touched is not null) d[$"block.{b.Index}.touched"] = b.Touched.cpu().clone();
             if (b.Master is not null) d[$"block.{b.Index}.master"] = b.Master.cpu().clone();
         }
@@ -315,6 +422,7 @@ public abstract class BlockOptimizer : IDisposable
     /// </summary>
     public IReadOnlyList<Checkpoints.TensorWrite> StateWrites()
     {
+        EnsureState();
         static Checkpoints.TensorWrite Big(string key, Tensor t) =>
             t.device_type == DeviceType.CPU && t.is_contiguous()
                 ? Checkpoints.TensorWrite.Of(key, t)
@@ -335,6 +443,11 @@ public abstract class BlockOptimizer : IDisposable
             var step = b.Step;
             list.Add(Small($"block.{b.Index}.step", () => tensor(step), ScalarType.Int64, []));
             for (int i = 0; i < b._moments.Length; i++) list.Add(Big($"block.{b.Index}.moment{i}", b._moments[i]));
+            for (int i = 0; i < (b._quantized?.Length ?? 0); i++)
+            {
+                list.Add(Big($"block.{b.Index}.moment{i}.codes", b._quantized![i].Codes));
+                list.Add(Big($"block.{b.Index}.moment{i}.scales", b._quantized![i].Scales));
+            }
             if (b.Touched is not null) list.Add(Big($"block.{b.Index}.touched", b.Touched));
             if (b.Master is not null) list.Add(Big($"block.{b.Index}.master", b.Master));
         }
@@ -353,6 +466,7 @@ public abstract class BlockOptimizer : IDisposable
     /// seed (saved before there was one) keeps <see cref="RoundingSeed"/>.</summary>
     public void load_state_dict(IReadOnlyDictionary<string, Tensor> state)
     {
+        EnsureState();
         using var noGrad = no_grad();
         Tensor Get(string key)
             => state.TryGetValue(key, out var t) ? t
@@ -363,13 +477,7 @@ public abstract class BlockOptimizer : IDisposable
         foreach (var b in _blocks.Where(b => b.Owned))
         {
             b.Step = Get($"block.{b.Index}.step").item<long>();
-            for (int i = 0; i < b._moments.Length; i++)
-            {
-                var src = Get($"block.{b.Index}.moment{i}");
-                if (!src.shape.SequenceEqual(b._moments[i].shape) || src.dtype != b._moments[i].dtype)
-                    throw new ArgumentException($"optimizer state: block.{b.Index}.moment{i} ({b.Name}) has shape [{string.Join(",", src.shape)}] {src.dtype}, the parameter needs [{string.Join(",", b._moments[i].shape)}] {b._moments[i].dtype}", nameof(state));
-                b._moments[i].copy_(src);
-            }
+            for (int i = 0; i < MomentsPerBlock; i++) LoadMoment(b, i, state);
             if (b.Touched is not null)
             {
                 if (state.TryGetValue($"block.{b.Index}.touched", out var tm)) b.Touched.copy_(tm);
@@ -389,6 +497,32 @@ public abstract class BlockOptimizer : IDisposable
             }
         }
         LoadExtraState(state);
+    }
+
+    /// <summary>Restores moment <paramref name="i"/> of a block from a state saved in either storage: float32
+    /// (<c>block.N.momentI</c>) or 8-bit (<c>block.N.momentI.codes</c> and <c>.scales</c>); a state saved in the other
+    /// storage is converted (quantized, or dequantized).</summary>
+    void LoadMoment(Block b, int i, IReadOnlyDictionary<string, Tensor> state)
+    {
+        var key = $"block.{b.Index}.moment{i}";
+        var momentType = b.Parameter.dtype == ScalarType.BFloat16 ? ScalarType.Float32 : b.Parameter.dtype;
+        if (state.TryGetValue(key + ".codes", out var codes))
+        {
+            if (!state.TryGetValue(key + ".scales", out var scales))
+                throw new ArgumentException($"optimizer state: the entry '{key}.scales' is missing beside '{key}.codes' ({b.Name})", nameof(state));
+            if (b._quantized is not null) { b._quantized[i].Load(codes, scales, $"{key} ({b.Name})"); return; }
+            using var q = QuantizedMoment.Zeros(b.Numel, MomentIsSigned(i), CPU);
+            q.Load(codes, scales, $"{key} ({b.Name})");
+            using var x = q.Dequantize(b.Parameter.shape);
+            b._moments[i].copy_(x);
+            return;
+        }
+        if (!state.TryGetValue(key, out var src))
+            throw new ArgumentException($"optimizer state: the entry '{key}' is missing (was it saved by a different optimizer or parameter list?)", nameof(state));
+        if (!src.shape.SequenceEqual(b.Parameter.shape) || src.dtype != momentType)
+            throw new ArgumentException($"optimizer state: {key} ({b.Name}) has shape [{string.Join(",", src.shape)}] {src.dtype}, the parameter needs [{string.Join(",", b.Parameter.shape)}] {momentType}", nameof(state));
+        if (b._quantized is not null) b._quantized[i].Quantize(src.to(b.Parameter.device));
+        else b._moments[i].copy_(src);
     }
 
     const string Magic = "MOFO-OPTIM-STATE-1";
@@ -513,6 +647,7 @@ public abstract class BlockOptimizer : IDisposable
         foreach (var b in _blocks)
         {
             foreach (var m in b._moments) m.Dispose();
+            foreach (var q in b._quantized ?? []) q.Dispose();
             b.Touched?.Dispose();
             b.Master?.Dispose();
         }

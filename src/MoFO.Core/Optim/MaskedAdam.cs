@@ -56,6 +56,9 @@ public abstract class MaskedAdam : BlockOptimizer
     /// </summary>
     public bool HistogramSelection { get; set; }
 
+    /// <summary>m (moment 0) takes either sign; v (moment 1) is never negative and takes the unsigned 8-bit code.</summary>
+    protected override bool MomentIsSigned(int index) => index == 0;
+
     /// <summary>The member's rule for a filtered block.</summary>
     protected abstract Selection FilteredSelection { get; }
 

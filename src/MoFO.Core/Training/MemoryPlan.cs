@@ -26,11 +26,14 @@ public enum Precision
 /// <param name="ReduceInBackward">a data-parallel run with checkpointing and one micro-batch per rank sums each layer's
 /// gradients into their owners in the backward pass and frees the rest (ZeRO-2): a rank holds the gradients it owns,
 /// one layer's and the embeddings' and head's.</param>
+/// <param name="OptimizerState">how the optimizer keeps its moments: float32, or blockwise 8-bit (a byte per entry and
+/// a float32 scale per block, with float32 working copies of one tensor's moments during its step).</param>
 /// <param name="StepInBackward">each layer's tensors step and free their gradients in the backward pass: the gradients
 /// of one layer and of the embeddings, final norm and head are resident at a time.</param>
 public sealed record PlanInput(ModelConfig Config, MethodSpec Method, Precision Precision, int MicroBatch, int SequenceLength,
                                bool GradientCheckpointing, bool MasterWeights = false, bool TrackTouched = false, int Ranks = 1,
-                               bool StepInBackward = false, int RanksPerDevice = 1, bool ReduceInBackward = false)
+                               bool StepInBackward = false, int RanksPerDevice = 1, bool ReduceInBackward = false,
+                               Optim.MomentStorage OptimizerState = Optim.MomentStorage.Float32)
 {
     /// <summary>The memory the plan needs on its device: the per-rank peak times the ranks that share the device (several
     /// ranks on one machine's CPU memory, one per GPU).</summary>
@@ -210,6 +213,15 @@ public static class MemoryPlanner
         int moments = b.Member.Moments;
         long state = b.Owned * 4L * moments;
         string detail = $"{moments} float32 moment{(moments == 1 ? "" : "s")} per {b.Kind.EntryName} ({b.Member.Name})";
+        if (x.OptimizerState == Optim.MomentStorage.Blockwise8Bit && moments > 0)
+        {
+            // a code byte per entry and a float32 scale per block of each tensor; the float32 working copies of the moments
+            // of the one tensor that steps
+            long quantized = x.Ranks > 1 ? Optim.QuantizedMoment.Bytes(b.Owned) : b.Trained.Sum(s => Optim.QuantizedMoment.Bytes(ModelShape.Count(s.Shape)));
+            state = moments * (quantized + 4L * b.LargestTrained);
+            detail = $"{moments} 8-bit moment{(moments == 1 ? "" : "s")} per {b.Kind.EntryName} ({b.Member.Name}; a float32 scale per {Optim.DynamicCode.BlockSize} entries)"
+                     + $" + their float32 working copies for the largest tensor ({b.LargestTrained:N0} entries)";
+        }
         if (x.Precision == Precision.BFloat16 && x.MasterWeights) { state += b.Owned * 4L; detail += " + float32 master weights"; }
         if (x.TrackTouched) { state += b.Owned; detail += $" + a touched byte per {b.Kind.EntryName}"; }
         if (x.Ranks > 1) detail += $"; sharded over {x.Ranks} ranks: the largest share, {b.Owned:N0} entries";
@@ -296,10 +308,17 @@ public static class MemoryPlanner
         Add(bf16, ("Precision", "bf16"));
         Add(bf16 with { GradientCheckpointing = true }, ("Precision", "bf16"), ("GradientCheckpointing", "true"));
         Add(bf16 with { GradientCheckpointing = true, TrackTouched = false }, ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"));
+        var int8 = Optim.MomentStorage.Blockwise8Bit;
+        Add(bf16 with { GradientCheckpointing = true, TrackTouched = false, OptimizerState = int8 },
+            ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"), ("OptimizerState", "8bit"));
         // the step in the backward frees the base's gradients per layer; a LoRA run has only the adapters' (all kept)
         if (x.MicroBatch >= 1 && TrainedKind.Of(x.Method).GradientsPerLayer)
+        {
             Add(bf16 with { GradientCheckpointing = true, TrackTouched = false, StepInBackward = true },
                 ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"), ("StepInBackward", "true"));
+            Add(bf16 with { GradientCheckpointing = true, TrackTouched = false, StepInBackward = true, OptimizerState = int8 },
+                ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"), ("StepInBackward", "true"), ("OptimizerState", "8bit"));
+        }
         for (var mb = x.MicroBatch / 2; mb >= 1; mb /= 2)
             Add(bf16 with { GradientCheckpointing = true, TrackTouched = false, MicroBatch = mb },
                 ("Precision", "bf16"), ("GradientCheckpointing", "true"), ("TrackTouched", "false"), ("MicroBatchSize", mb.ToString(CultureInfo.InvariantCulture)));
@@ -328,7 +347,8 @@ public static class MemoryPlanner
         var n = TrainedShapes(config, o.Method).Sum(s => ModelShape.Count(s.Shape));
         return new PlanInput(config, o.Method, o.Precision, o.MicroBatch, o.MaxLength, o.GradientCheckpointing,
                              o.MasterWeights, o.TrackTouched ?? n < Defaults.SmallModel, ranks, o.StepInBackward, ranksPerDevice,
-                             ReduceInBackward: Reduction.FreesGradients(ranks, o.GradientCheckpointing, kind.GradientsPerLayer, o.BatchSize, o.MicroBatch));
+                             ReduceInBackward: Reduction.FreesGradients(ranks, o.GradientCheckpointing, kind.GradientsPerLayer, o.BatchSize, o.MicroBatch),
+                             OptimizerState: o.OptimizerState);
     }
 
     /// <summary>Whether a data-parallel run that trains the whole model frees the gradients it does not own in the backward

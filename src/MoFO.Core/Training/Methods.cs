@@ -219,6 +219,7 @@ public static class Methods
         var track = o.TrackTouched ?? named.Sum(p => p.Parameter.numel()) < Defaults.SmallModel;
         var opt = member.Create(new OptimizerArgs(named, o.LearningRate, o.WeightDecay, o.Method.Alpha, o.Seed, track));
         opt.BFloat16Update = o.BFloat16Update;
+        opt.MomentStorage = o.OptimizerState;
         opt.RoundingSeed = o.Seed;
         var tensors = named.Select(p => (Tensor)p.Parameter).ToList();
         var terms = o.Method.Terms.Select(t => Term(t.Term).Create(tensors, t.Lambda)).ToList();

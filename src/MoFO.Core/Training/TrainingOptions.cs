@@ -49,6 +49,10 @@ public sealed record TrainingOptions
     /// master weights, or round-to-nearest for comparisons).</summary>
     public MoFO.Optim.BFloat16Update BFloat16Update { get; init; } = MoFO.Optim.BFloat16Update.StochasticRounding;
 
+    /// <summary>How the optimizer keeps its moments: float32 (default), or blockwise 8-bit (≈ a byte per entry and moment
+    /// instead of 4; <see cref="MoFO.Optim.QuantizedMoment"/>).</summary>
+    public MoFO.Optim.MomentStorage OptimizerState { get; init; } = MoFO.Optim.MomentStorage.Float32;
+
     /// <summary>bfloat16 runs with float32 master weights in the optimizer.</summary>
     public bool MasterWeights => Precision == Precision.BFloat16 && BFloat16Update == MoFO.Optim.BFloat16Update.MasterWeights;
     /// <summary>Recompute each decoder layer's activations in the backward pass instead of keeping them.</summary>
@@ -97,6 +101,9 @@ public sealed record TrainingOptions
                                      bool stepInBackward = false) =>
         this with { Precision = precision, BFloat16Update = update, GradientCheckpointing = gradientCheckpointing, TrackTouched = trackTouched,
                     StepInBackward = stepInBackward };
+
+    /// <summary>A copy with another moment storage (for callers without C#'s <c>with</c>, such as F#).</summary>
+    public TrainingOptions WithOptimizerState(MoFO.Optim.MomentStorage storage) => this with { OptimizerState = storage };
 
     /// <summary>The defaults (for F# record-copy expressions).</summary>
     public static TrainingOptions Default { get; } = new();

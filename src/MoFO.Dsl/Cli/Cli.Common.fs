@@ -20,6 +20,7 @@ let private remedy (field: string, value: string) =
     match field with
     | "Precision" -> $"{Flags.precision.Name} {value}"
     | "GradientCheckpointing" -> Flags.gradientCheckpointing.Name
+    | "OptimizerState" -> $"{Flags.optimizerState.Name} {value}"
     | "TrackTouched" -> $"without {Flags.trackTouched.Name}"
     | "MasterWeights" -> $"without {Flags.masterWeights.Name}"
     | "MicroBatchSize" -> $"{Flags.microBatchSize.Name} {value}"
@@ -199,6 +200,7 @@ let trainingOptions (device: TorchSharp.torch.Device) (a: Argu.ParseResults<'A>)
             Pack = get Flags.pack false,
             SaveEvery = get Flags.saveEvery d.SaveEvery,
             EvalEvery = get Flags.evalEvery d.EvalEvery)
+    let o = o.WithOptimizerState(get Flags.optimizerState d.OptimizerState)
     withScale o device (given Flags.precision) (get Flags.masterWeights false) (get Flags.roundToNearest false)
         (get Flags.gradientCheckpointing false) (get Flags.trackTouched false) stepInBackward
 

@@ -46,6 +46,7 @@ type ContinualArgs =
     | Tokenizer of path: string
     | Device of name: string
     | Precision of name: string
+    | Optimizer_State of storage: string
     | Master_Weights
     | Gradient_Checkpointing
     | Memory_Budget of size: string
@@ -56,7 +57,7 @@ type ContinualArgs =
             | Method _ -> Flags.method | Alpha _ -> Flags.alpha | Lr _ -> Flags.lr | Epochs _ -> Own.epochs | Batch_Size _ -> Flags.batchSize
             | Micro_Batch_Size _ -> Flags.microBatchSize | L1_Lambda _ -> Flags.l1Lambda | L2_Lambda _ -> Flags.l2Lambda | Max_Len _ -> Flags.maxLen
             | Seed _ -> Flags.seed | Replay _ -> Own.replay | Gem _ -> Own.gem | Mtl -> Own.mtl | Metric _ -> Own.metric
-            | Eval_Limit _ -> Own.evalLimit | Tokenizer _ -> Flags.tokenizer | Device _ -> Flags.device | Precision _ -> Flags.precision
+            | Eval_Limit _ -> Own.evalLimit | Tokenizer _ -> Flags.tokenizer | Device _ -> Flags.device | Precision _ -> Flags.precision | Optimizer_State _ -> Flags.optimizerState
             | Master_Weights -> Flags.masterWeights | Gradient_Checkpointing -> Flags.gradientCheckpointing | Memory_Budget _ -> Flags.memoryBudget
     interface IArgParserTemplate with
         member this.Usage = (this :> IFlags).Flag.Usage

@@ -138,6 +138,11 @@ let precision =
         [ "fp32", Precision.Float32; "bf16", Precision.BFloat16 ]
     |> Flag.sets "Precision"
 
+let optimizerState =
+    Flag.choice "--optimizer-state" "fp32 (default) or 8bit: the optimizer's moments in 8 bits, blockwise (a byte per entry and a float32 scale per 2048; about a quarter of the memory)."
+        [ "fp32", MoFO.Optim.MomentStorage.Float32; "8bit", MoFO.Optim.MomentStorage.Blockwise8Bit ]
+    |> Flag.sets "OptimizerState"
+
 let masterWeights = Flag.switch "--master-weights" "bf16: keep float32 master weights in the optimizer instead of stochastic rounding." |> Flag.sets "MasterWeights"
 let roundToNearest = Flag.switch "--round-to-nearest" "bf16: round the update to nearest (updates below half a bf16 ulp are lost; for comparisons)."
 
@@ -160,5 +165,5 @@ let all : Flag list =
     [ model; tokenizer; data; output; device; dataRoot; like; layers; shardSizeMb; limit; seed; tensorboard; cache; unsafeNoSandbox
       maxNewTokens; temperature; topP; k; repetitions; warmup; method; alpha; l1Lambda; l2Lambda; loraRank; loraAlpha; loraDropout
       loraTargets; loraOptimizer; lr; epochs; steps; batchSize; microBatchSize; maxLen; schedule; warmupRatio; weightDecay; maxGradNorm
-      saveEvery; evalEvery; pack; resume; skipEmpty; precision; masterWeights; roundToNearest; stepInBackward; gradientCheckpointing
+      saveEvery; evalEvery; pack; resume; skipEmpty; precision; optimizerState; masterWeights; roundToNearest; stepInBackward; gradientCheckpointing
       trackTouched; memoryBudget ]
