@@ -160,6 +160,11 @@ let flags =
                              "--schedule"; "linear"; "--precision"; "bf16"; "--master-weights"; "--method"; "lion"; "--step-in-backward"; "--gradient-checkpointing" ])
             Expect.equal (o2.LearningRate, o2.BatchSize, o2.MicroBatch, o2.Schedule) (1e-3, 8, 2, Schedule.Linear) "the flags' values"
             Expect.equal (o2.Precision, o2.MasterWeights, o2.Method.Optimizer, o2.StepInBackward, o2.MaxGradNorm) (Precision.BFloat16, true, "lion", true, 0.0) "scale flags; no clipping with the step in the backward"
+            Expect.equal o.OptimizerState MoFO.Optim.MomentStorage.Float32 "float32 moments by default"
+            let o3 = MoFO.Dsl.Cli.Common.trainingOptions TorchSharp.torch.CPU (parse [ "--model"; "m"; "--data"; "d"; "--format"; "jsonl"; "--output"; "o"; "--optimizer-state"; "8bit" ])
+            Expect.equal o3.OptimizerState MoFO.Optim.MomentStorage.Blockwise8Bit "--optimizer-state 8bit"
+            let _, _, x8 = MoFO.Dsl.Cli.Plan.input (Argu.ArgumentParser.Create<MoFO.Dsl.Cli.Plan.PlanArgs>().ParseCommandLine [| "--like"; "llama-2-7b"; "--optimizer-state"; "8bit" |])
+            Expect.equal x8.OptimizerState MoFO.Optim.MomentStorage.Blockwise8Bit "plan: --optimizer-state 8bit"
             let plan = Argu.ArgumentParser.Create<MoFO.Dsl.Cli.Plan.PlanArgs>().ParseCommandLine [| "--like"; "llama-2-7b"; "--batch-size"; "8"; "--max-len"; "128"; "--precision"; "bf16" |]
             let _, _, x = MoFO.Dsl.Cli.Plan.input plan
             Expect.equal (x.MicroBatch, x.SequenceLength, x.Precision, x.Method.Optimizer) (8, 128, Precision.BFloat16, "mofo") "plan: the same flags, the same defaults"
@@ -171,12 +176,14 @@ let flags =
             Expect.equal MoFO.Dsl.Recipe.Default
                 { Lr = 2e-5; Steps = None; Epochs = 1; BatchSize = 16; MicroBatchSize = 16; MaxLength = 512; Schedule = Schedule.Cosine; WarmupRatio = 0.0
                   WeightDecay = 0.0; MaxGradNorm = 1.0; TrainLimit = None; SampleFraction = None; Precision = Precision.Float32
-                  BFloat16Update = MoFO.Optim.BFloat16Update.StochasticRounding; GradientCheckpointing = false } "Core's defaults"
+                  BFloat16Update = MoFO.Optim.BFloat16Update.StochasticRounding; GradientCheckpointing = false
+                  OptimizerState = MoFO.Optim.MomentStorage.Float32 } "Core's defaults"
             // the values of the DSL's former Recipe.Default, which every reproduction, script and sweep started from
             Expect.equal MoFO.Dsl.Recipe.Paper
                 { Lr = 2e-5; Steps = None; Epochs = 2; BatchSize = 128; MicroBatchSize = 4; MaxLength = 1024; Schedule = Schedule.Cosine; WarmupRatio = 0.0
                   WeightDecay = 0.0; MaxGradNorm = 1.0; TrainLimit = None; SampleFraction = None; Precision = Precision.Float32
-                  BFloat16Update = MoFO.Optim.BFloat16Update.StochasticRounding; GradientCheckpointing = false } "the paper's recipe, unchanged"
+                  BFloat16Update = MoFO.Optim.BFloat16Update.StochasticRounding; GradientCheckpointing = false
+                  OptimizerState = MoFO.Optim.MomentStorage.Float32 } "the paper's recipe, unchanged"
             let c = MoFO.Dsl.Study.context (MoFO.Dsl.Cli.Repro.scriptOptions [| "x.fsx" |])
             let tiny = MoFO.Dsl.Study.recipe c MoFO.Dsl.Study.DprKind
             Expect.equal (tiny.Epochs, tiny.BatchSize, tiny.Steps, tiny.MaxLength) (2, 16, Some 300, 128) "the tiny DPR recipe as before"

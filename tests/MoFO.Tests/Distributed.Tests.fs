@@ -163,6 +163,22 @@ let tests =
             Expect.equal diff 0.0 $"bit-identical ({where})"
         }
 
+        test "Distributed.8bit: 8-bit optimizer states sharded by whole tensors over 2 ranks (ZeRO-2): weights bit-identical to one process; the gathered checkpoint holds every tensor's codes and scales (MoFO, 30 steps)" {
+            use one = new TempDir()
+            use two = new TempDir()
+            let args dir = trainArgs "mofo" dir [ "--gradient-checkpointing"; "--optimizer-state"; "8bit"; "--save-every"; "10" ] |> List.map (fun a -> if a = "100" then "30" else a)
+            let code, text = finish (start 1 (args one.Path))
+            Expect.equal code 0 text
+            let code, text = finish (start 2 (args two.Path))
+            Expect.equal code 0 text
+            let diff, where = largestDifference (one.File "model/model.safetensors") (two.File "model/model.safetensors")
+            Expect.equal diff 0.0 $"bit-identical ({where})"
+            let h1, h2 = header (one.File "checkpoint/optimizer.safetensors"), header (two.File "checkpoint/optimizer.safetensors")
+            Expect.stringContains h2 "moment0.codes" "the gathered state is 8-bit"
+            Expect.equal h2 h1 "the gathered checkpoint has the single process's layout"
+            Expect.equal (File.ReadAllBytes(two.File "checkpoint/optimizer.safetensors")) (File.ReadAllBytes(one.File "checkpoint/optimizer.safetensors")) "and its bytes"
+        }
+
         test "Distributed.lora: LoRA (rank 4, dropout 0.1) on 2 ranks ends with the single process's adapters and merged weights (30 steps, within 1e-5)" {
             use one = new TempDir()
             use two = new TempDir()

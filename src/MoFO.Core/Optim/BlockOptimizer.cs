@@ -506,15 +506,21 @@ public abstract class BlockOptimizer : IDisposable
     {
         var key = $"block.{b.Index}.moment{i}";
         var momentType = b.Parameter.dtype == ScalarType.BFloat16 ? ScalarType.Float32 : b.Parameter.dtype;
-        if (state.TryGetValue(key + ".codes", out var codes))
+        if (state.ContainsKey(key + ".codes"))
         {
+            // codes first, then scales: a state streamed from a file holds one tensor at a time
+            var what = $"{key} ({b.Name})";
+            using var temp = b._quantized is null ? QuantizedMoment.Zeros(b.Numel, MomentIsSigned(i), CPU) : null;
+            var target = b._quantized?[i] ?? temp!;
+            target.LoadCodes(state[key + ".codes"], what);
             if (!state.TryGetValue(key + ".scales", out var scales))
                 throw new ArgumentException($"optimizer state: the entry '{key}.scales' is missing beside '{key}.codes' ({b.Name})", nameof(state));
-            if (b._quantized is not null) { b._quantized[i].Load(codes, scales, $"{key} ({b.Name})"); return; }
-            using var q = QuantizedMoment.Zeros(b.Numel, MomentIsSigned(i), CPU);
-            q.Load(codes, scales, $"{key} ({b.Name})");
-            using var x = q.Dequantize(b.Parameter.shape);
-            b._moments[i].copy_(x);
+            target.LoadScales(scales, what);
+            if (temp is not null)
+            {
+                using var x = temp.Dequantize(b.Parameter.shape);
+                b._moments[i].copy_(x);
+            }
             return;
         }
         if (!state.TryGetValue(key, out var src))

@@ -137,15 +137,22 @@ public sealed class QuantizedMoment : IDisposable
         return new QuantizedMoment(codes, scales, signed, numel);
     }
 
-    /// <summary>Codes and scales as saved (checked against the moment's size).</summary>
-    public void Load(Tensor codes, Tensor scales, string key)
+    /// <summary>The codes as saved (checked against the moment's size; copied at once, so that a state streamed one
+    /// tensor at a time may free it).</summary>
+    public void LoadCodes(Tensor codes, string key)
     {
         if (codes.dtype != ScalarType.Byte || codes.numel() != Numel)
             throw new ArgumentException($"optimizer state: {key}.codes has {codes.numel()} {codes.dtype} entries; the moment needs {Numel} Byte", nameof(codes));
+        using var noGrad = no_grad();
+        Codes.copy_(codes.reshape(Numel));
+    }
+
+    /// <summary>The scales as saved (checked against the moment's number of blocks).</summary>
+    public void LoadScales(Tensor scales, string key)
+    {
         if (scales.dtype != ScalarType.Float32 || scales.numel() != Blocks(Numel))
             throw new ArgumentException($"optimizer state: {key}.scales has {scales.numel()} {scales.dtype} entries; the moment needs {Blocks(Numel)} Float32 (one per block of {DynamicCode.BlockSize})", nameof(scales));
         using var noGrad = no_grad();
-        Codes.copy_(codes.reshape(Numel));
         Scales.copy_(scales.reshape(Blocks(Numel)));
     }
 

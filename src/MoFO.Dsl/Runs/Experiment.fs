@@ -50,7 +50,8 @@ module Identity =
               string r.TrainLimit; string r.SampleFraction; string e.Seed; "v2" ]
             @ (if r.Precision <> Precision.Float32 || r.GradientCheckpointing then
                    [ string r.Precision; string r.BFloat16Update; string r.GradientCheckpointing ]
-               else []))
+               else [])
+            @ (if r.OptimizerState <> MoFO.Optim.MomentStorage.Float32 then [ string r.OptimizerState ] else []))
 
     /// The run's folder in the store (named with the learning rate the method runs at: `Recipe.lrFor`).
     let runDir (e: Experiment) = Store.folder "runs" $"{e.Data.Name}-{e.Method.Key}-lr{Store.inv (Recipe.lrFor e.Method e.Recipe)}-s{e.Seed}" (trainingKey e)
@@ -72,6 +73,7 @@ module Identity =
             WarmupRatio = r.WarmupRatio, WeightDecay = r.WeightDecay, MaxGradNorm = r.MaxGradNorm, Seed = int64 e.Seed,
             ShowProgress = showProgress, SaveEvery = (match r.Steps with Some s when s >= 100 -> 50 | _ -> 0))
             .WithScale(r.Precision, r.BFloat16Update, r.GradientCheckpointing, Nullable())
+            .WithOptimizerState(r.OptimizerState)
 
     /// Checks an experiment's settings before anything runs (the recipe and method as Core validates them, and what
     /// only the recipe has): an OptionException on the field, which a script's guard names in its words (`Recipe.Lr`).
@@ -101,6 +103,7 @@ module Labels =
           $"weight decay {g r.WeightDecay}"
           $"clip {g r.MaxGradNorm}"
           (match r.Precision with Precision.BFloat16 -> $"bf16 ({r.BFloat16Update})" | _ -> "fp32")
+          (match r.OptimizerState with MoFO.Optim.MomentStorage.Blockwise8Bit -> "8-bit states" | _ -> "fp32 states")
           (match r.TrainLimit with Some n -> $"{n} examples" | None -> "all examples")
           (match r.SampleFraction with Some f -> $"{g (100.0 * f)} %% of the data" | None -> "all of the data")
           $"seed {e.Seed}" ]

@@ -20,6 +20,7 @@ type Job =
         match j with
         | Train e ->
             let p = if e.Recipe.Precision = MoFO.Training.Precision.BFloat16 then $" · bf16 ({e.Recipe.BFloat16Update})" else ""
+            let p = if e.Recipe.OptimizerState = MoFO.Optim.MomentStorage.Blockwise8Bit then p + " · 8-bit states" else p
             $"{e.Data.Name} · {e.Method.Label} · lr {Recipe.lrFor e.Method e.Recipe:G3} · seed {e.Seed}{p}"
         | Continual c -> $"continual · {c.Experiment.Method.Label} · seed {c.Experiment.Seed}"
 

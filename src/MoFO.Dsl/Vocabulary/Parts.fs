@@ -77,13 +77,16 @@ type Recipe =
       /// bf16: how the update reaches the weights (stochastic rounding by default, float32 master weights, nearest)
       BFloat16Update: MoFO.Optim.BFloat16Update
       /// recompute each decoder layer's activations in the backward pass
-      GradientCheckpointing: bool }
+      GradientCheckpointing: bool
+      /// how the optimizer keeps its moments: float32, or blockwise 8-bit (about a quarter of the memory)
+      OptimizerState: MoFO.Optim.MomentStorage }
     /// Core's defaults (`TrainingOptions.Default`): lr 2e-5 cosine, 1 epoch of batch 16 (one micro-batch), 512 tokens.
     static member Default =
         let o = TrainingOptions.Default
         { Lr = o.LearningRate; Steps = Option.ofNullable o.Steps; Epochs = o.Epochs; BatchSize = o.BatchSize; MicroBatchSize = o.MicroBatch
           MaxLength = o.MaxLength; Schedule = o.Schedule; WarmupRatio = o.WarmupRatio; WeightDecay = o.WeightDecay; MaxGradNorm = o.MaxGradNorm
-          TrainLimit = None; SampleFraction = None; Precision = o.Precision; BFloat16Update = o.BFloat16Update; GradientCheckpointing = o.GradientCheckpointing }
+          TrainLimit = None; SampleFraction = None; Precision = o.Precision; BFloat16Update = o.BFloat16Update; GradientCheckpointing = o.GradientCheckpointing
+          OptimizerState = o.OptimizerState }
     /// The paper's recipe (Appendix B) on Core's defaults: batch 128 in micro-batches of 4, 2 epochs, 1024 tokens.
     static member Paper = { Recipe.Default with Epochs = 2; BatchSize = 128; MicroBatchSize = 4; MaxLength = 1024 }
 
@@ -97,7 +100,7 @@ module Recipe =
         match coreField with
         | "LearningRate" -> Some "Recipe.Lr"
         | "Steps" | "Epochs" | "BatchSize" | "MicroBatchSize" | "MaxLength" | "Schedule" | "WarmupRatio" | "WeightDecay"
-        | "MaxGradNorm" | "Precision" | "GradientCheckpointing" | "TrainLimit" | "SampleFraction" -> Some ("Recipe." + coreField)
+        | "MaxGradNorm" | "Precision" | "GradientCheckpointing" | "TrainLimit" | "SampleFraction" | "OptimizerState" -> Some ("Recipe." + coreField)
         | "MasterWeights" | "BFloat16Update" -> Some "Recipe.BFloat16Update"
         | "Alpha" -> Some "the method's α (Method.MoFO α, …)"
         | "Lambda" -> Some "the method's λ (Method.L1 λ, Method.L2 λ)"
