@@ -92,7 +92,7 @@ public static class TouchedBits
     static void ClearTail(Tensor touched, long numel)
     {
         if ((numel & 7) == 0 || numel == 0) return;
-        using Scalar keep = ((long)LastByteMask(numel)).ToScalar();
+        using var keep = tensor(new[] { LastByteMask(numel) }, device: touched.device);
         using var tail = touched.narrow(0, Bytes(numel) - 1, 1);
         tail.bitwise_and_(keep);
     }
