@@ -49,17 +49,22 @@ let private expectEver (o: BlockOptimizer) (ever: bool[] list) (what: string) =
         let m = e |> Array.filter id |> Array.length
         Expect.floatClose Accuracy.veryHigh d.TouchedFraction.Value (float m / float e.Length) $"{what}, {d.Name}: Diagnostics"
 
-/// Steps an optimizer with seeded gradients (scaled per step), keeping the union of the entries that moved.
-let private runAndTrack (o: BlockOptimizer) (ps: Tensor list) (seed: int64) (scales: float list) (check: int -> bool[] list -> unit) =
-    let ever = ps |> List.map (fun p -> Array.zeroCreate<bool> (int (p.numel())))
+/// Steps optimizers (each with its own copy of the parameters) with the same seeded gradients, scaled per step, keeping
+/// for each the union of the entries that moved. Each step starts from zero weights (the gradient of Σ p·c is c, so the
+/// selection does not depend on them; with weight decay 0 an entry moves iff it takes a non-zero update, however small
+/// next to a weight it would otherwise be added to).
+let private runAndTrack (runs: (BlockOptimizer * Tensor list) list) (seed: int64) (scales: float list) (check: int -> bool[] list list -> unit) =
+    let ps0 = snd runs.Head
+    let evers = runs |> List.map (fun (_, ps) -> ps |> List.map (fun p -> Array.zeroCreate<bool> (int (p.numel()))))
     use g = gen seed
     for t, sc in List.indexed scales do
-        let grads = [ for p in ps -> (use k = sc.ToScalar() in torch.randn(p.shape, generator = g).mul(k)) ]
-        let before = ps |> List.map toArray
-        stepWithGrads o ps grads
-        for p, b0, e in List.zip3 ps before ever do
-            for i in movedIndices b0 (toArray p) do e.[i] <- true
-        check (t + 1) ever
+        let grads = [ for p in ps0 -> (use k = sc.ToScalar() in torch.randn(p.shape, generator = g).mul(k)) ]
+        for (o, ps), ever in List.zip runs evers do
+            (use _ = torch.no_grad() in for p in ps do p.zero_() |> ignore)
+            stepWithGrads o ps grads
+            for p, e in List.zip ps ever do
+                toArray p |> Array.iteri (fun i x -> if x <> 0.0f then e.[i] <- true)
+        check (t + 1) evers
 
 // sizes not multiples of 8 (1, 7, 9, 1000, 4099, and two of several parallel chunks of 2^16), filtered (2-D) and one
 // dense (1-D: the rule makes it Dense, so its mask is set whole, with a partial last byte)
@@ -81,7 +86,7 @@ let tests =
             for name, make in makers do
                 let ps = makeParams 11L shapes
                 use o = make ps
-                runAndTrack o ps 12L [ 1.0; 1.0; 3.0; 1.0; 0.5; 1.0 ] (fun t ever -> expectEver o ever $"{name}, step {t}")
+                runAndTrack [ o, ps ] 12L [ 1.0; 1.0; 3.0; 1.0; 0.5; 1.0 ] (fun t evers -> expectEver o evers.Head $"{name}, step {t}")
                 if name.StartsWith "MoFO" then
                     let touched = o.TouchedFraction()
                     Expect.isTrue (touched > 0.15 && touched < 1.0) $"{name}: a filtered run touches more than α and less than all ({touched})"
@@ -97,30 +102,19 @@ let tests =
                 let make ps hist =
                     let o =
                         if byGrad then new GradientFilteredBCD(asSeq ps, lr = 1e-3, alpha = 0.15, trackTouched = true) :> MaskedAdam
-                        else new MoFOOptimizer(asSeq ps, lr = 1e-3, alpha = 0.15, trackTouched = (Environment.GetEnvironmentVariable "HB_TT" <> "0")) :> MaskedAdam
+                        else new MoFOOptimizer(asSeq ps, lr = 1e-3, alpha = 0.15, trackTouched = true) :> MaskedAdam
                     o.HistogramSelection <- hist
                     o
                 let ps1 = makeParams 21L shapes
                 let ps2 = cloneParams ps1
                 use o1 = make ps1 false
                 use o2 = make ps2 true
-                let ever2 = ps2 |> List.map (fun p -> Array.zeroCreate<bool> (int (p.numel())))
-                use g2 = gen 22L
-                let mutable t2 = 0
-                runAndTrack o1 ps1 22L scales (fun t ever ->
-                    if o1.TrackTouched then expectEver o1 ever $"{name} (guess route), step {t}"
-                    // the histogram route, same gradients
-                    for _ in t2 .. t - 1 do
-                        let grads = [ for p in ps2 -> (use k = scales.[t2].ToScalar() in torch.randn(p.shape, generator = g2).mul(k)) ]
-                        let before = ps2 |> List.map toArray
-                        stepWithGrads o2 ps2 grads
-                        for p, b0, e in List.zip3 ps2 before ever2 do
-                            for i in movedIndices b0 (toArray p) do e.[i] <- true
-                        t2 <- t2 + 1
-                    if o1.TrackTouched then expectEver o2 ever2 $"{name} (histogram route), step {t}"
+                runAndTrack [ o1 :> BlockOptimizer, ps1; o2 :> BlockOptimizer, ps2 ] 22L scales (fun t evers ->
+                    expectEver o1 evers.[0] $"{name} (guess route), step {t}"
+                    expectEver o2 evers.[1] $"{name} (histogram route), step {t}"
                     for i in 0 .. shapes.Length - 1 do
                         Expect.isTrue (bitEqual ps1.[i] ps2.[i]) $"{name}: weights of block {i} bit-identical after step {t}"
-                        if o1.TrackTouched then Expect.sequenceEqual (packedBytes o1.Blocks.[i].Touched) (packedBytes o2.Blocks.[i].Touched) $"{name}: packed bytes of block {i} after step {t}")
+                        Expect.sequenceEqual (packedBytes o1.Blocks.[i].Touched) (packedBytes o2.Blocks.[i].Touched) $"{name}: packed bytes of block {i} after step {t}")
         }
 
         test "Optim.touched.state: packed bits resume identically (dictionary and file); a byte-per-entry mask loads packed with the same count; a wrong size names key, block and sizes" {
