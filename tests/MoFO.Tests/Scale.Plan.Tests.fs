@@ -47,7 +47,10 @@ let tests =
             Expect.equal (full.Part "adapters") 0L "no adapters part without LoRA"
             Expect.equal (lr.Part "activations" - full.Part "activations") (int64 (512.0 * 7.0 * 16.0 * 2.0)) "activations: the one recomputed layer's 7 [T, r] intermediates more"
             let withMaster = MemoryPlanner.Plan(PlanInput(c, lora 16, Precision.BFloat16, 1, 512, true, MasterWeights = true, TrackTouched = true))
-            Expect.equal (withMaster.Part "optimizer state") (8L * byHand + 4L * byHand + byHand) "float32 masters and touched bytes of the adapters only"
+            // the touched mask: a bit per adapter entry, ⌈n/8⌉ bytes per tensor (r = 16: every adapter a multiple of 8 entries)
+            let packed = MemoryPlanner.AdapterShapes(c, LoraSpec(Rank = 16)) |> Seq.sumBy (fun struct (_, s) -> (Array.fold (*) 1L s + 7L) / 8L)
+            Expect.equal packed (byHand / 8L) "an eighth of a byte per adapter entry"
+            Expect.equal (withMaster.Part "optimizer state") (8L * byHand + 4L * byHand + packed) "float32 masters and touched bits of the adapters only"
             let mofoLora = MemoryPlanner.Plan(input (Methods.Parse("lora", lora = LoraSpec(Rank = 16), loraMember = "mofo")))
             Expect.isGreaterThanOrEqual (mofoLora.Part "optimizer state") (8L * byHand) "MoFO on the adapters: their moments"
             Expect.isLessThan (mofoLora.Part "optimizer state") (9L * byHand) "and the filter's buffers for the largest adapter, not the largest weight"
@@ -126,7 +129,7 @@ let tests =
             Expect.equal code4 2 $"LoRA flags need --method lora; {err4}"
         }
 
-        test "Scale.plan.lora.measured: stories260K trained two steps with LoRA holds exactly the plan's weights, adapters, gradients and optimizer state (fp32 with touched bytes; bf16 with master weights)" {
+        test "Scale.plan.lora.measured: stories260K trained two steps with LoRA holds exactly the plan's weights, adapters, gradients and optimizer state (fp32 with touched bits; bf16 with master weights)" {
             ConsoleProgress.Enabled <- false
             let path = requireAsset DataRoot.Assets.Stories260K
             let cases =
@@ -166,7 +169,7 @@ let tests =
                 Expect.equal (adapters |> List.sumBy (fun p -> p.numel())) plan.Adapters $"{name}: the adapter count"
                 Expect.equal (adapters |> List.sumBy bytes) (plan.Part "adapters") $"{name}: the adapters' bytes"
                 Expect.equal (adapters |> List.sumBy (fun p -> bytes p.grad)) (plan.Part "gradients") $"{name}: the adapters' gradients"
-                // the optimizer's state: its blocks are the adapters; moments, masters and touched bytes
+                // the optimizer's state: its blocks are the adapters; moments, masters and touched bits
                 Expect.equal opt.Blocks.Count adapters.Length $"{name}: one block per adapter tensor"
                 Expect.isTrue (opt.Blocks |> Seq.forall (fun b -> b.Step = 2L)) $"{name}: every adapter stepped twice"
                 let moments = opt.Blocks |> Seq.sumBy (fun b -> b.Moments |> Seq.sumBy bytes)
@@ -175,6 +178,6 @@ let tests =
                 Expect.equal moments (8L * plan.Adapters) $"{name}: two float32 moments per adapter entry"
                 Expect.equal (moments + masters + touched) (plan.Part "optimizer state") $"{name}: moments {moments}, masters {masters}, touched {touched}"
                 if precision = Precision.BFloat16 then Expect.equal masters (4L * plan.Adapters) "float32 masters of the adapters"
-                else Expect.equal touched plan.Adapters "a touched byte per adapter entry (auto: the adapters are a small model)"
+                else Expect.equal touched (adapters |> List.sumBy (fun p -> (p.numel() + 7L) / 8L)) "a touched bit per adapter entry, ⌈n/8⌉ bytes per tensor (auto: the adapters are a small model)"
         }
     ]

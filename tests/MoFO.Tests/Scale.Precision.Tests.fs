@@ -186,7 +186,8 @@ let precision =
                         let n = int (Array.fold (*) 1L s)
                         let k = kOf 0.15 n
                         let selected (o: MaskedAdam) =
-                            o.Blocks.[i].Touched.to_type(torch.ScalarType.Int32).contiguous().data<int>().ToArray()
+                            (use bits = TouchedBits.Unpack(o.Blocks.[i].Touched, o.Blocks.[i].Numel)
+                             bits.to_type(torch.ScalarType.Int32).contiguous().data<int>().ToArray())
                             |> Array.indexed |> Array.filter (fun (_, x) -> x = 1) |> Array.map fst
                         let sb, s32 = selected ob, selected o32
                         let what = $"{pathName fast}, block {i}, step {t + 1}"

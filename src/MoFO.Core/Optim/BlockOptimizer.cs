@@ -35,7 +35,9 @@ public sealed class Block
     /// <summary>The moments in 8 bits (<see cref="MomentStorage.Blockwise8Bit"/>); null when they are float32.</summary>
     public IReadOnlyList<QuantizedMoment>? Quantized { get { Owner?.EnsureState(); return _quantized; } }
     internal QuantizedMoment[]? _quantized;
-    /// <summary>A byte per entry, 1 once the entry has received an update (only when touch tracking is on).</summary>
+    /// <summary>A bit per entry, set once the entry has received an update (only when touch tracking is on): a flat
+    /// uint8 tensor of ⌈numel/8⌉ bytes, bit j of byte i for the flat entry 8i + j, the bits past numel 0
+    /// (<see cref="TouchedBits"/>).</summary>
     public Tensor? Touched { get; internal set; }
     /// <summary>The float32 master of a bfloat16 parameter under <see cref="BFloat16Update.MasterWeights"/> (created at
     /// the block's first step from the bfloat16 weight, or by a state load); null otherwise.</summary>
@@ -68,7 +70,7 @@ public abstract class BlockOptimizer : IDisposable
     /// <param name="weightDecay">default decoupled weight decay.</param>
     /// <param name="alpha">default update fraction (members that do not filter ignore it).</param>
     /// <param name="rule">decides Filtered/Dense for groups whose kind is Auto (default: <see cref="BlockRule.Default"/>).</param>
-    /// <param name="trackTouched">keep a byte mask per block of the entries ever updated (costs a byte per entry).</param>
+    /// <param name="trackTouched">keep a bit mask per block of the entries ever updated (costs a bit per entry).</param>
     /// <param name="moments">how many moment tensors per block the member keeps.</param>
     protected BlockOptimizer(IEnumerable<ParamGroup> groups, double lr, double weightDecay, double alpha,
                              Func<string, Tensor, BlockKind>? rule, bool trackTouched, int moments)
@@ -103,7 +105,7 @@ public abstract class BlockOptimizer : IDisposable
                 if (kind == BlockKind.Auto) kind = BlockKind.Dense;
                 var b = new Block(_blocks.Count, g.Names[j], p, gi, kind);
                 b.Owner = this;
-                if (trackTouched) b.Touched = zeros(p.shape, ScalarType.Byte, p.device).DetachFromDisposeScope();
+                if (trackTouched) b.Touched = TouchedBits.Zeros(b.Numel, p.device).DetachFromDisposeScope();
                 _blocks.Add(b);
             }
         }
@@ -480,7 +482,7 @@ public abstract class BlockOptimizer : IDisposable
             for (int i = 0; i < MomentsPerBlock; i++) LoadMoment(b, i, state);
             if (b.Touched is not null)
             {
-                if (state.TryGetValue($"block.{b.Index}.touched", out var tm)) b.Touched.copy_(tm);
+                if (state.TryGetValue($"block.{b.Index}.touched", out var tm)) TouchedBits.Load(b.Touched, tm, b.Numel, $"block.{b.Index}.touched", b.Name);
                 else b.Touched.zero_();
             }
             if (b.Parameter.dtype == ScalarType.BFloat16 && _bf16Update == BFloat16Update.MasterWeights)
@@ -604,8 +606,7 @@ public abstract class BlockOptimizer : IDisposable
             double? touched = null;
             if (b.Touched is not null)
             {
-                using var s = b.Touched.sum(ScalarType.Int64);
-                touched = b.Numel == 0 ? 0.0 : s.item<long>() / (double)b.Numel;
+                touched = b.Numel == 0 ? 0.0 : TouchedBits.Count(b.Touched) / (double)b.Numel;
             }
             return new BlockStats(b.Name, b.Kind, b.Numel, b.LastUpdated,
                                   b.Numel == 0 ? 0.0 : b.LastUpdated / (double)b.Numel, touched);
@@ -635,8 +636,7 @@ public abstract class BlockOptimizer : IDisposable
         foreach (var b in _blocks.Where(b => b.Owned))
         {
             total += b.Numel;
-            using var s = b.Touched!.sum(ScalarType.Int64);
-            touched += s.item<long>();
+            touched += TouchedBits.Count(b.Touched!);
         }
         return (touched, total);
     }
@@ -644,8 +644,7 @@ public abstract class BlockOptimizer : IDisposable
     protected static void MarkTouched(Block b, Tensor? mask)
     {
         if (b.Touched is null) return;
-        if (mask is null) b.Touched.fill_(Scalars.OneL);
-        else b.Touched.bitwise_or_(mask.to(ScalarType.Byte).view(b.Touched.shape));
+        TouchedBits.Or(b.Touched, mask, b.Numel);
     }
 
     public virtual void Dispose()

@@ -137,7 +137,8 @@ public static class AdamOps
     /// <summary>
     /// One masked AdamW step in place (the authors' order): p *= 1 - lr·wd; m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²;
     /// denom = sqrt(v)/sqrtBc2 + eps; p += -step · (m ⊙ mask) / denom (computed as the internal overload below does; a
-    /// bfloat16 p is rounded stochastically with key 0). Returns the number of entries updated.
+    /// bfloat16 p is rounded stochastically with key 0). <paramref name="touched"/>, when given, is a packed touched mask
+    /// (<see cref="TouchedBits"/>: a bit per entry) that takes the updated entries. Returns the number of entries updated.
     /// </summary>
     public static long Step(Tensor p, Tensor g, Tensor m, Tensor v, Tensor? touched, double lr, double beta1, double beta2,
                             double eps, double weightDecay, double step, double sqrtBc2, Selection sel, long k, Tensor? randomMask)
@@ -187,11 +188,7 @@ public static class AdamOps
         if (mask is null) w.add_(upd);
         else w.copy_(where(mask, upd.add_(w), w));
         t.WriteBack(w);
-        if (touched is not null)
-        {
-            if (mask is null) touched.fill_(Scalars.OneL);
-            else touched.bitwise_or_(mask.to(ScalarType.Byte));
-        }
+        if (touched is not null) TouchedBits.Or(touched, mask, w.numel());
         return mask is null ? w.numel() : k;
     }
 }

@@ -15,12 +15,12 @@ public enum Precision
 /// <summary>What a memory plan is computed for: a model's shape and a run's settings.</summary>
 /// <param name="Config">the model's config (its shape: no weights are read).</param>
 /// <param name="Method">the method: its member decides the optimizer state, its loss terms keep a copy of θ0, and its
-/// trained set (<see cref="TrainedKind.Of"/>) decides which tensors take gradients, state, masters and touched bytes
+/// trained set (<see cref="TrainedKind.Of"/>) decides which tensors take gradients, state, masters and touched bits
 /// (every parameter, or adapters over a frozen base).</param>
 /// <param name="MicroBatch">examples per forward/backward pass.</param>
 /// <param name="SequenceLength">tokens per example (the padded length of a batch, at most the run's max length).</param>
 /// <param name="MasterWeights">bfloat16 runs keep a float32 copy of the weights in the optimizer.</param>
-/// <param name="TrackTouched">the optimizer keeps a byte per entry for the fraction of entries ever updated.</param>
+/// <param name="TrackTouched">the optimizer keeps a bit per entry for the fraction of entries ever updated (⌈n/8⌉ bytes per tensor).</param>
 /// <param name="Ranks">the ranks of a data-parallel job (1: a single process): the optimizer state is sharded over them by
 /// whole tensors, and the plan is the largest rank's.</param>
 /// <param name="ReduceInBackward">a data-parallel run with checkpointing and one micro-batch per rank sums each layer's
@@ -155,7 +155,19 @@ public static class MemoryPlanner
         /// <summary>A data-parallel rank holds the state of the tensors it owns (whole tensors, balanced): the largest share.</summary>
         public long Owned { get; } = X.Ranks > 1 ? new Distributed.ShardPlan(Trained.Select(s => ModelShape.Count(s.Shape)).ToList(), X.Ranks).Load.Max()
                                                  : Trained.Sum(s => ModelShape.Count(s.Shape));
+        /// <summary>The packed touched mask of the tensors whose state a rank holds: ⌈n/8⌉ bytes per tensor (a bit per
+        /// entry), over the tensors of the rank with the largest share when sharded.</summary>
+        public long OwnedTouchedBytes { get; } = OwnedTouched(Trained, X.Ranks);
         public long Tokens => (long)X.MicroBatch * X.SequenceLength;
+
+        static long OwnedTouched(IReadOnlyList<(string Name, long[] Shape)> trained, int ranks)
+        {
+            var numels = trained.Select(s => ModelShape.Count(s.Shape)).ToList();
+            if (ranks <= 1) return numels.Sum(Optim.TouchedBits.Bytes);
+            var plan = new Distributed.ShardPlan(numels, ranks);
+            int largest = Enumerable.Range(0, ranks).MaxBy(r => plan.Load[r]);
+            return Enumerable.Range(0, numels.Count).Where(i => plan.Owner[i] == largest).Sum(i => Optim.TouchedBits.Bytes(numels[i]));
+        }
     }
 
     /// <summary>The plan of a run: one part per component (each asked of the trained set's kind and the optimizer member),
@@ -223,7 +235,7 @@ public static class MemoryPlanner
                      + $" + their float32 working copies for the largest tensor ({b.LargestTrained:N0} entries)";
         }
         if (x.Precision == Precision.BFloat16 && x.MasterWeights) { state += b.Owned * 4L; detail += " + float32 master weights"; }
-        if (x.TrackTouched) { state += b.Owned; detail += $" + a touched byte per {b.Kind.EntryName}"; }
+        if (x.TrackTouched) { state += b.OwnedTouchedBytes; detail += $" + a touched bit per {b.Kind.EntryName}"; }
         if (x.Ranks > 1) detail += $"; sharded over {x.Ranks} ranks: the largest share, {b.Owned:N0} entries";
         return new("optimizer state", state + b.Member.SelectionBuffers(b.LargestTrained, x.Method.Alpha), detail);
     }

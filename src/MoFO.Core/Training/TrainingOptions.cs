@@ -64,7 +64,7 @@ public sealed record TrainingOptions
     /// accumulation) and no global-norm clipping (<see cref="MaxGradNorm"/> = 0: the global norm is known only after every
     /// tensor has stepped). A tensor whose gradient is not finite is not updated, and the step counts as a bad one.</summary>
     public bool StepInBackward { get; init; }
-    /// <summary>Keep a byte per entry to report the fraction of entries ever updated; null: only for models below
+    /// <summary>Keep a bit per entry to report the fraction of entries ever updated; null: only for models below
     /// <see cref="Defaults.SmallModel"/> parameters.</summary>
     public bool? TrackTouched { get; init; }
 

@@ -155,7 +155,7 @@ let gradientCheckpointing =
     |> Flag.sets "GradientCheckpointing"
 
 let trackTouched =
-    Flag.switch "--track-touched" "report the fraction of entries ever updated (a byte per entry; on by default below 100M parameters)." |> Flag.sets "TrackTouched"
+    Flag.switch "--track-touched" "report the fraction of entries ever updated (a bit per entry; on by default below 100M parameters)." |> Flag.sets "TrackTouched"
 
 let memoryBudget =
     Flag.size "--memory-budget" "plan against this much memory (e.g. 16GiB) instead of what the machine has free; the run is refused (exit 7) when it cannot fit."

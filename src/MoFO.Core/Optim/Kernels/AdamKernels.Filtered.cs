@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Numerics;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace MoFO.Optim;
@@ -31,7 +32,7 @@ namespace MoFO.Optim;
 /// is rounded once from p·decay + update; after a miss, p is restored and the plain update runs with the decay. Every
 /// route writes each entry's final value through the same rounding (stochastic: the bits of entry i depend only on
 /// the key and i), so the routes, the chunking and the ops route agree bit for bit.
-/// Beyond the two moments (and the optional byte mask) only pooled buffers are used (the sample, 1/64 of the block as
+/// Beyond the two moments (and the optional touched mask, a bit per entry) only pooled buffers are used (the sample, 1/64 of the block as
 /// uint; the candidates; the speculative record, about 1.25·α·numel floats and 2 bits per entry).
 /// </summary>
 internal static unsafe partial class AdamKernels
@@ -49,6 +50,9 @@ internal static unsafe partial class AdamKernels
     {
         if (byGradient && gt.dtype != ScalarType.Float32)
             throw new ArgumentException($"the gradient-ranked kernel reads |g| as float32 bits (got {gt.dtype})", nameof(gt));
+        if (touchedT is not null && (touchedT.numel() != TouchedBits.Bytes(mt.numel()) || touchedT.dtype != ScalarType.Byte
+                                     || !touchedT.is_contiguous() || touchedT.device_type != DeviceType.CPU))
+            throw new ArgumentException($"the touched mask must be {TouchedBits.Bytes(mt.numel())} contiguous CPU bytes (a bit per entry), got {touchedT.numel()} {touchedT.dtype} on {touchedT.device_type}", nameof(touchedT));
         var body = new FilteredBody(gt, mt, vt, touchedT, k, byGradient, s, forceHistogram, guess);
         Dispatch(ref body, t, gt);
     }

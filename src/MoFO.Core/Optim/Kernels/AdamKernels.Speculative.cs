@@ -39,7 +39,7 @@ internal static unsafe partial class AdamKernels
         // per chunk: the indices of the keys inside the window (GuessCandidateCap + 1 at most: past that the window missed)
         var candCount = new int[chunks];
         // the speculative update: entries with key > hi are certainly selected when the window brackets the k-th key,
-        // so pass 1 applies their update at once and records (offset | old touched byte << 16, p after decay) to undo it
+        // so pass 1 applies their update at once and records (offset | old touched bit << 16, p after decay) to undo it
         // on a miss; past specEnd (the record full, or the scalar tail) the chunk's p is left for the exact update
         var specEnd = new long[chunks];
         var specCount = new int[chunks];
@@ -129,7 +129,7 @@ internal static unsafe partial class AdamKernels
                     if (j + 8 < nsel) w.Prefetch(si[j + 8]);
                     su[j] = w.Load1(i) * decay + su[j];
                     if (!rounds) w.Store1(i, su[j]);
-                    if (tt != null) tt[i] = 1;
+                    if (tt != null) SetBit(tt, i);
                 }
                 if (rounds)
                 {
@@ -221,10 +221,10 @@ internal static unsafe partial class AdamKernels
                     var pdv = decayOn ? p0 * dc : p0;
                     if (touched != null)
                     {
-                        // the old touched bytes in order; the new ones set
+                        // the old touched bits (0 or 1, a byte each) in order; the new ones set
                         int o = sc;
                         for (int j = 0; j < W; j++)
-                            if ((bits & (1u << j)) != 0) { specTouched[o++] = touched[i + j]; touched[i + j] = 1; }
+                            if ((bits & (1u << j)) != 0) { specTouched[o++] = GetBit(touched, i + j); SetBit(touched, i + j); }
                     }
                     Pack(Vector.AsVectorInt32(rounds ? p0 : pdv), bits, (int*)specOld + sc, table);
                     sc += cnt;
@@ -258,8 +258,8 @@ internal static unsafe partial class AdamKernels
         return count;
     }
 
-    /// <summary>Puts back p (and the touched bytes) of the entries updated speculatively over [a, e): per vector, the
-    /// mask of those entries; their old values in order.</summary>
+    /// <summary>Puts back p (and the touched bits) of the entries updated speculatively over [a, e): per vector, the
+    /// mask of those entries; their old values in order (the old touched bits a byte each, 0 or 1).</summary>
     static void RestoreRange<TW>(TW w, byte* touched, long a, long e, float* old, ushort* masks, byte* oldTouched) where TW : struct, IWeights
     {
         int W = Vector<float>.Count, o = 0;
@@ -272,7 +272,11 @@ internal static unsafe partial class AdamKernels
                 long i = a + q * W + BitOperations.TrailingZeroCount(bits);
                 bits &= bits - 1;
                 w.Store1(i, old[o]);
-                if (touched != null) touched[i] = oldTouched[o];
+                if (touched != null)
+                {
+                    if (oldTouched[o] != 0) SetBit(touched, i);
+                    else ClearBit(touched, i);
+                }
                 o++;
             }
         }

@@ -33,7 +33,12 @@ internal readonly struct AdamScalars
 // generic over where the weights live (float32, float32 master + bfloat16, bfloat16) and the gradient's dtype.
 internal static unsafe partial class AdamKernels
 {
+    /// <summary>The entries per parallel chunk: a multiple of 8, so that no two chunks share a byte of the packed touched
+    /// mask (a bit per entry: <see cref="TouchedBits"/>); every range a thread writes bits in starts a chunk or
+    /// continues one on the same thread.</summary>
     const int Chunk = 1 << 16;
+    /// <summary>A compile-time check that <see cref="Chunk"/> is a multiple of 8 (-1 does not convert to uint).</summary>
+    const uint ChunkInWholeBytes = Chunk % 8 == 0 ? 0 : -1;
 
     /// <summary>The fused kernels apply: CPU, float32 or bfloat16 parameter and gradient (contiguous), float32 moments
     /// (and master).</summary>
@@ -191,8 +196,7 @@ internal static unsafe partial class AdamKernels
             var vv = Unsafe.ReadUnaligned<Vector<float>>(v + i);
             var denom = Vector.SquareRoot(vv) * isb + ep;
             w.Store(i, Vector.ConditionalSelect(sel, pd + (ns * mv) / denom, pd));
-            if (touched != null && sel != Vector<int>.Zero)
-                for (int j = 0; j < W; j++) if (sel[j] != 0) touched[i + j] = 1;
+            if (touched != null && sel != Vector<int>.Zero) SetBits(touched, i, MaskBits(sel));
         }
         for (; i < hi; i++)
         {
@@ -203,9 +207,36 @@ internal static unsafe partial class AdamKernels
             {
                 float denom = MathF.Sqrt(v[i]) * s.InvSqrtBc2 + s.Eps;
                 w.Store1(i, pd + (s.NegStep * m[i]) / denom);
-                if (touched != null) touched[i] = 1;
+                if (touched != null) SetBit(touched, i);
             }
             else w.Store1(i, pd);
+        }
+    }
+
+    /// <summary>Sets the touched bit of entry i (bit i mod 8 of byte i / 8).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void SetBit(byte* touched, long i) => touched[i >> 3] |= (byte)(1 << (int)(i & 7));
+
+    /// <summary>Reads the touched bit of entry i (0 or 1).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static byte GetBit(byte* touched, long i) => (byte)((touched[i >> 3] >> (int)(i & 7)) & 1);
+
+    /// <summary>Clears the touched bit of entry i.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void ClearBit(byte* touched, long i) => touched[i >> 3] &= (byte)~(1 << (int)(i & 7));
+
+    /// <summary>Sets the touched bits of entries i + j for the set bits j of <paramref name="bits"/> (one vector, at most
+    /// 16 lanes; i need not be a multiple of 8). Only the bytes holding entries i … i + 15 are written (and only where a
+    /// bit is set), all inside the calling thread's chunk.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void SetBits(byte* touched, long i, uint bits)
+    {
+        ulong x = (ulong)bits << (int)(i & 7);
+        byte* p = touched + (i >> 3);
+        for (; x != 0; x >>= 8, p++)
+        {
+            byte b = (byte)x;
+            if (b != 0) *p |= b;
         }
     }
 }
