@@ -152,9 +152,11 @@ public static class AdamOps
     /// is not, in about 0.5 % of entries, so on the CPU a float32 sqrt goes through float64 (exact after rounding back).
     /// </summary>
     static Tensor Sqrt(Tensor v)
-        => v.dtype == ScalarType.Float32 && v.device_type == DeviceType.CPU
-            ? v.to(ScalarType.Float64).sqrt_().to(ScalarType.Float32)
-            : v.sqrt();
+    {
+        if (v.dtype != ScalarType.Float32 || v.device_type != DeviceType.CPU) return v.sqrt();
+        using var wide = v.to(ScalarType.Float64);
+        return wide.sqrt_().to(ScalarType.Float32);
+    }
 
     /// <summary>
     /// The step of one block as ops, in the fused kernel's order of float32 roundings (each op rounds once; the scalars
@@ -170,13 +172,17 @@ public static class AdamOps
         using Scalar decay = (1 - s.Lr * s.WeightDecay).ToScalar(), b1 = s.Beta1D.ToScalar(), ob1 = (1 - s.Beta1D).ToScalar(),
                      b2 = s.Beta2D.ToScalar(), ob2 = (1 - s.Beta2D).ToScalar(), isb = (1 / s.SqrtBc2D).ToScalar(),
                      ep = s.EpsD.ToScalar(), ns = (-s.StepD).ToScalar();
+        // each transient is freed as soon as it is used (not at the scope's end), so that the step's temporaries are at
+        // most the widened gradient and working weight of a bfloat16 parameter, the update, the mask and the selected
+        // result (MemoryPlanner counts them for the ops path)
         var gw = g.dtype == m.dtype ? g : g.to(m.dtype);
         var w = t.Working();
-        m.mul_(b1).add_(gw.mul(ob1));
-        v.mul_(b2).add_(gw.mul(ob2).mul_(gw));
+        using (var t1 = gw.mul(ob1)) m.mul_(b1).add_(t1);
+        using (var t2 = gw.mul(ob2)) v.mul_(b2).add_(t2.mul_(gw));
         if (s.WeightDecay != 0) w.mul_(decay);
         if (sel != Selection.All && k == 0) { t.WriteBack(w); return 0; }
-        var upd = m.mul(ns).div_(Sqrt(v).mul_(isb).add_(ep));
+        var upd = m.mul(ns);
+        using (var den = Sqrt(v)) upd.div_(den.mul_(isb).add_(ep));
         Tensor? mask = sel switch
         {
             Selection.All => null,
@@ -186,7 +192,8 @@ public static class AdamOps
             _ => throw new ArgumentException($"unknown selection {sel}", nameof(sel)),
         };
         if (mask is null) w.add_(upd);
-        else w.copy_(where(mask, upd.add_(w), w));
+        else using (var selected = where(mask, upd.add_(w), w)) w.copy_(selected);
+        upd.Dispose();
         t.WriteBack(w);
         if (touched is not null) TouchedBits.Or(touched, mask, w.numel());
         return mask is null ? w.numel() : k;

@@ -28,12 +28,15 @@ public enum Precision
 /// one layer's and the embeddings' and head's.</param>
 /// <param name="OptimizerState">how the optimizer keeps its moments: float32, or blockwise 8-bit (a byte per entry and
 /// a float32 scale per block, with float32 working copies of one tensor's moments during its step).</param>
+/// <param name="OpsPath">the optimizer steps as tensor ops (CUDA) rather than the fused CPU kernels: its temporaries per
+/// tensor are the ops path's (the update, the selected result, the mask, a bfloat16 parameter's float32 copies) instead
+/// of the kernels' selection buffers.</param>
 /// <param name="StepInBackward">each layer's tensors step and free their gradients in the backward pass: the gradients
 /// of one layer and of the embeddings, final norm and head are resident at a time.</param>
 public sealed record PlanInput(ModelConfig Config, MethodSpec Method, Precision Precision, int MicroBatch, int SequenceLength,
                                bool GradientCheckpointing, bool MasterWeights = false, bool TrackTouched = false, int Ranks = 1,
                                bool StepInBackward = false, int RanksPerDevice = 1, bool ReduceInBackward = false,
-                               Optim.MomentStorage OptimizerState = Optim.MomentStorage.Float32)
+                               Optim.MomentStorage OptimizerState = Optim.MomentStorage.Float32, bool OpsPath = false)
 {
     /// <summary>The memory the plan needs on its device: the per-rank peak times the ranks that share the device (several
     /// ranks on one machine's CPU memory, one per GPU).</summary>
@@ -237,7 +240,16 @@ public static class MemoryPlanner
         if (x.Precision == Precision.BFloat16 && x.MasterWeights) { state += b.Owned * 4L; detail += " + float32 master weights"; }
         if (x.TrackTouched) { state += b.OwnedTouchedBytes; detail += $" + a touched bit per {b.Kind.EntryName}"; }
         if (x.Ranks > 1) detail += $"; sharded over {x.Ranks} ranks: the largest share, {b.Owned:N0} entries";
-        return new("optimizer state", state + b.Member.SelectionBuffers(b.LargestTrained, x.Method.Alpha), detail);
+        long step = b.Member.SelectionBuffers(b.LargestTrained, x.Method.Alpha);
+        if (x.OpsPath && b.Member.Moments > 0)
+        {
+            // the step as tensor ops (CUDA): per tensor the update, the selected result and the mask, a bfloat16
+            // parameter's widened gradient and working copy (none with a master), and the radix select's chunks
+            long perEntry = 4 + 4 + 1 + (x.Precision == Precision.BFloat16 ? 4 + (x.MasterWeights ? 0 : 4) : 0);
+            step = b.LargestTrained * perEntry + (b.Member.UsesAlpha ? Optim.TopKSelect.TemporaryBytes(b.LargestTrained, TorchSharp.torch.ScalarType.Float32) : 0);
+            detail += $"; the ops path's step temporaries ({perEntry} B per entry of the largest tensor)";
+        }
+        return new("optimizer state", state + step, detail);
     }
 
     /// <summary>The activations autograd keeps: each layer's input and one layer's activations with checkpointing, else
@@ -352,7 +364,7 @@ public static class MemoryPlanner
     /// options' micro-batch at the full max length (the worst case), precision, checkpointing, master weights and
     /// touched mask (auto: only below <see cref="Defaults.SmallModel"/> trained entries, as <see cref="Methods.Create"/>
     /// decides: the parameters, or with LoRA the adapters).</summary>
-    public static PlanInput InputOf(string modelPath, TrainingOptions o, int ranks = 1, int ranksPerDevice = 1)
+    public static PlanInput InputOf(string modelPath, TrainingOptions o, int ranks = 1, int ranksPerDevice = 1, bool opsPath = false)
     {
         var config = ConfigOf(modelPath);
         var kind = TrainedKind.Of(o.Method);
@@ -360,7 +372,7 @@ public static class MemoryPlanner
         return new PlanInput(config, o.Method, o.Precision, o.MicroBatch, o.MaxLength, o.GradientCheckpointing,
                              o.MasterWeights, o.TrackTouched ?? n < Defaults.SmallModel, ranks, o.StepInBackward, ranksPerDevice,
                              ReduceInBackward: Reduction.FreesGradients(ranks, o.GradientCheckpointing, kind.GradientsPerLayer, o.BatchSize, o.MicroBatch),
-                             OptimizerState: o.OptimizerState);
+                             OptimizerState: o.OptimizerState, OpsPath: opsPath);
     }
 
     /// <summary>Whether a data-parallel run that trains the whole model frees the gradients it does not own in the backward
@@ -371,11 +383,11 @@ public static class MemoryPlanner
     /// <summary>Checks a training run before its model is loaded: its plan, or a <see cref="MemoryPlanException"/>.
     /// <paramref name="available"/>: the memory to plan against (default: what this machine has free now, shared by the
     /// job's ranks on this machine). In a data-parallel job (<see cref="Distributed.Job"/>) the plan is per rank.</summary>
-    public static MemoryPlan CheckRun(string modelPath, TrainingOptions o, long? available = null)
+    public static MemoryPlan CheckRun(string modelPath, TrainingOptions o, long? available = null, bool opsPath = false)
     {
         int ranks = Distributed.Job.Distributed ? Distributed.Job.World.Size : 1;
         int perDevice = ranks > 1 && available is null ? Distributed.MpiCollective.LocalRanks ?? 1 : 1;
-        return Check(InputOf(modelPath, o, ranks, perDevice), Available(available));
+        return Check(InputOf(modelPath, o, ranks, perDevice, opsPath), Available(available));
     }
 
     /// <summary>

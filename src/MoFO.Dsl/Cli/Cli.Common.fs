@@ -205,8 +205,8 @@ let trainingOptions (device: TorchSharp.torch.Device) (a: Argu.ParseResults<'A>)
         (get Flags.gradientCheckpointing false) (get Flags.trackTouched false) stepInBackward
 
 /// Refuses a run whose memory plan does not fit (before its model is loaded); prints the plan's peak otherwise.
-let checkMemory (modelPath: string) (o: TrainingOptions) (budget: int64 option) =
-    let plan = MemoryPlanner.CheckRun(modelPath, o, Option.toNullable budget)
+let checkMemory (modelPath: string) (o: TrainingOptions) (device: TorchSharp.torch.Device) (budget: int64 option) =
+    let plan = MemoryPlanner.CheckRun(modelPath, o, Option.toNullable budget, device.``type`` = TorchSharp.DeviceType.CUDA)
     let ranks =
         if plan.Input.Ranks > 1 then $" per rank; {plan.Input.Ranks} ranks, {plan.Input.RanksPerDevice} on this machine's memory: {MemoryPlan.Gb plan.DeviceNeed}"
         else ""

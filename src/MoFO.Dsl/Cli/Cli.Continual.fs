@@ -79,7 +79,7 @@ let run (a: ParseResults<ContinualArgs>) =
             ContinualTask(name, InstructionData.Read(d, DataFormat.Trace, "train"), InstructionData.Read(d, DataFormat.Trace, "test"), epochs[i]) ]
     let metric = Flag.getOr Own.metric TaskMetric.Accuracy a
     let modelPath = Flag.get Flags.model a
-    Common.checkMemory modelPath o (Flag.tryGet Flags.memoryBudget a) |> ignore
+    Common.checkMemory modelPath o device (Flag.tryGet Flags.memoryBudget a) |> ignore
     use model = ModelLoader.Load(modelPath, Option.toObj (Flag.tryGet Flags.tokenizer a), device, Common.dtype o.Precision)
     let runner =
         ContinualRunner(

@@ -14,6 +14,7 @@ module private Own =
     let ranksPerDevice =
         Flag.int "--ranks-per-device" "ranks that share the planned memory (default: 1 per GPU with --memory; all ranks on this machine's memory otherwise)."
         |> Flag.atLeast 1
+    let device = Flags.device.Describe "the device the run will step on: cpu (default: the fused kernels' buffers) or cuda (the ops path's temporaries)."
 
 type PlanArgs =
     | Model of path: string
@@ -28,6 +29,7 @@ type PlanArgs =
     | Lora_Optimizer of name: string
     | Precision of name: string
     | Optimizer_State of storage: string
+    | Device of device: string
     | Master_Weights
     | Batch_Size of n: string
     | Micro_Batch_Size of n: string
@@ -43,7 +45,7 @@ type PlanArgs =
             match this with
             | Model _ -> Own.model | Like _ -> Flags.like | Layers _ -> Flags.layers | Method _ -> Flags.method | Alpha _ -> Flags.alpha
             | Lora_Rank _ -> Flags.loraRank | Lora_Alpha _ -> Flags.loraAlpha | Lora_Dropout _ -> Flags.loraDropout
-            | Lora_Targets _ -> Flags.loraTargets | Lora_Optimizer _ -> Flags.loraOptimizer | Precision _ -> Flags.precision | Optimizer_State _ -> Flags.optimizerState
+            | Lora_Targets _ -> Flags.loraTargets | Lora_Optimizer _ -> Flags.loraOptimizer | Precision _ -> Flags.precision | Optimizer_State _ -> Flags.optimizerState | Device _ -> Own.device
             | Master_Weights -> Flags.masterWeights | Batch_Size _ -> Flags.batchSize | Micro_Batch_Size _ -> Flags.microBatchSize
             | Max_Len _ -> Flags.maxLen | Gradient_Checkpointing -> Flags.gradientCheckpointing | Step_In_Backward -> Flags.stepInBackward
             | Track_Touched -> Flags.trackTouched | Memory _ -> Own.memory | Ranks _ -> Own.ranks | Ranks_Per_Device _ -> Own.ranksPerDevice
@@ -68,7 +70,8 @@ let input (a: ParseResults<PlanArgs>) =
     let ranks = Flag.getOr Own.ranks 1 a
     let x =
         PlanInput(config, o.Method, o.Precision, o.MicroBatch, o.MaxLength, o.GradientCheckpointing,
-                  MasterWeights = o.MasterWeights, OptimizerState = o.OptimizerState, TrackTouched = (o.TrackTouched = Nullable true), StepInBackward = o.StepInBackward,
+                  MasterWeights = o.MasterWeights, OptimizerState = o.OptimizerState,
+                  OpsPath = (Flag.tryGet Own.device a |> Option.exists (fun d -> d.StartsWith "cuda")), TrackTouched = (o.TrackTouched = Nullable true), StepInBackward = o.StepInBackward,
                   Ranks = ranks, ReduceInBackward = MemoryPlanner.ReducesInBackward(o.GradientCheckpointing, o.BatchSize, o.MicroBatch, ranks),
                   RanksPerDevice = Flag.getOr Own.ranksPerDevice (if (Flag.tryGet Own.memory a).IsSome then 1 else ranks) a)
     if x.RanksPerDevice > x.Ranks then

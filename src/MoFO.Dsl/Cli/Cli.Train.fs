@@ -156,7 +156,7 @@ let run (a: ParseResults<TrainArgs>) =
     let train, eval = data a o
     let task = suite |> Option.bind (fun _ -> reportTask a o)
     let modelPath, tokenizer, output = Flag.get Flags.model a, Flag.tryGet Flags.tokenizer a, Flag.get Own.output a
-    Common.checkMemory modelPath o (Flag.tryGet Flags.memoryBudget a) |> ignore
+    Common.checkMemory modelPath o device (Flag.tryGet Flags.memoryBudget a) |> ignore
     let r, metricsFile, report =
         use model = ModelLoader.Load(modelPath, Option.toObj tokenizer, device, Common.dtype o.Precision)
         // The report's suite and data are settled before training: a missing benchmark fails now, not after the run.

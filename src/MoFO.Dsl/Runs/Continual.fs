@@ -62,7 +62,7 @@ let run (showProgress: bool) (j: Job) =
     else
         if Directory.Exists dir then Directory.Delete(dir, true)
         let o = Identity.options e showProgress
-        MemoryPlanner.CheckRun(e.Model.Path, o) |> ignore
+        MemoryPlanner.CheckRun(e.Model.Path, o, opsPath = (e.Scale.Device.``type`` = TorchSharp.DeviceType.CUDA)) |> ignore
         let dtype = if o.Precision = Precision.BFloat16 then TorchSharp.torch.ScalarType.BFloat16 else TorchSharp.torch.ScalarType.Float32
         use model = MoFO.Models.ModelLoader.Load(e.Model.Path, null, e.Scale.Device, dtype)
         let replay, gem = e.Method.Continual

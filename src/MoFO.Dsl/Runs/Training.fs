@@ -68,7 +68,7 @@ let train (e: Experiment) (showProgress: bool) =
     | null ->
         let trainSet, task = data e
         let o = Identity.options e showProgress
-        MemoryPlanner.CheckRun(e.Model.Path, o) |> ignore
+        MemoryPlanner.CheckRun(e.Model.Path, o, opsPath = (e.Scale.Device.``type`` = TorchSharp.DeviceType.CUDA)) |> ignore
         let dtype = if o.Precision = Precision.BFloat16 then TorchSharp.torch.ScalarType.BFloat16 else TorchSharp.torch.ScalarType.Float32
         use model = ModelLoader.Load(e.Model.Path, null, e.Scale.Device, dtype)
         let trainer = Trainer(model, ResizeArray trainSet, ResizeArray task.HeldOut, o, folder.Dir)
