@@ -45,6 +45,12 @@ let private weights (file: string) =
     let d = MoFO.Checkpoints.SafeTensors.Load file
     d |> Seq.map (fun kv -> kv.Key, kv.Value.``to``(TorchSharp.torch.ScalarType.Float32).data<float32>().ToArray()) |> Map.ofSeq
 
+/// Runs the same command in one process (into `one`) and on 2 ranks (into `two`); both must exit 0.
+let private onOneAndTwo (one: TempDir) (two: TempDir) (args: string -> string list) =
+    for ranks, dir in [ 1, one; 2, two ] do
+        let code, text = finish (start ranks (args dir.Path))
+        Expect.equal code 0 text
+
 /// The largest absolute difference between two weight files, and where.
 let private largestDifference (a: string) (b: string) =
     let wa, wb = weights a, weights b
@@ -154,11 +160,7 @@ let tests =
         test "Distributed.zero2: with gradient checkpointing each layer's gradients are summed into their owners in the backward; weights bit-identical to one process (MoFO, 30 steps)" {
             use one = new TempDir()
             use two = new TempDir()
-            let args dir = trainArgs "mofo" dir [ "--gradient-checkpointing" ] |> List.map (fun a -> if a = "100" then "30" else a)
-            let code, text = finish (start 1 (args one.Path))
-            Expect.equal code 0 text
-            let code, text = finish (start 2 (args two.Path))
-            Expect.equal code 0 text
+            onOneAndTwo one two (fun dir -> trainArgs "mofo" dir [ "--gradient-checkpointing" ] |> List.map (fun a -> if a = "100" then "30" else a))
             let diff, where = largestDifference (one.File "model/model.safetensors") (two.File "model/model.safetensors")
             Expect.equal diff 0.0 $"bit-identical ({where})"
         }
@@ -166,11 +168,7 @@ let tests =
         test "Distributed.8bit: 8-bit optimizer states sharded by whole tensors over 2 ranks (ZeRO-2): weights bit-identical to one process; the gathered checkpoint holds every tensor's codes and scales (MoFO, 30 steps)" {
             use one = new TempDir()
             use two = new TempDir()
-            let args dir = trainArgs "mofo" dir [ "--gradient-checkpointing"; "--optimizer-state"; "8bit"; "--save-every"; "10" ] |> List.map (fun a -> if a = "100" then "30" else a)
-            let code, text = finish (start 1 (args one.Path))
-            Expect.equal code 0 text
-            let code, text = finish (start 2 (args two.Path))
-            Expect.equal code 0 text
+            onOneAndTwo one two (fun dir -> trainArgs "mofo" dir [ "--gradient-checkpointing"; "--optimizer-state"; "8bit"; "--save-every"; "10" ] |> List.map (fun a -> if a = "100" then "30" else a))
             let diff, where = largestDifference (one.File "model/model.safetensors") (two.File "model/model.safetensors")
             Expect.equal diff 0.0 $"bit-identical ({where})"
             let h1, h2 = header (one.File "checkpoint/optimizer.safetensors"), header (two.File "checkpoint/optimizer.safetensors")

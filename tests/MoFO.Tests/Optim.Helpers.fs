@@ -83,3 +83,13 @@ type AdamRef(p0: float[], lr: float, b1: float, b2: float, eps: float, wd: float
         for i in sel do
             p.[i] <- p.[i] - (lr / bc1) * m.[i] / (sqrt v.[i] / sqrt bc2 + eps)
         sel
+
+/// Gives `target` the state of `source`: through a state file (Save, then Load) or a dictionary (state_dict).
+let copyState (source: MoFO.Optim.BlockOptimizer) (target: MoFO.Optim.BlockOptimizer) (viaFile: bool) =
+    if viaFile then
+        let file = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"mofo-optim-{System.Guid.NewGuid():N}.state")
+        try
+            source.Save file
+            target.Load file
+        finally System.IO.File.Delete file
+    else target.load_state_dict(source.state_dict())

@@ -143,13 +143,7 @@ let tests =
                     for _ in 1 .. 3 do stepSin o2.zero_grad o2.step resumed ws
                     let copies = cloneParams resumed
                     use o3 = eight (make copies)
-                    if viaFile then
-                        let file = IO.Path.Combine(IO.Path.GetTempPath(), $"mofo-q8-{Guid.NewGuid():N}.state")
-                        try
-                            o2.Save file
-                            o3.Load file
-                        finally IO.File.Delete file
-                    else o3.load_state_dict(o2.state_dict())
+                    copyState o2 o3 viaFile
                     for _ in 1 .. 3 do stepSin o3.zero_grad o3.step copies ws
                     for a, b in List.zip straight copies do Expect.isTrue (bitEqual a b) $"{name} (file {viaFile}): parameters bit-identical after resume"
                     for b1, b3 in Seq.zip o1.Blocks o3.Blocks do

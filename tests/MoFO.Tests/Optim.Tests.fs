@@ -194,14 +194,7 @@ let engine =
                     // a new optimizer (and parameters copied bit for bit) continues from the saved state
                     let copies = cloneParams resumed
                     use o3 = make copies
-                    if viaFile then
-                        let file = Path.Combine(Path.GetTempPath(), $"mofo-optim-{Guid.NewGuid():N}.state")
-                        try
-                            o2.Save file
-                            o3.Load file
-                        finally File.Delete file
-                    else
-                        o3.load_state_dict(o2.state_dict())
+                    copyState o2 o3 viaFile
                     for _ in 1 .. 3 do stepSin o3.zero_grad o3.step copies ws
                     Expect.equal o3.StepCount 6L $"{name}: step counter restored"
                     let how = if viaFile then "file" else "dictionary"

@@ -13,6 +13,38 @@ open MoFO.Tests.ModelFixtures
 
 let private mofo (args: string list) = captureConsole (fun () -> MoFO.Dsl.Cli.Main.run (List.toArray args))
 
+/// A bfloat16 MoFO run of 6 steps (checkpoints every 2) on DPR, killed at step 5 and resumed: `inspect` sees the run
+/// folder after the crash; returns the uninterrupted and the resumed weights.
+let private crashAndResume (o: TrainingOptions) (inspect: string -> unit) =
+    ConsoleProgress.Enabled <- false
+    let train = MoFO.Data.InstructionData.Read(requireAsset DataRoot.Assets.DprTrain, MoFO.Data.DataFormat.Dpr) |> Seq.truncate 48 |> Seq.toArray
+    let load () = ModelLoader.Load(requireAsset DataRoot.Assets.Stories260K, null, TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.BFloat16)
+    let weights (lm: CausalLM) = lm.Module.StateDict() |> Seq.map (fun kv -> kv.Key, kv.Value.``to``(TorchSharp.torch.ScalarType.Float32).data<float32>().ToArray()) |> Map.ofSeq
+    use full = new TempDir()
+    let reference =
+        use lm = load ()
+        Trainer(lm, train, null, o, full.Path).Run() |> ignore
+        weights lm
+    use dir = new TempDir()
+    let crash () =
+        use lm = load ()
+        let t = Trainer(lm, train, null, o, dir.Path)
+        t.OnStep <- fun m -> if m.Step = 5 then failwith "simulated crash"
+        throwsWith<Exception> (fun () -> t.Run() |> ignore) |> ignore
+    crash ()
+    inspect dir.Path
+    use lm = load ()
+    let r = Trainer(lm, train, null, o, dir.Path).Run(resume = true)
+    Expect.equal r.Steps 6 "finished"
+    Expect.equal (ModelConfig.Load(Path.Combine(dir.Path, "model", "config.json"))).TorchDtype "bfloat16" "the final folder is bfloat16"
+    reference, weights lm
+
+/// The options of `crashAndResume`'s run.
+let private resumeOptions (update: MoFO.Optim.BFloat16Update) (storage: MoFO.Optim.MomentStorage) =
+    TrainingOptions(Method = Methods.Parse "mofo", LearningRate = 1e-3, Steps = Nullable 6, BatchSize = 8, MicroBatchSize = 4,
+                    MaxLength = 96, SaveEvery = 2, ShowProgress = false, OptimizerState = storage)
+        .WithScale(Precision.BFloat16, update, true, Nullable())
+
 [<Tests>]
 let tests =
     testSequenced <| testList "Scale.plan" [
@@ -154,70 +186,23 @@ let tests =
         }
 
         test "Scale.resume.bf16: a bfloat16 run (stochastic rounding, and master weights) killed mid-way and resumed from its streamed checkpoint ends bit-identical to an uninterrupted one" {
-            ConsoleProgress.Enabled <- false
-            let train = MoFO.Data.InstructionData.Read(requireAsset DataRoot.Assets.DprTrain, MoFO.Data.DataFormat.Dpr) |> Seq.truncate 48 |> Seq.toArray
             for update in [ MoFO.Optim.BFloat16Update.StochasticRounding; MoFO.Optim.BFloat16Update.MasterWeights ] do
-                let o =
-                    TrainingOptions(Method = Methods.Parse "mofo", LearningRate = 1e-3, Steps = Nullable 6, BatchSize = 8, MicroBatchSize = 4,
-                                    MaxLength = 96, SaveEvery = 2, ShowProgress = false)
-                let o = o.WithScale(Precision.BFloat16, update, true, Nullable())
-                let load () = ModelLoader.Load(requireAsset DataRoot.Assets.Stories260K, null, TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.BFloat16)
-                let weights (lm: CausalLM) = lm.Module.StateDict() |> Seq.map (fun kv -> kv.Key, kv.Value.``to``(TorchSharp.torch.ScalarType.Float32).data<float32>().ToArray()) |> Map.ofSeq
-                use full = new TempDir()
-                let reference =
-                    use lm = load ()
-                    Trainer(lm, train, null, o, full.Path).Run() |> ignore
-                    weights lm
-                use dir = new TempDir()
-                let crash () =
-                    use lm = load ()
-                    let t = Trainer(lm, train, null, o, dir.Path)
-                    t.OnStep <- fun m -> if m.Step = 5 then failwith "simulated crash"
-                    throwsWith<Exception> (fun () -> t.Run() |> ignore) |> ignore
-                crash ()
-                use lm = load ()
-                let r = Trainer(lm, train, null, o, dir.Path).Run(resume = true)
-                Expect.equal r.Steps 6 $"{update}: finished"
-                let resumed = weights lm
+                let reference, resumed = crashAndResume (resumeOptions update MoFO.Optim.MomentStorage.Float32) ignore
                 for KeyValue (k, v) in reference do Expect.equal resumed[k] v $"{update}: {k} bit-identical"
-                Expect.equal (ModelConfig.Load(Path.Combine(dir.Path, "model", "config.json"))).TorchDtype "bfloat16" "the final folder is bfloat16"
         }
 
         test "Scale.resume.8bit: a bf16 run with 8-bit optimizer states killed mid-way resumes from its checkpoint (codes and scales) bit-identical to an uninterrupted one; resuming with float32 states is refused in one line" {
-            ConsoleProgress.Enabled <- false
-            let train = MoFO.Data.InstructionData.Read(requireAsset DataRoot.Assets.DprTrain, MoFO.Data.DataFormat.Dpr) |> Seq.truncate 48 |> Seq.toArray
-            for precision in [ Precision.BFloat16 ] do
-                let o =
-                    TrainingOptions(Method = Methods.Parse "mofo", LearningRate = 1e-3, Steps = Nullable 6, BatchSize = 8, MicroBatchSize = 4,
-                                    MaxLength = 96, SaveEvery = 2, ShowProgress = false, OptimizerState = MoFO.Optim.MomentStorage.Blockwise8Bit)
-                let o = o.WithScale(precision, MoFO.Optim.BFloat16Update.StochasticRounding, true, Nullable())
-                let dtype = if precision = Precision.BFloat16 then TorchSharp.torch.ScalarType.BFloat16 else TorchSharp.torch.ScalarType.Float32
-                let load () = ModelLoader.Load(requireAsset DataRoot.Assets.Stories260K, null, TorchSharp.torch.CPU, dtype)
-                let weights (lm: CausalLM) = lm.Module.StateDict() |> Seq.map (fun kv -> kv.Key, kv.Value.``to``(TorchSharp.torch.ScalarType.Float32).data<float32>().ToArray()) |> Map.ofSeq
-                use full = new TempDir()
-                let reference =
-                    use lm = load ()
-                    Trainer(lm, train, null, o, full.Path).Run() |> ignore
-                    weights lm
-                use dir = new TempDir()
-                let crash () =
-                    use lm = load ()
-                    let t = Trainer(lm, train, null, o, dir.Path)
-                    t.OnStep <- fun m -> if m.Step = 5 then failwith "simulated crash"
-                    throwsWith<Exception> (fun () -> t.Run() |> ignore) |> ignore
-                crash ()
-                let saved = MoFO.Checkpoints.SafeTensors.Load(Path.Combine(dir.Path, "checkpoint", "optimizer.safetensors"))
-                Expect.isTrue (saved.Keys |> Seq.exists (fun k -> k.EndsWith ".moment1.codes")) $"{precision}: the checkpoint holds 8-bit codes"
-                Expect.isFalse (saved.Keys |> Seq.exists (fun k -> k.EndsWith ".moment0")) $"{precision}: and no float32 moments"
+            let o = resumeOptions MoFO.Optim.BFloat16Update.StochasticRounding MoFO.Optim.MomentStorage.Blockwise8Bit
+            let inspect (dir: string) =
+                let saved = MoFO.Checkpoints.SafeTensors.Load(Path.Combine(dir, "checkpoint", "optimizer.safetensors"))
+                Expect.isTrue (saved.Keys |> Seq.exists (fun k -> k.EndsWith ".moment1.codes")) "the checkpoint holds 8-bit codes"
+                Expect.isFalse (saved.Keys |> Seq.exists (fun k -> k.EndsWith ".moment0")) "and no float32 moments"
                 for t in saved.Values do t.Dispose()
-                let e =
-                    use lm = load ()
-                    throwsWith<RunFolderException> (fun () -> Trainer(lm, train, null, o.WithOptimizerState(MoFO.Optim.MomentStorage.Float32), dir.Path).Run(resume = true) |> ignore)
-                Expect.stringContains e.Message "other settings" $"{precision}: another storage is refused"
-                use lm = load ()
-                let r = Trainer(lm, train, null, o, dir.Path).Run(resume = true)
-                Expect.equal r.Steps 6 $"{precision}: finished"
-                let resumed = weights lm
-                for KeyValue (k, v) in reference do Expect.equal resumed[k] v $"{precision}: {k} bit-identical"
+                let train = MoFO.Data.InstructionData.Read(requireAsset DataRoot.Assets.DprTrain, MoFO.Data.DataFormat.Dpr) |> Seq.truncate 48 |> Seq.toArray
+                use lm = ModelLoader.Load(requireAsset DataRoot.Assets.Stories260K, null, TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.BFloat16)
+                let e = throwsWith<RunFolderException> (fun () -> Trainer(lm, train, null, o.WithOptimizerState(MoFO.Optim.MomentStorage.Float32), dir).Run(resume = true) |> ignore)
+                Expect.stringContains e.Message "other settings" "another storage is refused"
+            let reference, resumed = crashAndResume o inspect
+            for KeyValue (k, v) in reference do Expect.equal resumed[k] v $"8-bit: {k} bit-identical"
         }
 ]
