@@ -1,3 +1,4 @@
+using MoFO.Checkpoints;
 using MoFO.Data;
 using MoFO.Models;
 using TorchSharp;
@@ -38,32 +39,90 @@ public static class KlToBase
         return Mean(model, baseModel, rows, batch);
     }
 
+    /// <summary>Writes the base model's log-probabilities (float32) at the answer positions of <paramref name="rows"/>, one
+    /// tensor per batch, to a safetensors file (atomically), so that the KL of a later model needs no second model in
+    /// memory (<see cref="AgainstSaved"/>).</summary>
+    public static void SaveBase(CausalLM baseModel, IReadOnlyList<TokenizedExample> rows, string file, int batch = 16)
+    {
+        var saved = new Dictionary<string, Tensor>();
+        try
+        {
+            Batches(baseModel, rows, batch, (i, b, _, mask) =>
+            {
+                var pb = LogProbs(baseModel, b).index_select(0, mask.nonzero().squeeze(1));
+                saved[$"batch{i}"] = pb.cpu().DetachFromDisposeScope();
+            });
+            SafeTensors.Save(file, saved);
+        }
+        finally { foreach (var t in saved.Values) t.Dispose(); }
+    }
+
+    /// <summary>The KL of <paramref name="model"/> from the base whose log-probabilities <see cref="SaveBase"/> wrote for the
+    /// same rows: the same value as <see cref="OnTask"/> with both models in memory, within float rounding.</summary>
+    public static KlResult AgainstSaved(CausalLM model, IReadOnlyList<TokenizedExample> rows, string file, int batch = 16)
+    {
+        using var saved = SafeTensorFile.Open(file);
+        using var tensors = new StreamedTensors(saved);
+        return Sum(model, rows, batch, (i, _, device) => tensors.TryGetValue($"batch{i}", out var t) ? t.to(device)
+            : throw new Checkpoints.CheckpointException($"{file}: no base log-probabilities for batch {i} (written for other rows?)"));
+    }
+
     static KlResult Mean(CausalLM model, CausalLM baseModel, List<TokenizedExample> rows, int batch)
     {
         if (model.Tokenizer.VocabSize != baseModel.Tokenizer.VocabSize)
             throw new ArgumentException($"KL to the base: the models' vocabularies differ ({model.Name}: {model.Tokenizer.VocabSize}, {baseModel.Name}: {baseModel.Tokenizer.VocabSize})");
-        using var mode = model.Module.EvalMode();
         using var baseMode = baseModel.Module.EvalMode();
-        using var _ = no_grad();
+        return Sum(model, rows, batch, (_, b, device) =>
+        {
+            var pb = LogProbs(baseModel, b).to(device);
+            var mask = AnswerMask(b, device);
+            return pb.index_select(0, mask.nonzero().squeeze(1));
+        });
+    }
+
+    /// <summary>Σ over the answer positions of KL(p_model ‖ p_base), the base's log-probabilities at those positions given
+    /// per batch by <paramref name="baseAt"/> (batch index, batch, device).</summary>
+    static KlResult Sum(CausalLM model, IReadOnlyList<TokenizedExample> rows, int batch, Func<int, Batch, Device, Tensor> baseAt)
+    {
         double sum = 0;
         long count = 0;
+        Batches(model, rows, batch, (i, b, device, mask) =>
+        {
+            var pm = LogProbs(model, b).index_select(0, mask.nonzero().squeeze(1));
+            var pb = baseAt(i, b, device);
+            if (pb.shape[0] != pm.shape[0] || pb.shape[1] != pm.shape[1])
+                throw new ArgumentException($"KL to the base: batch {i} has {pm.shape[0]} × {pm.shape[1]} answer log-probabilities, the base {pb.shape[0]} × {pb.shape[1]}");
+            var kl = (pm.exp() * (pm - pb)).sum(-1);
+            sum += kl.to(ScalarType.Float64).sum().item<double>();
+            count += pm.shape[0];
+        });
+        return new KlResult(sum / count, count, rows.Count);
+    }
+
+    /// <summary>The rows in batches (longest first, padded), each in a dispose scope under no_grad and eval mode: (batch
+    /// index, batch, the model's device, the mask of answer positions among the predicting ones).</summary>
+    static void Batches(CausalLM model, IReadOnlyList<TokenizedExample> rows, int batch, Action<int, Batch, Device, Tensor> body)
+    {
+        using var mode = model.Module.EvalMode();
+        using var _ = no_grad();
         int pad = model.Tokenizer.EosId ?? 0;
-        rows.Sort((a, b) => b.InputIds.Length.CompareTo(a.InputIds.Length));
-        for (int i = 0; i < rows.Count; i += batch)
+        var sorted = rows.OrderByDescending(r => r.InputIds.Length).ToList();
+        for (int i = 0; i * batch < sorted.Count; i++)
         {
             using var scope = NewDisposeScope();
-            using var b = Tokenized.Pad(rows.Skip(i).Take(batch).ToList(), pad);
-            var lm = model.Logits(b.InputIds, b.AttentionMask);
-            var lb = baseModel.Logits(b.InputIds.to(baseModel.Module.Device), b.AttentionMask.to(baseModel.Module.Device)).to(lm.device);
-            long v = lm.shape[^1];
-            if (lb.shape[^1] != v) throw new ArgumentException($"KL to the base: the models' output widths differ ({v} and {lb.shape[^1]})");
-            var pm = nn.functional.log_softmax(lm[.., ..^1, ..].reshape(-1, v).to(ScalarType.Float32), -1);
-            var pb = nn.functional.log_softmax(lb[.., ..^1, ..].reshape(-1, v).to(ScalarType.Float32), -1);
-            var mask = b.Labels[.., 1..].reshape(-1).to(lm.device).ne(Tokenized.Ignore);
-            var kl = (pm.exp() * (pm - pb)).sum(-1);
-            sum += kl.masked_select(mask).to(ScalarType.Float64).sum().item<double>();
-            count += mask.sum().item<long>();
+            using var b = Tokenized.Pad(sorted.Skip(i * batch).Take(batch).ToList(), pad);
+            var device = model.Module.Device;
+            body(i, b, device, AnswerMask(b, device));
         }
-        return new KlResult(sum / count, count, rows.Count);
+    }
+
+    static Tensor AnswerMask(Batch b, Device device) => b.Labels[.., 1..].reshape(-1).to(device).ne(Tokenized.Ignore);
+
+    /// <summary>float32 log-softmax of the logits at every predicting position of a batch, [positions, vocabulary].</summary>
+    static Tensor LogProbs(CausalLM model, Batch b)
+    {
+        var logits = model.Logits(b.InputIds, b.AttentionMask);
+        long v = logits.shape[^1];
+        return nn.functional.log_softmax(logits[.., ..^1, ..].reshape(-1, v).to(ScalarType.Float32), -1);
     }
 }

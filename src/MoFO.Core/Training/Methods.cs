@@ -31,6 +31,8 @@ public static class Defaults
     public const int MaxLength = 512;
     public const long Seed = 42;
     public const int MaxBadSteps = 5;
+    /// <summary>Steps between two watches of forgetting (<see cref="TrainingOptions.WatchEvery"/>).</summary>
+    public const int WatchEvery = 50;
     /// <summary>Below this many parameters a run keeps the conveniences that cost memory per entry (the touched mask,
     /// an in-memory copy of the initial weights for the distance).</summary>
     public const long SmallModel = 100_000_000;

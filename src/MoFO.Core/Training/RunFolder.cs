@@ -7,8 +7,11 @@ namespace MoFO.Training;
 /// <summary>One line of the metrics log (<c>metrics.jsonl</c>).</summary>
 /// <param name="Distance">L2 distance from the base weights after the step; null on steps where it was not measured
 /// (large models measure it every <see cref="TrainingOptions.DistanceEvery"/> steps).</param>
+/// <param name="Forgetting">the forgetting watch's measures at this step (<see cref="ForgettingWatch"/>), when it watched.</param>
+/// <param name="WatchSeconds">what that watch cost, in seconds.</param>
 public sealed record StepMetrics(int Step, int Epoch, double Loss, double LearningRate, double GradNorm, double? Distance,
-                                 double UpdatedFraction, long Tokens, double ElapsedSeconds, bool Skipped = false, double? EvalLoss = null);
+                                 double UpdatedFraction, long Tokens, double ElapsedSeconds, bool Skipped = false, double? EvalLoss = null,
+                                 IReadOnlyDictionary<string, double>? Forgetting = null, double? WatchSeconds = null);
 
 /// <summary>What a run ended with (<c>train_summary.json</c>): the trainer returns it and writes it, the DSL, the
 /// report and the continual runner read it back with <see cref="RunFolder.ReadSummary()"/>.</summary>
@@ -20,9 +23,12 @@ public sealed record StepMetrics(int Step, int Epoch, double Loss, double Learni
 /// <param name="TouchedFraction">entries updated at least once ÷ all entries.</param>
 /// <param name="ModelDir">the final HF folder (null when interrupted).</param>
 /// <param name="PeakResidentBytes">the process's peak resident memory at the end of the run (VmHWM; 0 where unknown).</param>
+/// <param name="StoppedBy">why the run stopped before its last step ("forgetting budget"), or null.</param>
+/// <param name="Budget">the budget stop: the measure, its rise, the limit, the step of the watch, the step of the kept model.</param>
 public sealed record TrainResult(string Method, TrainingOptions Options, int Steps, int TotalSteps, bool Interrupted,
                                  double? FinalLoss, double? EvalLoss, double Distance, int Examples, int DroppedExamples,
-                                 double TouchedFraction, double ElapsedSeconds, string OutputDir, string? ModelDir, long PeakResidentBytes = 0);
+                                 double TouchedFraction, double ElapsedSeconds, string OutputDir, string? ModelDir, long PeakResidentBytes = 0,
+                                 string? StoppedBy = null, BudgetStop? Budget = null);
 
 /// <summary>
 /// A training run's folder and the one way its files are written and read: <c>metrics.jsonl</c> (one

@@ -31,5 +31,7 @@ public static class TensorBoard
         Scalar("train/tokens_per_second", tokensPerSecond);
         Scalar("train/distance_l2", m.Distance);
         Scalar("eval/loss", m.EvalLoss);
+        foreach (var (measure, value) in m.Forgetting ?? new Dictionary<string, double>()) Scalar($"forgetting/{measure}", value);
+        Scalar("forgetting/watch_seconds", m.WatchSeconds);
     }
 }

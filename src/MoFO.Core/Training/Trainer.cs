@@ -167,6 +167,8 @@ public sealed class Trainer
         using var baseDistance = trained.Distance(terms);
         int distanceEvery = _o.DistanceEvery > 0 ? _o.DistanceEvery : baseDistance.EveryStep ? 1 : 50;
         int start = Start(trained, exec, resume);
+        var watch = ForgettingWatch.Open(_lm, trained, _o, _eval, _out, start == 0, () => baseDistance.L2(), root, () => Comm.Sum(0.0));
+        BudgetStop? budgetStop = null;
         int total = TotalSteps;
         int warmup = (int)Math.Ceiling(_o.WarmupRatio * total);
         long numel = opt.Blocks.Sum(b => b.Numel);
@@ -197,7 +199,9 @@ public sealed class Trainer
             bool measure = root && ((step + 1) % distanceEvery == 0 || step + 1 == total || (cancel.IsCancellationRequested && step + 1 < total));
             double? stepDistance = measure ? distance = baseDistance.L2() : null;
             double? evalLoss = _o.EvalEvery > 0 && (step + 1) % _o.EvalEvery == 0 ? EvalLoss() : null;
-            var metrics = new StepMetrics(step + 1, epoch, loss, lr, r.Norm, stepDistance, r.Skipped ? 0 : (double)r.Updated / numel, tokens, clock.Elapsed.TotalSeconds, r.Skipped, evalLoss);
+            var (forgetting, watchSeconds, stop) = Watch(watch, trained, step + 1, total);
+            var metrics = new StepMetrics(step + 1, epoch, loss, lr, r.Norm, stepDistance, r.Skipped ? 0 : (double)r.Updated / numel, tokens,
+                                          clock.Elapsed.TotalSeconds, r.Skipped, evalLoss, forgetting, watchSeconds);
             log?.WriteLine(RunFolder.MetricsLine(metrics));
             log?.Flush();
             if (board is not null)
@@ -214,6 +218,12 @@ public sealed class Trainer
             if (progress is not null) { progress.Status = $"loss {loss:F4}, lr {lr:G3}"; progress.Advance(); }
             if (_o.SaveEvery > 0 && (step + 1) % _o.SaveEvery == 0 && step + 1 < total) SaveCheckpoint(trained, exec, step + 1);
             OnStep?.Invoke(metrics);
+            if (stop is not null)
+            {
+                budgetStop = stop;
+                step++;
+                break;
+            }
             // a cancellation on any rank stops every rank after the same step
             if (Comm.Sum(cancel.IsCancellationRequested ? 1 : 0) > 0 && step + 1 < total)
             {
@@ -223,7 +233,27 @@ public sealed class Trainer
             }
         }
         log?.Dispose();
-        return Finish(trained, opt, exec, step, total, interrupted, lastLoss, distance, clock);
+        return Finish(trained, opt, exec, step, total, interrupted, lastLoss, distance, clock, budgetStop, watch);
+    }
+
+    /// <summary>The forgetting watch after <paramref name="step"/> (1-based), when due: rank 0 measures (every rank holds
+    /// the same weights) and decides for all whether a budget is exceeded; within the budget its weights are kept. Returns
+    /// the measures, the seconds the watch took and the budget stop (null: go on).</summary>
+    (IReadOnlyDictionary<string, double>? Values, double? Seconds, BudgetStop? Stop) Watch(ForgettingWatch? watch, TrainedSet trained, int step, int total)
+    {
+        if (watch is null || !watch.Due(step, total)) return (null, null, null);
+        var clock = Stopwatch.StartNew();
+        bool root = Comm.Rank == 0;
+        var values = root ? watch.MeasureNow() : null;
+        var exceeded = values is null ? null : watch.Exceeded(values);
+        if (Comm.Sum(exceeded is null ? 0 : 1) > 0)
+        {
+            var (m, rise, limit) = exceeded ?? ("", double.NaN, double.NaN);
+            if (root) Console.Error.WriteLine($"forgetting budget: {m} rose by {rise:G4} over the base by step {step} (budget {limit:G4}); the run stops and keeps the model of step {watch.KeptStep}");
+            return (values, clock.Elapsed.TotalSeconds, new BudgetStop(m, rise, limit, step, watch.KeptStep));
+        }
+        if (root && _o.ForgettingBudget.Count > 0) watch.KeepWithin(step, trained);
+        return (values, clock.Elapsed.TotalSeconds, null);
     }
 
     /// <summary>The step a run starts at: 0, or a resumed checkpoint's (whose trained tensors and optimizer state are read
@@ -253,11 +283,13 @@ public sealed class Trainer
     /// <summary>The run's end: the last checkpoint; unless interrupted, the held-out loss and the fine-tuned model (the
     /// trained set finishes: adapters merged) written atomically into <c>model/</c>; the summary.</summary>
     TrainResult Finish(TrainedSet trained, BlockOptimizer opt, StepExecutor exec, int step, int total, bool interrupted,
-                       double? lastLoss, double distance, Stopwatch clock)
+                       double? lastLoss, double distance, Stopwatch clock, BudgetStop? budget, ForgettingWatch? watch)
     {
         bool root = Comm.Rank == 0;
         OnPhase?.Invoke("checkpoint");
         SaveCheckpoint(trained, exec, step);
+        // a budget stop leaves with the weights of the last watch within the budget
+        if (budget is not null) trained.LoadCheckpoint(watch!.WithinFile);
         string? modelDir = null;
         double? evalLoss = null;
         if (!interrupted)
@@ -277,7 +309,8 @@ public sealed class Trainer
             Directory.Move(tmp, modelDir);
         }
         var result = new TrainResult(_o.Method.ToString(), _o, step, total, interrupted, lastLoss, evalLoss, distance, _rows.Count, _dropped,
-                                     touchedFraction, clock.Elapsed.TotalSeconds, _out, modelDir, MemoryPlanner.PeakResident());
+                                     touchedFraction, clock.Elapsed.TotalSeconds, _out, modelDir, MemoryPlanner.PeakResident(),
+                                     budget is null ? null : "forgetting budget", budget);
         if (root) new RunFolder(_out).WriteSummary(result);
         return result;
     }

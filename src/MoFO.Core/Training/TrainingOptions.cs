@@ -53,6 +53,15 @@ public sealed record TrainingOptions
     /// instead of 4; <see cref="MoFO.Optim.QuantizedMoment"/>).</summary>
     public MoFO.Optim.MomentStorage OptimizerState { get; init; } = MoFO.Optim.MomentStorage.Float32;
 
+    /// <summary>Forgetting measures to watch during training (<see cref="ForgettingWatch.Measures"/>: pretrain-proxy,
+    /// kl-to-base, distance); empty: none.</summary>
+    public IReadOnlyList<string> WatchForgetting { get; init; } = [];
+    /// <summary>Watch every this many steps (and at the end).</summary>
+    public int WatchEvery { get; init; } = Defaults.WatchEvery;
+    /// <summary>The largest rise over the base allowed per watched measure; a watch that finds more stops the run and keeps
+    /// the weights of the last watch within the budget (<see cref="ForgettingWatch"/>). Empty: no budget.</summary>
+    public IReadOnlyDictionary<string, double> ForgettingBudget { get; init; } = new Dictionary<string, double>();
+
     /// <summary>bfloat16 runs with float32 master weights in the optimizer.</summary>
     public bool MasterWeights => Precision == Precision.BFloat16 && BFloat16Update == MoFO.Optim.BFloat16Update.MasterWeights;
     /// <summary>Recompute each decoder layer's activations in the backward pass instead of keeping them.</summary>
@@ -92,6 +101,14 @@ public sealed record TrainingOptions
             Check(MaxGradNorm == 0, nameof(StepInBackward), $"StepInBackward needs MaxGradNorm = 0 (it is {MaxGradNorm}): global-norm clipping needs every gradient before any tensor steps");
         }
         Check(MaxBadSteps >= 1, nameof(MaxBadSteps), $"MaxBadSteps {MaxBadSteps}: must be at least 1");
+        foreach (var m in WatchForgetting)
+            Check(ForgettingWatch.Measures.Contains(m), nameof(WatchForgetting), $"WatchForgetting {m}: unknown (expected {string.Join(", ", ForgettingWatch.Measures)})");
+        Check(WatchEvery >= 1, nameof(WatchEvery), $"WatchEvery {WatchEvery}: must be at least 1");
+        foreach (var (m, limit) in ForgettingBudget)
+        {
+            Check(WatchForgetting.Contains(m), nameof(ForgettingBudget), $"ForgettingBudget {m}: the measure is not watched (add it to WatchForgetting)");
+            Check(limit >= 0 && double.IsFinite(limit), nameof(ForgettingBudget), $"ForgettingBudget {m}={limit}: the allowed rise must be a finite number ≥ 0");
+        }
     }
 
     public int AccumulationSteps => BatchSize / MicroBatch;
@@ -101,6 +118,10 @@ public sealed record TrainingOptions
                                      bool stepInBackward = false) =>
         this with { Precision = precision, BFloat16Update = update, GradientCheckpointing = gradientCheckpointing, TrackTouched = trackTouched,
                     StepInBackward = stepInBackward };
+
+    /// <summary>A copy with a forgetting watch and budget (for callers without C#'s <c>with</c>, such as F#).</summary>
+    public TrainingOptions WithWatch(IReadOnlyList<string> measures, int every, IReadOnlyDictionary<string, double> budget) =>
+        this with { WatchForgetting = measures, WatchEvery = every, ForgettingBudget = budget };
 
     /// <summary>A copy with another moment storage (for callers without C#'s <c>with</c>, such as F#).</summary>
     public TrainingOptions WithOptimizerState(MoFO.Optim.MomentStorage storage) => this with { OptimizerState = storage };

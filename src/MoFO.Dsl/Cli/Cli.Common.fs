@@ -201,6 +201,10 @@ let trainingOptions (device: TorchSharp.torch.Device) (a: Argu.ParseResults<'A>)
             SaveEvery = get Flags.saveEvery d.SaveEvery,
             EvalEvery = get Flags.evalEvery d.EvalEvery)
     let o = o.WithOptimizerState(get Flags.optimizerState d.OptimizerState)
+    // a budgeted measure is watched
+    let budget = get Flags.forgettingBudget []
+    let watched = get Flags.watchForgetting [] |> fun w -> w @ (budget |> List.map fst |> List.filter (fun m -> not (List.contains m w)))
+    let o = if watched.IsEmpty then o else o.WithWatch(watched, get Flags.watchEvery d.WatchEvery, readOnlyDict budget)
     withScale o device (given Flags.precision) (get Flags.masterWeights false) (get Flags.roundToNearest false)
         (get Flags.gradientCheckpointing false) (get Flags.trackTouched false) stepInBackward
 

@@ -131,6 +131,32 @@ let pack = Flag.switch "--pack" "pack examples into rows of --max-len tokens ins
 let resume = Flag.switch "--resume" "continue the run in --output from its checkpoint (same settings required)." |> Flag.sets "Resume"
 let skipEmpty = Flag.switch "--skip-empty" "drop records whose answer is empty (Code-Alpaca has two) instead of stopping at them." |> Flag.sets "skipEmpty"
 
+// ---- forgetting watched while training ------------------------------------------------------------------------------
+
+let private watchMeasures () = String.Join(", ", MoFO.Training.ForgettingWatch.Measures)
+
+let watchForgetting =
+    Flag<string list>("--watch-forgetting", $"measure forgetting while training, comma-separated: {watchMeasures ()} (in metrics.jsonl, TensorBoard and the report).", None, fun s ->
+        let names = s.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries) |> List.ofArray
+        match names |> List.tryFind (fun n -> not (Seq.contains n MoFO.Training.ForgettingWatch.Measures)) with
+        | Some bad -> raise (FlagException("--watch-forgetting", $"--watch-forgetting: '{bad}' is not one of {watchMeasures ()}"))
+        | None when names.IsEmpty -> raise (FlagException("--watch-forgetting", $"--watch-forgetting: no measure given (expected some of {watchMeasures ()})"))
+        | None -> names)
+    |> Flag.sets "WatchForgetting"
+
+let watchEvery = Flag.int "--watch-every" $"watch forgetting every N steps and at the end (default {Defaults.WatchEvery})." |> Flag.atLeast 1 |> Flag.sets "WatchEvery"
+
+let forgettingBudget =
+    Flag<(string * float) list>("--forgetting-budget", "stop when a watched measure rises above the base by more than this, keeping the last model within the budget: MEASURE=X[,MEASURE=X] (e.g. pretrain-proxy=0.3).", None, fun s ->
+        [ for part in s.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries) do
+            match part.Split('=') with
+            | [| m; x |] ->
+                match Double.TryParse(x, Globalization.NumberStyles.Float, Globalization.CultureInfo.InvariantCulture) with
+                | true, v when Double.IsFinite v && v >= 0.0 && Seq.contains (m.Trim()) MoFO.Training.ForgettingWatch.Measures -> m.Trim(), v
+                | _ -> raise (FlagException("--forgetting-budget", $"--forgetting-budget: '{part}' is not MEASURE=X with MEASURE one of {watchMeasures ()} and X ≥ 0"))
+            | _ -> raise (FlagException("--forgetting-budget", $"--forgetting-budget: '{part}' is not MEASURE=X (e.g. pretrain-proxy=0.3)")) ])
+    |> Flag.sets "ForgettingBudget"
+
 // ---- scale: precision, memory ----------------------------------------------------------------------------------------
 
 let precision =
@@ -166,4 +192,4 @@ let all : Flag list =
       maxNewTokens; temperature; topP; k; repetitions; warmup; method; alpha; l1Lambda; l2Lambda; loraRank; loraAlpha; loraDropout
       loraTargets; loraOptimizer; lr; epochs; steps; batchSize; microBatchSize; maxLen; schedule; warmupRatio; weightDecay; maxGradNorm
       saveEvery; evalEvery; pack; resume; skipEmpty; precision; optimizerState; masterWeights; roundToNearest; stepInBackward; gradientCheckpointing
-      trackTouched; memoryBudget ]
+      trackTouched; memoryBudget; watchForgetting; watchEvery; forgettingBudget ]

@@ -68,6 +68,9 @@ type TrainArgs =
     | Device of name: string
     | Precision of name: string
     | Optimizer_State of storage: string
+    | Watch_Forgetting of measures: string
+    | Watch_Every of n: string
+    | Forgetting_Budget of budget: string
     | Master_Weights
     | Round_To_Nearest
     | Step_In_Backward
@@ -93,7 +96,8 @@ type TrainArgs =
             | Max_Grad_Norm _ -> Flags.maxGradNorm | L1_Lambda _ -> Flags.l1Lambda | L2_Lambda _ -> Flags.l2Lambda | Seed _ -> Flags.seed
             | Eval_Data _ -> Own.evalData | Sample_Fraction _ -> Own.sampleFraction | Limit _ -> Own.limit | Pack -> Flags.pack
             | Save_Every _ -> Flags.saveEvery | Eval_Every _ -> Flags.evalEvery | Tokenizer _ -> Flags.tokenizer | Device _ -> Flags.device
-            | Precision _ -> Flags.precision | Optimizer_State _ -> Flags.optimizerState | Master_Weights -> Flags.masterWeights | Round_To_Nearest -> Flags.roundToNearest
+            | Precision _ -> Flags.precision | Optimizer_State _ -> Flags.optimizerState | Watch_Forgetting _ -> Flags.watchForgetting
+            | Watch_Every _ -> Flags.watchEvery | Forgetting_Budget _ -> Flags.forgettingBudget | Master_Weights -> Flags.masterWeights | Round_To_Nearest -> Flags.roundToNearest
             | Step_In_Backward -> Flags.stepInBackward | Gradient_Checkpointing -> Flags.gradientCheckpointing | Track_Touched -> Flags.trackTouched
             | Memory_Budget _ -> Flags.memoryBudget | Skip_Empty -> Flags.skipEmpty | Resume -> Flags.resume | Report -> Own.report
             | Report_Suite _ -> Own.reportSuite | Hellaswag _ -> Own.hellaswag | Cache _ -> Own.cache | Unsafe_No_Sandbox -> Own.unsafeNoSandbox

@@ -1,0 +1,135 @@
+using System.Text.Json;
+using MoFO.Checkpoints;
+using MoFO.Data;
+using MoFO.Evaluation;
+using MoFO.Models;
+
+namespace MoFO.Training;
+
+/// <summary>A forgetting budget that a watch found exceeded: the measure, its rise over the base, the limit, the step.</summary>
+public sealed record BudgetStop(string Measure, double Rise, double Limit, int Step, int KeptStep);
+
+/// <summary>
+/// Forgetting measured while a run trains (<see cref="TrainingOptions.WatchForgetting"/>), every
+/// <see cref="TrainingOptions.WatchEvery"/> steps and at the end: <c>pretrain-proxy</c> (the mean token NLL on samples of
+/// the base model, as the forgetting report measures it), <c>kl-to-base</c> (the mean KL from the base at the answer
+/// positions of a probe set — the first <see cref="ProbeExamples"/> held-out examples — against the base's
+/// log-probabilities computed once at the start and kept on disk, so that a full fine-tune holds no second model) and
+/// <c>distance</c> (the L2 distance from the base weights). What it needs of the base is written under the run folder's
+/// <c>watch/</c> at the start (the samples, the base log-probabilities, the base values), so that a resumed run compares
+/// with the same base. Under a <see cref="TrainingOptions.ForgettingBudget"/> the weights of the last watch within the
+/// budget are kept there too (<c>watch/within.safetensors</c>, the base's at the start): when a watch finds a rise above
+/// the budget, the run stops and those weights become the run's model.
+/// </summary>
+public sealed class ForgettingWatch
+{
+    /// <summary>The measures a run can watch, in the order they are reported.</summary>
+    public static IReadOnlyList<string> Measures { get; } = ["pretrain-proxy", "kl-to-base", "distance"];
+
+    /// <summary>Held-out examples in the KL probe set.</summary>
+    public const int ProbeExamples = 64;
+
+    /// <summary>The base-model samples of the pretrain proxy (the forgetting report's tiny-scale defaults).</summary>
+    public static Forgetting.SampleSpec Samples { get; } = new();
+
+    readonly CausalLM _lm;
+    readonly TrainingOptions _o;
+    readonly string _dir;
+    readonly Func<double> _distance;
+    readonly IReadOnlyList<string> _samples;
+    readonly List<TokenizedExample> _probe;
+    readonly Dictionary<string, double> _base;
+
+    ForgettingWatch(CausalLM lm, TrainingOptions o, string dir, Func<double> distance, IReadOnlyList<string> samples,
+                    List<TokenizedExample> probe, Dictionary<string, double> baseValues)
+    {
+        _lm = lm; _o = o; _dir = dir; _distance = distance; _samples = samples; _probe = probe; _base = baseValues;
+    }
+
+    string SamplesFile => Path.Combine(_dir, "base_samples.jsonl");
+    static string BaseFile(string dir) => Path.Combine(dir, "base.json");
+    static string KlFile(string dir) => Path.Combine(dir, "kl_base.safetensors");
+    /// <summary>The weights of the last watch within the budget.</summary>
+    public string WithinFile => Path.Combine(_dir, "within.safetensors");
+    string WithinStepFile => Path.Combine(_dir, "within.json");
+
+    /// <summary>The base values of the watched measures (at step 0).</summary>
+    public IReadOnlyDictionary<string, double> Base => _base;
+
+    /// <summary>
+    /// The watch of a run (null when the run watches nothing); <paramref name="heldOut"/>: the run's held-out examples as
+    /// the trainer tokenized them (the KL probe set is the first <see cref="ProbeExamples"/>). On a fresh start (the model is the base) it measures the
+    /// base and writes what later watches compare with under <c>runDir/watch/</c> (rank 0 writes, the other ranks read
+    /// after <paramref name="barrier"/>); on a resume it reads them back.
+    /// </summary>
+    public static ForgettingWatch? Open(CausalLM lm, TrainedSet trained, TrainingOptions o, IReadOnlyList<TokenizedExample> heldOut, string runDir,
+                                        bool fresh, Func<double> distance, bool root, Action barrier)
+    {
+        if (o.WatchForgetting.Count == 0) return null;
+        var dir = Path.Combine(runDir, "watch");
+        var watched = o.WatchForgetting;
+        var probe = !watched.Contains("kl-to-base") ? new List<TokenizedExample>()
+            : heldOut.Count == 0 ? throw new OptionException(nameof(TrainingOptions.WatchForgetting), "WatchForgetting kl-to-base needs held-out examples (its probe set)")
+            : heldOut.Take(ProbeExamples).ToList();
+        if (fresh && root)
+        {
+            Directory.CreateDirectory(dir);
+            var samples = watched.Contains("pretrain-proxy") ? Forgetting.BaseSamples(lm, Samples) : [];
+            AtomicFile.WriteAllLines(Path.Combine(dir, "base_samples.jsonl"), samples.Select(s => JsonSerializer.Serialize(new { text = s })));
+            if (probe.Count > 0) KlToBase.SaveBase(lm, probe, KlFile(dir));
+            var w = new ForgettingWatch(lm, o, dir, distance, samples, probe, new());
+            foreach (var (k, v) in w.MeasureNow()) w._base[k] = v;
+            AtomicFile.WriteAllText(BaseFile(dir), JsonSerializer.Serialize(w._base));
+            if (o.ForgettingBudget.Count > 0) w.KeepWithin(0, trained);
+        }
+        barrier();
+        foreach (var f in new[] { BaseFile(dir), Path.Combine(dir, "base_samples.jsonl") })
+            if (!File.Exists(f)) throw new RunFolderException($"{f}: missing — the forgetting watch's record of the base (was the run started without --watch-forgetting?)");
+        var baseValues = JsonSerializer.Deserialize<Dictionary<string, double>>(File.ReadAllText(BaseFile(dir)))!;
+        var texts = JsonLines.Read(Path.Combine(dir, "base_samples.jsonl")).Select(l => l.String("text")).ToList();
+        return new ForgettingWatch(lm, o, dir, distance, texts, probe, baseValues);
+    }
+
+    /// <summary>Whether the watch measures after <paramref name="step"/> (1-based) of <paramref name="total"/>.</summary>
+    public bool Due(int step, int total) => step % _o.WatchEvery == 0 || step == total;
+
+    /// <summary>The watched measures of the model as it is now.</summary>
+    public Dictionary<string, double> MeasureNow()
+    {
+        using var mode = _lm.Module.EvalMode();
+        using var noGrad = TorchSharp.torch.no_grad();
+        var values = new Dictionary<string, double>();
+        foreach (var m in _o.WatchForgetting)
+            values[m] = m switch
+            {
+                "pretrain-proxy" => Forgetting.Loss(_lm, _samples).MeanTokenNll,
+                "kl-to-base" => _base.Count == 0 ? 0.0 : KlToBase.AgainstSaved(_lm, _probe, KlFile(_dir)).MeanTokenKl,
+                "distance" => _distance(),
+                _ => throw new OptionException(nameof(TrainingOptions.WatchForgetting), $"WatchForgetting {m}: unknown (expected {string.Join(", ", Measures)})"),
+            };
+        return values;
+    }
+
+    /// <summary>Each measure's rise over its base value.</summary>
+    public Dictionary<string, double> Rise(IReadOnlyDictionary<string, double> values) =>
+        values.ToDictionary(kv => kv.Key, kv => kv.Value - _base.GetValueOrDefault(kv.Key));
+
+    /// <summary>The first budgeted measure whose rise exceeds its limit, or null.</summary>
+    public (string Measure, double Rise, double Limit)? Exceeded(IReadOnlyDictionary<string, double> values)
+    {
+        var rise = Rise(values);
+        foreach (var (m, limit) in _o.ForgettingBudget)
+            if (rise.TryGetValue(m, out var r) && r > limit) return (m, r, limit);
+        return null;
+    }
+
+    /// <summary>Keeps the model's trained tensors as the last within the budget (rank 0; atomically), with its step.</summary>
+    public void KeepWithin(int step, TrainedSet trained)
+    {
+        SafeTensors.Save(WithinFile, trained.CheckpointTensors());
+        AtomicFile.WriteAllText(WithinStepFile, JsonSerializer.Serialize(new { step }));
+    }
+
+    /// <summary>The step of the weights kept within the budget.</summary>
+    public int KeptStep => JsonDocument.Parse(File.ReadAllText(WithinStepFile)).RootElement.GetProperty("step").GetInt32();
+}
