@@ -124,6 +124,7 @@ let flags =
                   [ "continual"; "--model"; "m"; "--tasks"; "a"; "--output"; "o"; "--metric"; "f1" ], "mofo: --metric: 'f1' is not one of accuracy, likelihood"
                   [ "eval"; "--model"; "m"; "--task"; "nope" ], "mofo: --task: 'nope' is not one of mmlu,"
                   [ "eval"; "--model"; "m"; "--task"; "mmlu"; "--limit"; "0" ], "mofo: --limit 0: must be at least 1"
+                  [ "eval"; "--model"; "m"; "--task"; "arc-easy"; "--add-bos"; "maybe" ], "mofo: --add-bos: 'maybe' is not one of auto, true, false"
                   [ "eval-samples"; "--task"; "mbpp"; "--samples"; "s.jsonl" ], "mofo: --task: 'mbpp' is not one of humaneval"
                   [ "eval-samples"; "--task"; "humaneval"; "--samples"; "s.jsonl"; "--k"; "1,ten" ], "mofo: --k: 'ten' is not a positive integer"
                   [ "generate"; "--model"; "m"; "--temperature"; "-1" ], "mofo: --temperature -1: must be at least 0"

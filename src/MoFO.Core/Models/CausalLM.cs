@@ -11,7 +11,8 @@ namespace MoFO.Models;
 /// move to the continuation; the whole text context + continuation is encoded (with BOS where the original tokenizer
 /// adds it: Llama yes, GPT-NeoX no), and the continuation's tokens are those after the first len(encode(context))
 /// tokens; an empty context is the start token (BOS, else EOS, the harness's prefix token). Inputs longer than
-/// <see cref="MaxSequenceLength"/> + 1 tokens are truncated from the left.</para>
+/// <see cref="MaxSequenceLength"/> + 1 tokens are truncated from the left. <see cref="BosPolicy"/> changes where BOS
+/// goes (lm-evaluation-harness 0.4.2 adds none).</para>
 /// </summary>
 public sealed class CausalLM : ILanguageModel, IDisposable
 {
@@ -44,6 +45,10 @@ public sealed class CausalLM : ILanguageModel, IDisposable
     /// <summary>Most sequences per forward pass of the scoring and generation methods.</summary>
     public int BatchSize { get; set; } = 16;
 
+    /// <summary>Whether log-likelihood requests, rolling texts and generation prompts start with BOS (default
+    /// <see cref="BosPolicy.Auto"/>: the tokenizer's default).</summary>
+    public BosPolicy BosPolicy { get; set; } = BosPolicy.Auto;
+
     /// <summary>Logits [B, T, V] of token ids [B, T].</summary>
     public Tensor Logits(Tensor inputIds, Tensor? attentionMask = null) => Module.Forward(inputIds.to(Module.Device), attentionMask?.to(Module.Device));
 
@@ -69,14 +74,36 @@ public sealed class CausalLM : ILanguageModel, IDisposable
     /// harness's prefix token.</summary>
     int StartToken => Tokenizer.BosId ?? Tokenizer.EosId ?? throw new InvalidOperationException($"{Tokenizer.SourceFile}: the tokenizer has neither BOS nor EOS to start a text with");
 
-    (int[] Context, int[] Continuation) SplitRequest(LogLikelihoodRequest r)
+    // lm-evaluation-harness v0.4.2 (tag v0.4.2, commit 4600d6bf, 2024-03-18), for causal models: HFLM.tok_encode and
+    // tok_batch_encode (lm_eval/models/huggingface.py) encode with add_special_tokens = False or self.add_bos_token, and
+    // add_bos_token defaults to False (forced True only for model_type "gemma"): no BOS in loglikelihood contexts and
+    // continuations (TemplateLM._encode_pair, lm_eval/api/model.py) nor in generate_until prompts. An empty context is
+    // [self.eot_token_id] (TemplateLM.loglikelihood), and loglikelihood_rolling's prefix_token is self.eot_token_id too;
+    // eot_token_id is tokenizer.eos_token_id. Later versions use prefix_token_id (BOS, else EOS) and the tokenizer's
+    // own special tokens, which is Auto.
+
+    /// <summary>Whether a non-empty context or prompt is encoded with BOS.</summary>
+    bool AddsBos => BosPolicy switch
+    {
+        BosPolicy.Always => true,
+        BosPolicy.Never => false,
+        _ => Tokenizer.AddsBosByDefault,
+    };
+
+    /// <summary>The token an empty context and a whole text start from: the start token, or under
+    /// <see cref="BosPolicy.Never"/> 0.4.2's eot_token_id (EOS, else BOS).</summary>
+    int PrefixToken => BosPolicy == BosPolicy.Never && Tokenizer.EosId is int eos ? eos : StartToken;
+
+    /// <summary>The tokens a request is scored on, as the harness's _encode_pair: the context's (with BOS as
+    /// <see cref="BosPolicy"/> says) and the continuation's (before truncation to the model's window).</summary>
+    public (int[] Context, int[] Continuation) SplitRequest(LogLikelihoodRequest r)
     {
         var context = r.Context;
         var continuation = r.Continuation;
         var spaces = context.Length - context.TrimEnd(' ').Length;
         if (spaces > 0) { continuation = context[^spaces..] + continuation; context = context[..^spaces]; }
-        if (context.Length == 0) return ([StartToken], Tokenizer.Encode(continuation, addBos: false).ToArray());
-        var bos = Tokenizer.AddsBosByDefault;
+        if (context.Length == 0) return ([PrefixToken], Tokenizer.Encode(continuation, addBos: false).ToArray());
+        var bos = AddsBos;
         var whole = Tokenizer.Encode(context + continuation, bos).ToArray();
         var ctxLen = Math.Min(Tokenizer.Encode(context, bos).Count, whole.Length);
         return (whole[..ctxLen], whole[ctxLen..]);
@@ -142,7 +169,7 @@ public sealed class CausalLM : ILanguageModel, IDisposable
         var counts = new int[texts.Count];
         for (var i = 0; i < texts.Count; i++)
         {
-            int[] tokens = [StartToken, .. Tokenizer.Encode(texts[i], addBos: false)];
+            int[] tokens = [PrefixToken, .. Tokenizer.Encode(texts[i], addBos: false)];
             counts[i] = Math.Max(0, tokens.Length - 1);
             for (var s = 1; s < tokens.Length; s += MaxSequenceLength)
             {
@@ -168,8 +195,10 @@ public sealed class CausalLM : ILanguageModel, IDisposable
         for (var start = 0; start < prompts.Count; start += BatchSize)
         {
             var batch = Enumerable.Range(start, Math.Min(BatchSize, prompts.Count - start)).ToList();
-            // As the original tokenizer does (BOS for Llama, none for GPT-NeoX); an empty prompt starts from the start token.
-            var encoded = batch.Select(i => prompts[i].Length == 0 ? [StartToken] : Tokenizer.Encode(prompts[i], Tokenizer.AddsBosByDefault).ToArray()).ToList();
+            // BOS as BosPolicy says (Auto: as the original tokenizer does, BOS for Llama, none for GPT-NeoX); an empty
+            // prompt starts from the start token under every policy (0.4.2 has no rule for it; base-model samples, which
+            // are cached by model, stay the same).
+            var encoded = batch.Select(i => prompts[i].Length == 0 ? [StartToken] : Tokenizer.Encode(prompts[i], AddsBos).ToArray()).ToList();
             var tokens = GenerateTokens(encoded, options, generator);
             for (var b = 0; b < batch.Count; b++) results[batch[b]] = ContinuationText(encoded[b], tokens[b], options.StopStrings);
         }

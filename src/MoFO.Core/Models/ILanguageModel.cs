@@ -38,7 +38,8 @@ public interface ILanguageModel
     /// the same options and seed gives the same texts.</summary>
     IReadOnlyList<string> Generate(IReadOnlyList<string> prompts, GenerationOptions options);
 
-    /// <summary>Token-level log-likelihood of whole texts (each starting from BOS; lm-evaluation-harness's
-    /// <c>loglikelihood_rolling</c>): the sum of log-probabilities and the number of predicted tokens per text.</summary>
+    /// <summary>Token-level log-likelihood of whole texts (each starting from the model's prefix token, usually BOS;
+    /// lm-evaluation-harness's <c>loglikelihood_rolling</c>): the sum of log-probabilities and the number of predicted
+    /// tokens per text.</summary>
     IReadOnlyList<LogLikelihoodResult> TextLogLikelihoods(IReadOnlyList<string> texts);
 }

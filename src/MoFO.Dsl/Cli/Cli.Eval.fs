@@ -52,6 +52,7 @@ type EvalArgs =
     | Cache of dir: string
     | Device of name: string
     | Unsafe_No_Sandbox
+    | Add_Bos of policy: string
     interface IFlags with
         member this.Flag =
             match this with
@@ -59,6 +60,7 @@ type EvalArgs =
             | Shots _ -> Own.shots | Output _ -> Own.output | Log_Samples -> Own.logSamples | Base _ -> Own.baseModel | Samples _ -> Own.samples
             | Temperature _ -> Own.temperature | Top_P _ -> Own.topP | K _ -> Own.k | Max_New_Tokens _ -> Own.maxNewTokens | Seed _ -> Own.seed
             | Cache _ -> Own.cache | Device _ -> Flags.inferenceDevice | Unsafe_No_Sandbox -> Flags.unsafeNoSandbox
+            | Add_Bos _ -> Flags.addBos
     interface IArgParserTemplate with
         member this.Usage = (this :> IFlags).Flag.Usage
 
@@ -100,7 +102,7 @@ let private write (path: string) (m: Measure) (outcome: Outcome) (seconds: float
     let s = settings m args
     let modelPath = Path.GetFullPath(Flag.get Flags.model args)
     let ts, groups = LmEval.tasks m s outcome
-    let root = LmEval.results modelPath s (Flag.tryGet Own.limit args) seconds ts groups
+    let root = LmEval.results modelPath s (Flag.getOr Flags.addBos BosPolicy.Auto args) (Flag.tryGet Own.limit args) seconds ts groups
     let options = JsonSerializerOptions(WriteIndented = true, NumberHandling = Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals)
     let record =
         {| task = taskOf args; measure = m.Key; model = modelPath; count = outcome.Count
@@ -123,6 +125,7 @@ let runWith (measures: Measure list) (args: ParseResults<EvalArgs>) =
         raise (OptionException("Output", "--log-samples writes beside the results file: pass --output FILE"))
     let clock = Diagnostics.Stopwatch.StartNew()
     use model = ModelLoader.Load(Flag.get Flags.model args, Option.toObj (Flag.tryGet Flags.tokenizer args), MoFO.Runtime.device (Flag.tryGet Flags.inferenceDevice args))
+    model.BosPolicy <- Flag.getOr Flags.addBos BosPolicy.Auto args
     let outcome = evaluateMeasure m model args
     printfn "%s on %s (%d items, %.1f s)" (taskOf args) model.Name outcome.Count clock.Elapsed.TotalSeconds
     for (k, v) in outcome.Metrics do

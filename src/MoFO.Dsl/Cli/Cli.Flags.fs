@@ -186,10 +186,17 @@ let trackTouched =
 let memoryBudget =
     Flag.size "--memory-budget" "plan against this much memory (e.g. 16GiB) instead of what the machine has free; the run is refused (exit 7) when it cannot fit."
 
+// ---- evaluation -------------------------------------------------------------------------------------------------------
+
+let addBos =
+    Flag.choice "--add-bos" "BOS before each request's context: auto (default: the tokenizer's default, as current lm-evaluation-harness), true (always) or false (never; an empty context starts from EOS), as lm-evaluation-harness 0.4.2 does for causal models, for comparisons with numbers published with it."
+        [ "auto", MoFO.Models.BosPolicy.Auto; "true", MoFO.Models.BosPolicy.Always; "false", MoFO.Models.BosPolicy.Never ]
+    |> Flag.sets "BosPolicy"
+
 /// Every flag above: Core's errors name a field, and the command line names the flag that sets it.
 let all : Flag list =
     [ model; tokenizer; data; output; device; dataRoot; like; layers; shardSizeMb; limit; seed; tensorboard; cache; unsafeNoSandbox
       maxNewTokens; temperature; topP; k; repetitions; warmup; method; alpha; l1Lambda; l2Lambda; loraRank; loraAlpha; loraDropout
       loraTargets; loraOptimizer; lr; epochs; steps; batchSize; microBatchSize; maxLen; schedule; warmupRatio; weightDecay; maxGradNorm
       saveEvery; evalEvery; pack; resume; skipEmpty; precision; optimizerState; masterWeights; roundToNearest; stepInBackward; gradientCheckpointing
-      trackTouched; memoryBudget; watchForgetting; watchEvery; forgettingBudget ]
+      trackTouched; memoryBudget; watchForgetting; watchEvery; forgettingBudget; addBos ]

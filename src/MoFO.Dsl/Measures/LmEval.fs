@@ -214,8 +214,16 @@ let tasksOf (s: Settings) (outcomes: (Measure * Outcome) list) =
     let parts = outcomes |> List.filter (fun (m, _) -> m.Unit <> MeasureUnit.Weights) |> List.map (fun (m, o) -> tasks m s o)
     parts |> List.collect fst, parts |> List.collect snd
 
-/// The results JSON of some tasks of one model: the harness's top-level keys, plus the evaluation's `config`.
-let results (model: string) (s: Settings) (limit: int option) (seconds: float) (ts: TaskResult list) (groups: (string * string list) list) =
+/// The `config` value of a BOS policy: `mofo eval --add-bos`'s spelling (auto, true, false).
+let bosText (policy: MoFO.Models.BosPolicy) =
+    match policy with
+    | MoFO.Models.BosPolicy.Always -> "true"
+    | MoFO.Models.BosPolicy.Never -> "false"
+    | _ -> "auto"
+
+/// The results JSON of some tasks of one model: the harness's top-level keys, plus the evaluation's `config` (with
+/// `add_bos`, the model's BOS policy).
+let results (model: string) (s: Settings) (addBos: MoFO.Models.BosPolicy) (limit: int option) (seconds: float) (ts: TaskResult list) (groups: (string * string list) list) =
     let root = JsonObject()
     let section (f: TaskResult -> JsonNode option) =
         let o = JsonObject()
@@ -260,6 +268,7 @@ let results (model: string) (s: Settings) (limit: int option) (seconds: float) (
     config["fewshot_seed"] <- JsonValue.Create s.Seed
     config["bootstrap_iters"] <- JsonValue.Create 0
     config["gen_kwargs"] <- null
+    config["add_bos"] <- str (bosText addBos)
     config["differences_from_lm_eval"] <-
         str ("MoFO.NET's own implementation of the harness's prompts and metrics (docs/evaluation.md): GSM8K's few-shot set is drawn "
              + "once with a fixed seed and shared by every question (the harness draws per question with Python's RNG); "

@@ -316,7 +316,7 @@ let forgettingWith (o: Options) (basePath: string) (fineTunedPath: string) (task
     let harness (path: string) (outcomes: (Measure * Outcome) list) (file: string) =
         let tasks, groups = LmEval.tasksOf settings outcomes
         if not tasks.IsEmpty then
-            let json = LmEval.results (Path.GetFullPath path) settings None clock.Elapsed.TotalSeconds tasks groups
+            let json = LmEval.results (Path.GetFullPath path) settings MoFO.Models.BosPolicy.Auto None clock.Elapsed.TotalSeconds tasks groups
             AtomicFile.WriteAllText(Path.Combine(outDir, file), json.ToJsonString(Text.Json.JsonSerializerOptions(WriteIndented = true)))
     harness basePath [ for KeyValue (m, o) in onBase -> m, o ] "lm_eval_results_base.json"
     harness fineTunedPath onTuned "lm_eval_results_tuned.json"

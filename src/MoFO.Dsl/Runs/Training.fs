@@ -42,7 +42,7 @@ let evaluate (dir: string) (modelPath: string) (basePath: string) (device: Torch
                 let tasks, groups = LmEval.tasksOf settings outcomes
                 if MoFO.Distributed.Job.IsRoot && not tasks.IsEmpty then
                     LmEval.writeMerged (Path.Combine(dir, "lm_eval_results.json"))
-                        (LmEval.results (Path.GetFullPath modelPath) settings None clock.Elapsed.TotalSeconds tasks groups)
+                        (LmEval.results (Path.GetFullPath modelPath) settings model.BosPolicy None clock.Elapsed.TotalSeconds tasks groups)
                 [ for m, o in outcomes -> keyOf m, o.Value ]
             finally
                 if baseModel.IsValueCreated && not (obj.ReferenceEquals(baseModel.Value, model)) then baseModel.Value.Dispose()
