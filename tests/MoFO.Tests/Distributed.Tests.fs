@@ -209,6 +209,19 @@ let tests =
             Expect.equal shared.DeviceNeed (4L * shared.Peak) "four ranks on one machine's memory need four times a rank's peak"
         }
 
+        test "Distributed.budget: a forgetting budget on 2 ranks stops every rank at the watch the single process stops at, with its kept model" {
+            use one = new TempDir()
+            use two = new TempDir()
+            onOneAndTwo one two (fun dir ->
+                trainArgs "mofo" dir [ "--watch-forgetting"; "pretrain-proxy"; "--watch-every"; "3"; "--forgetting-budget"; "pretrain-proxy=0.3" ])
+            let summary (dir: TempDir) = MoFO.Training.RunFolder(dir.Path).ReadSummary()
+            let s1, s2 = summary one, summary two
+            Expect.equal s1.StoppedBy "forgetting budget" "the single process stops by the budget"
+            Expect.equal (s2.StoppedBy, s2.Steps, s2.Budget.KeptStep) (s1.StoppedBy, s1.Steps, s1.Budget.KeptStep) "2 ranks stop at the same watch and keep the same step"
+            let diff, where = largestDifference (one.File "model/model.safetensors") (two.File "model/model.safetensors")
+            Expect.isLessThanOrEqual diff 1e-5 $"the kept models: largest difference {diff:G3} ({where})"
+        }
+
         test "Distributed.errors: a setting two ranks cannot run ends every rank with the usage exit code and one message" {
             use dir = new TempDir()
             let code, text = finish (start 2 (trainArgs "mofo" dir.Path [ "--batch-size"; "1"; "--micro-batch-size"; "1"; "--steps"; "2" ]))
