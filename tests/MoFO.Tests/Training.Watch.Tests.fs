@@ -35,7 +35,7 @@ let tests =
             use lm = ModelLoader.Load(stories ())
             use dir = new TempDir()
             use board = new TempDir()
-            let o = (options 30 1e-3).WithWatch([ "pretrain-proxy"; "kl-to-base"; "distance" ], 10, Collections.Generic.Dictionary<string, float>())
+            let o = (options 30 1e-3).WithWatch([ "pretrain-proxy"; "kl-to-base"; "distance"; "arc-easy:20" ], 10, Collections.Generic.Dictionary<string, float>())
             let t = Trainer(lm, dpr (), heldOut (), o, dir.Path)
             t.TensorBoardDir <- board.Path
             t.Run() |> ignore
@@ -43,7 +43,8 @@ let tests =
             let watched = lines |> Seq.filter (fun m -> not (isNull m.Forgetting)) |> Seq.toList
             Expect.equal (watched |> List.map (fun m -> m.Step)) [ 10; 20; 30 ] "a watch every 10 steps and at the end"
             for m in watched do
-                Expect.equal (m.Forgetting.Keys |> Set.ofSeq) (Set.ofList [ "pretrain-proxy"; "kl-to-base"; "distance" ]) $"step {m.Step}: every measure"
+                Expect.equal (m.Forgetting.Keys |> Set.ofSeq) (Set.ofList [ "pretrain-proxy"; "kl-to-base"; "distance"; "arc-easy:20" ]) $"step {m.Step}: every measure"
+                Expect.isTrue (m.Forgetting["arc-easy:20"] >= 0.0 && m.Forgetting["arc-easy:20"] <= 100.0) $"step {m.Step}: an accuracy in points"
                 Expect.isTrue (m.WatchSeconds.HasValue && m.WatchSeconds.Value > 0.0) $"step {m.Step}: the watch's cost"
                 Expect.isGreaterThan m.Forgetting["kl-to-base"] 0.0 $"step {m.Step}: the model has moved from the base"
                 Expect.floatClose Accuracy.high m.Forgetting["distance"] m.Distance.Value $"step {m.Step}: the distance the run logs"
@@ -51,6 +52,9 @@ let tests =
             Expect.equal baseValues["kl-to-base"] 0.0 "the base's KL to itself"
             use b = ModelLoader.Load(stories ())
             Expect.floatClose Accuracy.high baseValues["pretrain-proxy"] (proxyOf b dir.Path) "the base's proxy, measured apart"
+            let arc = Arc.Read(requireAsset DataRoot.Assets.ArcEasy) |> Seq.truncate 20 |> Seq.toList
+            let acc = MultipleChoiceEvaluator().Evaluate(b, "arc_easy", arc).AccNorm
+            Expect.floatClose Accuracy.veryHigh baseValues["arc-easy:20"] (100.0 * acc) "the base's ARC-Easy acc_norm on its first 20 items, in points"
             let events = Directory.GetFiles(board.Path) |> Array.map File.ReadAllBytes |> Array.map Text.Encoding.Latin1.GetString |> String.concat ""
             for tag in [ "forgetting/pretrain-proxy"; "forgetting/kl-to-base"; "forgetting/distance"; "forgetting/watch_seconds" ] do
                 Expect.stringContains events tag $"TensorBoard scalar {tag}"
@@ -127,6 +131,10 @@ let tests =
             Expect.stringContains e.Message "WatchForgetting mmlu" "unknown measure"
             let e = bad ((options 10 1e-3).WithWatch([ "distance" ], 5, Collections.Generic.Dictionary<string, float>(dict [ "pretrain-proxy", 0.1 ])))
             Expect.stringContains e.Message "not watched" "budget on an unwatched measure"
+            let e = bad ((options 10 1e-3).WithWatch([ "arc-easy:50" ], 5, Collections.Generic.Dictionary<string, float>(dict [ "arc-easy:50", 2.0 ])))
+            Expect.stringContains e.Message "drop allowed" "an accuracy's budget is a drop (≤ 0)"
+            let e = bad ((options 10 1e-3).WithWatch([ "arc-easy:0" ], 5, Collections.Generic.Dictionary<string, float>()))
+            Expect.stringContains e.Message "arc-easy:N" "a benchmark needs N ≥ 1"
             ConsoleProgress.Enabled <- false
             use lm = ModelLoader.Load(stories ())
             use dir = new TempDir()

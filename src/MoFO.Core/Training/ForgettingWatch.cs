@@ -23,8 +23,32 @@ public sealed record BudgetStop(string Measure, double Rise, double Limit, int S
 /// </summary>
 public sealed class ForgettingWatch
 {
-    /// <summary>The measures a run can watch, in the order they are reported.</summary>
+    /// <summary>The measures a run can watch: these, and a benchmark's first N items (<see cref="Benchmarks"/>, written
+    /// <c>arc-easy:100</c>).</summary>
     public static IReadOnlyList<string> Measures { get; } = ["pretrain-proxy", "kl-to-base", "distance"];
+
+    /// <summary>The benchmarks whose first N test items a watch can score (zero-shot, acc_norm in points of accuracy, as
+    /// <c>mofo eval</c> scores them): <c>arc-easy:N</c>, <c>arc-challenge:N</c>.</summary>
+    public static IReadOnlyDictionary<string, Asset> Benchmarks { get; } = new Dictionary<string, Asset>
+    {
+        ["arc-easy"] = DataRoot.Assets.ArcEasy,
+        ["arc-challenge"] = DataRoot.Assets.ArcChallenge,
+    };
+
+    /// <summary>What a run may watch, in words (for errors and help).</summary>
+    public static string Described => $"{string.Join(", ", Measures)}, or {string.Join(", ", Benchmarks.Keys.Select(b => b + ":N"))} (the first N items)";
+
+    /// <summary>Whether <paramref name="name"/> is a measure a run can watch.</summary>
+    public static bool IsMeasure(string name) => Measures.Contains(name) || Benchmark(name) is not null;
+
+    /// <summary>An accuracy (higher is better: its budget is the drop allowed, X ≤ 0) rather than a loss or a distance.</summary>
+    public static bool HigherIsBetter(string name) => Benchmark(name) is not null;
+
+    static (string Name, int Items)? Benchmark(string name)
+    {
+        var parts = name.Split(':');
+        return parts.Length == 2 && Benchmarks.ContainsKey(parts[0]) && int.TryParse(parts[1], out var n) && n >= 1 ? (parts[0], n) : null;
+    }
 
     /// <summary>Held-out examples in the KL probe set.</summary>
     public const int ProbeExamples = 64;
@@ -105,9 +129,17 @@ public sealed class ForgettingWatch
                 "pretrain-proxy" => Forgetting.Loss(_lm, _samples).MeanTokenNll,
                 "kl-to-base" => _base.Count == 0 ? 0.0 : KlToBase.AgainstSaved(_lm, _probe, KlFile(_dir)).MeanTokenKl,
                 "distance" => _distance(),
-                _ => throw new OptionException(nameof(TrainingOptions.WatchForgetting), $"WatchForgetting {m}: unknown (expected {string.Join(", ", Measures)})"),
+                _ when Benchmark(m) is var (name, n) => Accuracy(name, n),
+                _ => throw new OptionException(nameof(TrainingOptions.WatchForgetting), $"WatchForgetting {m}: unknown (expected {Described})"),
             };
         return values;
+    }
+
+    /// <summary>Zero-shot acc_norm of the first <paramref name="n"/> test items of a benchmark, in points.</summary>
+    double Accuracy(string name, int n)
+    {
+        var items = Arc.Read(DataRoot.Require(Benchmarks[name])).Take(n).ToList();
+        return 100 * new MultipleChoiceEvaluator().Evaluate(_lm, name.Replace('-', '_'), items).AccNorm;
     }
 
     /// <summary>Each measure's rise over its base value.</summary>
@@ -119,7 +151,7 @@ public sealed class ForgettingWatch
     {
         var rise = Rise(values);
         foreach (var (m, limit) in _o.ForgettingBudget)
-            if (rise.TryGetValue(m, out var r) && r > limit) return (m, r, limit);
+            if (rise.TryGetValue(m, out var r) && (HigherIsBetter(m) ? r < limit : r > limit)) return (m, r, limit);
         return null;
     }
 

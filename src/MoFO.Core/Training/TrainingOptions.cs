@@ -102,12 +102,15 @@ public sealed record TrainingOptions
         }
         Check(MaxBadSteps >= 1, nameof(MaxBadSteps), $"MaxBadSteps {MaxBadSteps}: must be at least 1");
         foreach (var m in WatchForgetting)
-            Check(ForgettingWatch.Measures.Contains(m), nameof(WatchForgetting), $"WatchForgetting {m}: unknown (expected {string.Join(", ", ForgettingWatch.Measures)})");
+            Check(ForgettingWatch.IsMeasure(m), nameof(WatchForgetting), $"WatchForgetting {m}: unknown (expected {ForgettingWatch.Described})");
         Check(WatchEvery >= 1, nameof(WatchEvery), $"WatchEvery {WatchEvery}: must be at least 1");
         foreach (var (m, limit) in ForgettingBudget)
         {
             Check(WatchForgetting.Contains(m), nameof(ForgettingBudget), $"ForgettingBudget {m}: the measure is not watched (add it to WatchForgetting)");
-            Check(limit >= 0 && double.IsFinite(limit), nameof(ForgettingBudget), $"ForgettingBudget {m}={limit}: the allowed rise must be a finite number ≥ 0");
+            if (ForgettingWatch.HigherIsBetter(m))
+                Check(limit <= 0 && double.IsFinite(limit), nameof(ForgettingBudget), $"ForgettingBudget {m}={limit}: an accuracy's budget is the drop allowed, in points: a number ≤ 0 (e.g. -2)");
+            else
+                Check(limit >= 0 && double.IsFinite(limit), nameof(ForgettingBudget), $"ForgettingBudget {m}={limit}: the allowed rise must be a finite number ≥ 0");
         }
     }
 

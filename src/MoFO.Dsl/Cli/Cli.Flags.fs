@@ -133,28 +133,31 @@ let skipEmpty = Flag.switch "--skip-empty" "drop records whose answer is empty (
 
 // ---- forgetting watched while training ------------------------------------------------------------------------------
 
-let private watchMeasures () = String.Join(", ", MoFO.Training.ForgettingWatch.Measures)
+let private watchable () = MoFO.Training.ForgettingWatch.Described
 
 let watchForgetting =
-    Flag<string list>("--watch-forgetting", $"measure forgetting while training, comma-separated: {watchMeasures ()} (in metrics.jsonl, TensorBoard and the report).", None, fun s ->
+    Flag<string list>("--watch-forgetting", $"measure forgetting while training, comma-separated: {watchable ()} (in metrics.jsonl and TensorBoard).", None, fun s ->
         let names = s.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries) |> List.ofArray
-        match names |> List.tryFind (fun n -> not (Seq.contains n MoFO.Training.ForgettingWatch.Measures)) with
-        | Some bad -> raise (FlagException("--watch-forgetting", $"--watch-forgetting: '{bad}' is not one of {watchMeasures ()}"))
-        | None when names.IsEmpty -> raise (FlagException("--watch-forgetting", $"--watch-forgetting: no measure given (expected some of {watchMeasures ()})"))
+        match names |> List.tryFind (MoFO.Training.ForgettingWatch.IsMeasure >> not) with
+        | Some bad -> raise (FlagException("--watch-forgetting", $"--watch-forgetting: '{bad}' is not one of {watchable ()}"))
+        | None when names.IsEmpty -> raise (FlagException("--watch-forgetting", $"--watch-forgetting: no measure given (expected some of {watchable ()})"))
         | None -> names)
     |> Flag.sets "WatchForgetting"
 
 let watchEvery = Flag.int "--watch-every" $"watch forgetting every N steps and at the end (default {Defaults.WatchEvery})." |> Flag.atLeast 1 |> Flag.sets "WatchEvery"
 
 let forgettingBudget =
-    Flag<(string * float) list>("--forgetting-budget", "stop when a watched measure rises above the base by more than this, keeping the last model within the budget: MEASURE=X[,MEASURE=X] (e.g. pretrain-proxy=0.3).", None, fun s ->
+    Flag<(string * float) list>("--forgetting-budget", "stop when a watched measure moves from the base by more than this, keeping the last model within the budget: MEASURE=X[,MEASURE=X] (a rise for pretrain-proxy=0.3, kl-to-base=0.5, distance; a drop in points for arc-easy:100=-2).", None, fun s ->
         [ for part in s.Split(',', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries) do
+            let bad () = FlagException("--forgetting-budget", $"--forgetting-budget: '{part}' is not MEASURE=X with MEASURE one of {watchable ()} (X ≥ 0 for a rise, X ≤ 0 for an accuracy's drop)")
             match part.Split('=') with
             | [| m; x |] ->
+                let m = m.Trim()
                 match Double.TryParse(x, Globalization.NumberStyles.Float, Globalization.CultureInfo.InvariantCulture) with
-                | true, v when Double.IsFinite v && v >= 0.0 && Seq.contains (m.Trim()) MoFO.Training.ForgettingWatch.Measures -> m.Trim(), v
-                | _ -> raise (FlagException("--forgetting-budget", $"--forgetting-budget: '{part}' is not MEASURE=X with MEASURE one of {watchMeasures ()} and X ≥ 0"))
-            | _ -> raise (FlagException("--forgetting-budget", $"--forgetting-budget: '{part}' is not MEASURE=X (e.g. pretrain-proxy=0.3)")) ])
+                | true, v when Double.IsFinite v && MoFO.Training.ForgettingWatch.IsMeasure m
+                               && (if MoFO.Training.ForgettingWatch.HigherIsBetter m then v <= 0.0 else v >= 0.0) -> m, v
+                | _ -> raise (bad ())
+            | _ -> raise (bad ()) ])
     |> Flag.sets "ForgettingBudget"
 
 // ---- scale: precision, memory ----------------------------------------------------------------------------------------
