@@ -93,3 +93,20 @@ let copyState (source: MoFO.Optim.BlockOptimizer) (target: MoFO.Optim.BlockOptim
             target.Load file
         finally System.IO.File.Delete file
     else target.load_state_dict(source.state_dict())
+
+/// Six steps of `make`'s optimizer straight, and three steps, the state copied into a new optimizer (over parameters
+/// copied bit for bit; `copyState`) and three more: the straight parameters and optimizer, then the resumed ones (the
+/// caller disposes both optimizers).
+let straightAndResumed (make: Tensor list -> MoFO.Optim.BlockOptimizer) (shapes: int64[] list) (viaFile: bool) =
+    let straight = makeParams 4L shapes
+    let resumed = cloneParams straight
+    let ws = makeWeights 4L straight
+    let o1 = make straight
+    for _ in 1 .. 6 do stepSin o1.zero_grad o1.step straight ws
+    use o2 = make resumed
+    for _ in 1 .. 3 do stepSin o2.zero_grad o2.step resumed ws
+    let copies = cloneParams resumed
+    let o3 = make copies
+    copyState o2 o3 viaFile
+    for _ in 1 .. 3 do stepSin o3.zero_grad o3.step copies ws
+    straight, o1, copies, o3

@@ -134,17 +134,9 @@ let tests =
             let shapes = [ [| 120L; 700L |]; [| 20L; 30L |]; [| 30L |] ]
             for name, make in makers do
                 for viaFile in both do
-                    let straight = makeParams 4L shapes
-                    let resumed = cloneParams straight
-                    let ws = makeWeights 4L straight
-                    use o1 = eight (make straight)
-                    for _ in 1 .. 6 do stepSin o1.zero_grad o1.step straight ws
-                    use o2 = eight (make resumed)
-                    for _ in 1 .. 3 do stepSin o2.zero_grad o2.step resumed ws
-                    let copies = cloneParams resumed
-                    use o3 = eight (make copies)
-                    copyState o2 o3 viaFile
-                    for _ in 1 .. 3 do stepSin o3.zero_grad o3.step copies ws
+                    let straight, o1, copies, o3 = straightAndResumed (make >> eight) shapes viaFile
+                    use o1 = o1
+                    use o3 = o3
                     for a, b in List.zip straight copies do Expect.isTrue (bitEqual a b) $"{name} (file {viaFile}): parameters bit-identical after resume"
                     for b1, b3 in Seq.zip o1.Blocks o3.Blocks do
                         for q1, q3 in Seq.zip b1.Quantized b3.Quantized do

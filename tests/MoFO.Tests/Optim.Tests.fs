@@ -184,18 +184,10 @@ let engine =
             for name, make in makers do
                 for viaFile in both do
                     let shapes = [ [| 120L; 700L |]; [| 20L; 30L |]; [| 30L |] ]
-                    let straight = makeParams 4L shapes
-                    let resumed = cloneParams straight
-                    let ws = makeWeights 4L straight
-                    use o1 = make straight
-                    for _ in 1 .. 6 do stepSin o1.zero_grad o1.step straight ws
-                    use o2 = make resumed
-                    for _ in 1 .. 3 do stepSin o2.zero_grad o2.step resumed ws
                     // a new optimizer (and parameters copied bit for bit) continues from the saved state
-                    let copies = cloneParams resumed
-                    use o3 = make copies
-                    copyState o2 o3 viaFile
-                    for _ in 1 .. 3 do stepSin o3.zero_grad o3.step copies ws
+                    let straight, o1, copies, o3 = straightAndResumed make shapes viaFile
+                    use o1 = o1
+                    use o3 = o3
                     Expect.equal o3.StepCount 6L $"{name}: step counter restored"
                     let how = if viaFile then "file" else "dictionary"
                     for a, b in List.zip straight copies do
