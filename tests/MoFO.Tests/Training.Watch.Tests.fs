@@ -24,7 +24,7 @@ let private options (steps: int) (lr: float) =
 
 /// The base value of the pretrain proxy and a model's, on the samples the watch wrote (measured here, apart from it).
 let private proxyOf (lm: CausalLM) (runDir: string) =
-    let texts = JsonLines.Read(Path.Combine(runDir, "watch", "base_samples.jsonl")) |> Seq.map (fun l -> l.String "text") |> Seq.toList
+    let texts = Forgetting.ReadSamples(Path.Combine(runDir, "watch", "base_samples.jsonl"))
     Forgetting.Loss(lm, texts).MeanTokenNll
 
 [<Tests>]

@@ -51,15 +51,20 @@ public static partial class Forgetting
     public static IReadOnlyList<string> BaseSamples(ILanguageModel baseModel, SampleSpec spec, string? cacheFolder = null)
     {
         string? cache = cacheFolder is null ? null : Path.Combine(cacheFolder, spec.CacheKey(baseModel.Name) + ".jsonl");
-        if (cache is not null && File.Exists(cache))
-            return JsonLines.Read(cache).Select(l => l.String("text")).ToList();
+        if (cache is not null && File.Exists(cache)) return ReadSamples(cache);
         var samples = new List<string>(spec.Count);
         for (int i = 0; i < spec.Count; i++)
             samples.Add(baseModel.Generate([""], new GenerationOptions(spec.MaxNewTokens, spec.Temperature, 1.0, spec.Seed + i))[0]);
-        if (cache is not null)
-            AtomicFile.WriteAllLines(cache, samples.Select(s => JsonSerializer.Serialize(new { text = s })));
+        if (cache is not null) WriteSamples(cache, samples);
         return samples;
     }
+
+    /// <summary>Writes samples as jsonl (<c>{"text": …}</c> per line), atomically.</summary>
+    public static void WriteSamples(string file, IEnumerable<string> samples) =>
+        AtomicFile.WriteAllLines(file, samples.Select(s => JsonSerializer.Serialize(new { text = s })));
+
+    /// <summary>Reads samples written by <see cref="WriteSamples"/>.</summary>
+    public static List<string> ReadSamples(string file) => JsonLines.Read(file).Select(l => l.String("text")).ToList();
 
     [GeneratedRegex(@"(?<=[.!?][""']?)\s+")]
     private static partial Regex SentenceBreak();

@@ -70,7 +70,7 @@ public sealed class ForgettingWatch
         _lm = lm; _o = o; _dir = dir; _distance = distance; _samples = samples; _probe = probe; _base = baseValues;
     }
 
-    string SamplesFile => Path.Combine(_dir, "base_samples.jsonl");
+    static string SamplesFile(string dir) => Path.Combine(dir, "base_samples.jsonl");
     static string BaseFile(string dir) => Path.Combine(dir, "base.json");
     static string KlFile(string dir) => Path.Combine(dir, "kl_base.safetensors");
     /// <summary>The weights of the last watch within the budget.</summary>
@@ -99,7 +99,7 @@ public sealed class ForgettingWatch
         {
             Directory.CreateDirectory(dir);
             var samples = watched.Contains("pretrain-proxy") ? Forgetting.BaseSamples(lm, Samples) : [];
-            AtomicFile.WriteAllLines(Path.Combine(dir, "base_samples.jsonl"), samples.Select(s => JsonSerializer.Serialize(new { text = s })));
+            Forgetting.WriteSamples(SamplesFile(dir), samples);
             if (probe.Count > 0) KlToBase.SaveBase(lm, probe, KlFile(dir));
             var w = new ForgettingWatch(lm, o, dir, distance, samples, probe, new());
             foreach (var (k, v) in w.MeasureNow()) w._base[k] = v;
@@ -107,10 +107,10 @@ public sealed class ForgettingWatch
             if (o.ForgettingBudget.Count > 0) w.KeepWithin(0, trained);
         }
         barrier();
-        foreach (var f in new[] { BaseFile(dir), Path.Combine(dir, "base_samples.jsonl") })
+        foreach (var f in new[] { BaseFile(dir), SamplesFile(dir) })
             if (!File.Exists(f)) throw new RunFolderException($"{f}: missing — the forgetting watch's record of the base (was the run started without --watch-forgetting?)");
         var baseValues = JsonSerializer.Deserialize<Dictionary<string, double>>(File.ReadAllText(BaseFile(dir)))!;
-        var texts = JsonLines.Read(Path.Combine(dir, "base_samples.jsonl")).Select(l => l.String("text")).ToList();
+        var texts = Forgetting.ReadSamples(SamplesFile(dir));
         return new ForgettingWatch(lm, o, dir, distance, texts, probe, baseValues);
     }
 
