@@ -63,7 +63,7 @@ public static class KlToBase
     {
         using var saved = SafeTensorFile.Open(file);
         using var tensors = new StreamedTensors(saved);
-        return Sum(model, rows, batch, (i, _, device) => tensors.TryGetValue($"batch{i}", out var t) ? t.to(device)
+        return Sum(model, rows, batch, (i, _, device, _) => tensors.TryGetValue($"batch{i}", out var t) ? t.to(device)
             : throw new Checkpoints.CheckpointException($"{file}: no base log-probabilities for batch {i} (written for other rows?)"));
     }
 
@@ -72,24 +72,20 @@ public static class KlToBase
         if (model.Tokenizer.VocabSize != baseModel.Tokenizer.VocabSize)
             throw new ArgumentException($"KL to the base: the models' vocabularies differ ({model.Name}: {model.Tokenizer.VocabSize}, {baseModel.Name}: {baseModel.Tokenizer.VocabSize})");
         using var baseMode = baseModel.Module.EvalMode();
-        return Sum(model, rows, batch, (_, b, device) =>
-        {
-            var pb = LogProbs(baseModel, b).to(device);
-            var mask = AnswerMask(b, device);
-            return pb.index_select(0, mask.nonzero().squeeze(1));
-        });
+        return Sum(model, rows, batch, (_, b, device, answers) => LogProbs(baseModel, b).to(device).index_select(0, answers));
     }
 
     /// <summary>Σ over the answer positions of KL(p_model ‖ p_base), the base's log-probabilities at those positions given
-    /// per batch by <paramref name="baseAt"/> (batch index, batch, device).</summary>
-    static KlResult Sum(CausalLM model, IReadOnlyList<TokenizedExample> rows, int batch, Func<int, Batch, Device, Tensor> baseAt)
+    /// per batch by <paramref name="baseAt"/> (batch index, batch, device, the answer positions' indices).</summary>
+    static KlResult Sum(CausalLM model, IReadOnlyList<TokenizedExample> rows, int batch, Func<int, Batch, Device, Tensor, Tensor> baseAt)
     {
         double sum = 0;
         long count = 0;
         Batches(model, rows, batch, (i, b, device, mask) =>
         {
-            var pm = LogProbs(model, b).index_select(0, mask.nonzero().squeeze(1));
-            var pb = baseAt(i, b, device);
+            var answers = mask.nonzero().squeeze(1);
+            var pm = LogProbs(model, b).index_select(0, answers);
+            var pb = baseAt(i, b, device, answers);
             if (pb.shape[0] != pm.shape[0] || pb.shape[1] != pm.shape[1])
                 throw new ArgumentException($"KL to the base: batch {i} has {pm.shape[0]} × {pm.shape[1]} answer log-probabilities, the base {pb.shape[0]} × {pb.shape[1]}");
             var kl = (pm.exp() * (pm - pb)).sum(-1);
