@@ -121,7 +121,7 @@ let tests =
             Expect.equal row.Command (Some "mofo eval --model tuned --task toy-choice") "the equivalent command"
             let report : Report.ForgettingReport =
                 { BaseModel = "base.bin"; FineTunedModel = "tuned"; Suite = Report.Suite.Tiny; Parameters = 1L; Task = None; Rows = [ row ]
-                  PerTensorL2 = []; PerLayerL2 = []; Steps = []; MetricsFile = None; ElapsedSeconds = 0.0; JsonPath = ""; HtmlPath = "" }
+                  PerTensorL2 = []; PerLayerL2 = []; Steps = []; MetricsFile = None; Watch = []; ElapsedSeconds = 0.0; JsonPath = ""; HtmlPath = "" }
             Expect.stringContains (Report.table report) "toy choice ↑" "its name and direction in the table"
             Expect.stringContains (Report.table report) "+50.00 pt" "an accuracy's change in points"
             Expect.stringContains (Report.toJson report) "\"key\": \"toy_choice\"" "its key in report.json"

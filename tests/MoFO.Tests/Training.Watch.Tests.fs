@@ -38,7 +38,7 @@ let tests =
             let o = (options 30 1e-3).WithWatch([ "pretrain-proxy"; "kl-to-base"; "distance"; "arc-easy:20" ], 10, Collections.Generic.Dictionary<string, float>())
             let t = Trainer(lm, dpr (), heldOut (), o, dir.Path)
             t.TensorBoardDir <- board.Path
-            t.Run() |> ignore
+            let result = t.Run()
             let lines = RunFolder(dir.Path).ReadMetrics()
             let watched = lines |> Seq.filter (fun m -> not (isNull m.Forgetting)) |> Seq.toList
             Expect.equal (watched |> List.map (fun m -> m.Step)) [ 10; 20; 30 ] "a watch every 10 steps and at the end"
@@ -55,6 +55,14 @@ let tests =
             let arc = Arc.Read(requireAsset DataRoot.Assets.ArcEasy) |> Seq.truncate 20 |> Seq.toList
             let acc = MultipleChoiceEvaluator().Evaluate(b, "arc_easy", arc).AccNorm
             Expect.floatClose Accuracy.veryHigh baseValues["arc-easy:20"] (100.0 * acc) "the base's ARC-Easy acc_norm on its first 20 items, in points"
+            // the curve: the base at step 0 and each watch, with the held-out loss (the base's, measured apart; the last
+            // watch's, the run's final held-out loss)
+            let curve = ForgettingWatch.Curve dir.Path |> Seq.toList
+            Expect.equal (curve |> List.map (fun w -> w.Step)) [ 0; 10; 20; 30 ] "the curve's steps"
+            Expect.floatClose Accuracy.high curve[0].HeldOutLoss.Value (Trainer(b, dpr (), heldOut (), o, Path.Combine(dir.Path, "apart")).EvalLoss()) "the base's held-out loss"
+            Expect.floatClose Accuracy.high (List.last curve).HeldOutLoss.Value result.EvalLoss.Value "the last watch's held-out loss is the run's"
+            for w in curve.Tail do
+                Expect.floatClose Accuracy.veryHigh w.Rise["pretrain-proxy"] (w.Values["pretrain-proxy"] - baseValues["pretrain-proxy"]) $"step {w.Step}: the rise"
             let events = Directory.GetFiles(board.Path) |> Array.map File.ReadAllBytes |> Array.map Text.Encoding.Latin1.GetString |> String.concat ""
             for tag in [ "forgetting/pretrain-proxy"; "forgetting/kl-to-base"; "forgetting/distance"; "forgetting/watch_seconds" ] do
                 Expect.stringContains events tag $"TensorBoard scalar {tag}"

@@ -9,6 +9,12 @@ namespace MoFO.Training;
 /// <summary>A forgetting budget that a watch found exceeded: the measure, its rise over the base, the limit, the step.</summary>
 public sealed record BudgetStop(string Measure, double Rise, double Limit, int Step, int KeptStep);
 
+/// <summary>One point of a run's watch curve (<see cref="ForgettingWatch.Curve"/>): the step (0: the base), the training
+/// loss of that step (NaN at step 0), the held-out loss (the learning side; null without held-out examples), the watched
+/// measures and their rise over the base (for accuracies, the change in points: negative is a drop).</summary>
+public sealed record WatchPoint(int Step, double TrainLoss, double? HeldOutLoss, IReadOnlyDictionary<string, double> Values,
+                                IReadOnlyDictionary<string, double> Rise);
+
 /// <summary>
 /// Forgetting measured while a run trains (<see cref="TrainingOptions.WatchForgetting"/>), every
 /// <see cref="TrainingOptions.WatchEvery"/> steps and at the end: <c>pretrain-proxy</c> (the mean token NLL on samples of
@@ -50,6 +56,10 @@ public sealed class ForgettingWatch
         return parts.Length == 2 && Benchmarks.ContainsKey(parts[0]) && int.TryParse(parts[1], out var n) && n >= 1 ? (parts[0], n) : null;
     }
 
+    /// <summary>The key of <c>watch/base.json</c> that holds the base model's held-out loss (the learning side of the
+    /// watch's curve; each watch's is the step's <see cref="StepMetrics.EvalLoss"/>). Not a measure: no budget reads it.</summary>
+    public const string HeldOutKey = "held-out-loss";
+
     /// <summary>Held-out examples in the KL probe set.</summary>
     public const int ProbeExamples = 64;
 
@@ -77,7 +87,8 @@ public sealed class ForgettingWatch
     public string WithinFile => Path.Combine(_dir, "within.safetensors");
     string WithinStepFile => Path.Combine(_dir, "within.json");
 
-    /// <summary>The base values of the watched measures (at step 0).</summary>
+    /// <summary>The base values of the watched measures (at step 0), and the base's held-out loss (<see cref="HeldOutKey"/>)
+    /// when the run has held-out examples.</summary>
     public IReadOnlyDictionary<string, double> Base => _base;
 
     /// <summary>
@@ -87,7 +98,7 @@ public sealed class ForgettingWatch
     /// after <paramref name="barrier"/>); on a resume it reads them back.
     /// </summary>
     public static ForgettingWatch? Open(CausalLM lm, TrainedSet trained, TrainingOptions o, IReadOnlyList<TokenizedExample> heldOut, string runDir,
-                                        bool fresh, Func<double> distance, bool root, Action barrier)
+                                        bool fresh, Func<double> distance, bool root, Action barrier, double? baseHeldOutLoss = null)
     {
         if (o.WatchForgetting.Count == 0) return null;
         var dir = Path.Combine(runDir, "watch");
@@ -103,6 +114,7 @@ public sealed class ForgettingWatch
             if (probe.Count > 0) KlToBase.SaveBase(lm, probe, KlFile(dir));
             var w = new ForgettingWatch(lm, o, dir, distance, samples, probe, new());
             foreach (var (k, v) in w.MeasureNow()) w._base[k] = v;
+            if (baseHeldOutLoss is double h) w._base[HeldOutKey] = h;
             AtomicFile.WriteAllText(BaseFile(dir), JsonSerializer.Serialize(w._base));
             if (o.ForgettingBudget.Count > 0) w.KeepWithin(0, trained);
         }
@@ -160,6 +172,26 @@ public sealed class ForgettingWatch
     {
         SafeTensors.Save(WithinFile, trained.CheckpointTensors());
         AtomicFile.WriteAllText(WithinStepFile, JsonSerializer.Serialize(new { step }));
+    }
+
+    /// <summary>
+    /// The watch curve of a run folder: learning against forgetting over steps — the base (step 0, from
+    /// <c>watch/base.json</c>) and every watch in <c>metrics.jsonl</c>. Empty when the run watched nothing.
+    /// </summary>
+    public static IReadOnlyList<WatchPoint> Curve(string runDir)
+    {
+        var baseFile = BaseFile(Path.Combine(runDir, "watch"));
+        var metrics = Path.Combine(runDir, "metrics.jsonl");
+        if (!File.Exists(baseFile) || !File.Exists(metrics)) return [];
+        var all = JsonSerializer.Deserialize<Dictionary<string, double>>(File.ReadAllText(baseFile))
+                  ?? throw new RunFolderException($"{baseFile}: not a JSON object of numbers");
+        double? heldOut = all.TryGetValue(HeldOutKey, out var h) ? h : null;
+        var baseValues = all.Where(kv => kv.Key != HeldOutKey).ToDictionary(kv => kv.Key, kv => kv.Value);
+        var points = new List<WatchPoint> { new(0, double.NaN, heldOut, baseValues, baseValues.ToDictionary(kv => kv.Key, _ => 0.0)) };
+        foreach (var m in RunFolder.ReadMetrics(metrics))
+            if (m.Forgetting is { Count: > 0 } f)
+                points.Add(new(m.Step, m.Loss, m.EvalLoss, f, f.ToDictionary(kv => kv.Key, kv => kv.Value - baseValues.GetValueOrDefault(kv.Key))));
+        return points;
     }
 
     /// <summary>The step of the weights kept within the budget.</summary>

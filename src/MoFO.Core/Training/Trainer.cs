@@ -167,7 +167,9 @@ public sealed class Trainer
         using var baseDistance = trained.Distance(terms);
         int distanceEvery = _o.DistanceEvery > 0 ? _o.DistanceEvery : baseDistance.EveryStep ? 1 : 50;
         int start = Start(trained, exec, resume);
-        var watch = ForgettingWatch.Open(_lm, trained, _o, _eval, _out, start == 0, () => baseDistance.L2(), root, () => Comm.Sum(0.0));
+        // the watch's curve: the held-out loss of the base (every rank computes it), then at each watch
+        double? baseHeldOut = start == 0 && _o.WatchForgetting.Count > 0 && _eval.Count > 0 ? EvalLoss() : null;
+        var watch = ForgettingWatch.Open(_lm, trained, _o, _eval, _out, start == 0, () => baseDistance.L2(), root, () => Comm.Sum(0.0), baseHeldOut);
         BudgetStop? budgetStop = null;
         int total = TotalSteps;
         int warmup = (int)Math.Ceiling(_o.WarmupRatio * total);
@@ -199,7 +201,7 @@ public sealed class Trainer
             bool measure = root && ((step + 1) % distanceEvery == 0 || step + 1 == total || (cancel.IsCancellationRequested && step + 1 < total));
             double? stepDistance = measure ? distance = baseDistance.L2() : null;
             double? evalLoss = _o.EvalEvery > 0 && (step + 1) % _o.EvalEvery == 0 ? EvalLoss() : null;
-            var (forgetting, watchSeconds, stop) = Watch(watch, trained, step + 1, total);
+            var (forgetting, watchSeconds, stop) = Watch(watch, trained, step + 1, total, ref evalLoss);
             var metrics = new StepMetrics(step + 1, epoch, loss, lr, r.Norm, stepDistance, r.Skipped ? 0 : (double)r.Updated / numel, tokens,
                                           clock.Elapsed.TotalSeconds, r.Skipped, evalLoss, forgetting, watchSeconds);
             log?.WriteLine(RunFolder.MetricsLine(metrics));
@@ -238,11 +240,14 @@ public sealed class Trainer
 
     /// <summary>The forgetting watch after <paramref name="step"/> (1-based), when due: rank 0 measures (every rank holds
     /// the same weights) and decides for all whether a budget is exceeded; within the budget its weights are kept. Returns
-    /// the measures, the seconds the watch took and the budget stop (null: go on).</summary>
-    (IReadOnlyDictionary<string, double>? Values, double? Seconds, BudgetStop? Stop) Watch(ForgettingWatch? watch, TrainedSet trained, int step, int total)
+    /// the measures, the seconds the watch took and the budget stop (null: go on). The held-out loss is the watch's
+    /// learning side: measured at each watch (by every rank) unless the step has it already.</summary>
+    (IReadOnlyDictionary<string, double>? Values, double? Seconds, BudgetStop? Stop) Watch(ForgettingWatch? watch, TrainedSet trained, int step, int total,
+                                                                                        ref double? evalLoss)
     {
         if (watch is null || !watch.Due(step, total)) return (null, null, null);
         var clock = Stopwatch.StartNew();
+        if (evalLoss is null && _eval.Count > 0) evalLoss = EvalLoss();
         bool root = Comm.Rank == 0;
         var values = root ? watch.MeasureNow() : null;
         var exceeded = values is null ? null : watch.Exceeded(values);

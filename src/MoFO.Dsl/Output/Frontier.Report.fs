@@ -69,7 +69,8 @@ let private spread (f: Frontier.Point -> float) (ps: Frontier.Point list) = (ps 
 
 /// The rows: each method × learning rate (means over seeds), each WiSE-FT t × rate, each matched comparison, each
 /// predictor.
-let rows (recipe: Recipe) (baseRun: Run) (points: Frontier.Point list) (wise: WisePoint list) (matched: Frontier.Matched list) (cs: Correlation list) =
+let rows (recipe: Recipe) (baseRun: Run) (points: Frontier.Point list) (wise: WisePoint list) (matched: Frontier.Matched list) (cs: Correlation list)
+         (budgets: Frontier.WithinBudget list) =
     let pointRows =
         [ for (m, lr), ps in points |> List.groupBy (fun p -> p.Method, p.Lr) ->
             Results.row $"{m.Label} @ lr {Recipe.lrFor m { recipe with Lr = lr }:G3}"
@@ -91,12 +92,40 @@ let rows (recipe: Recipe) (baseRun: Run) (points: Frontier.Point list) (wise: Wi
                   "seeds with overlap", float (mt.PerSeed |> List.filter (fun (_, a) -> a.IsSome) |> List.length) ] ]
     let predictorRows =
         [ for c in cs -> Results.row $"predictor of forgetting: {c.Name}" [ "Spearman rho", c.Rho; "band low", c.Low; "band high", c.High; "points", float c.Points ] ]
-    pointRows @ wiseRows @ matchedRows @ predictorRows
+    let budgetRows =
+        [ for b in budgets ->
+            Results.row $"within budget {b.Budget:G3}: {b.Method.Label}"
+                [ "budget (Δ proxy NLL)", b.Budget; "best task loss", b.Mean
+                  "seeds within", float (b.PerSeed |> List.filter (fun (_, x) -> x.IsSome) |> List.length) ] ]
+    pointRows @ wiseRows @ matchedRows @ predictorRows @ budgetRows
+
+/// The Markdown table of the best task loss within each forgetting budget: a row per method, a column per budget (the
+/// mean over seeds; the learning rate and step of each seed's best model beside it).
+let budgetTable (budgets: Frontier.WithinBudget list) =
+    let sb = Text.StringBuilder()
+    let line (s: string) = sb.AppendLine(s) |> ignore
+    let limits = budgets |> List.map (fun b -> b.Budget) |> List.distinct |> List.sort
+    if not limits.IsEmpty then
+        line "### The best task loss within a forgetting budget (the lowest held-out loss among each method's models — every watch of every learning rate's run — whose proxy rise stays within the budget; mean over seeds)"
+        line ""
+        line ("| method | " + String.Join(" | ", limits |> List.map (fun l -> $"Δ proxy ≤ {l:G3}")) + " |")
+        line ("|---|" + String.replicate limits.Length "---|")
+        for m in budgets |> List.map (fun b -> b.Method) |> List.distinct do
+            let cell (l: float) =
+                match budgets |> List.tryFind (fun b -> b.Method = m && b.Budget = l) with
+                | Some b ->
+                    let where = b.PerSeed |> List.map (fun (s, x) -> match x with Some (_, lr, step) -> $"s{s}: lr {lr:G3}, step {step}" | None -> $"s{s}: none")
+                    let places = String.Join("; ", where)
+                    $"{f4 b.Mean} ({places})"
+                | None -> "–"
+            line ($"| {m.Label} | " + String.Join(" | ", limits |> List.map cell) + " |")
+        line ""
+    sb.ToString()
 
 /// The Markdown: the frontier's points per method and rate, the matched comparisons, dominance, WiSE-FT, the predictors.
 let markdown (e: Experiment) (methods: Method list) (lrs: float list) (seeds: int list) (baseRun: Run) (points: Frontier.Point list)
              (wise: WisePoint list) (matched: Frontier.Matched list) (dominance: (Method * (Frontier.Point list * Frontier.Point list)) list)
-             (by: Method) (cs: Correlation list) (note: string) =
+             (by: Method) (cs: Correlation list) (budgets: Frontier.WithinBudget list) (note: string) =
     let sb = Text.StringBuilder()
     let line (s: string) = sb.AppendLine(s) |> ignore
     let lrText, seedText = String.Join(", ", lrs |> List.map (fun l -> l.ToString("G3"))), String.Join(", ", seeds)
@@ -121,6 +150,7 @@ let markdown (e: Experiment) (methods: Method list) (lrs: float list) (seeds: in
         line ""
         line $"{m.Label}: {beaten.Length} of its {mine.Length} points are beaten by a {by.Label} point of the same seed on both task loss and forgetting."
     line ""
+    sb.Append(budgetTable budgets) |> ignore
     line "### WiSE-FT: each Full FT fine-tune averaged with the base, θ = (1 − t)·θ_base + t·θ_tuned (means over seeds)"
     line ""
     line "| t | Full FT lr | task loss | forgetting (Δ proxy) | L2 from base | KL to base |"

@@ -103,3 +103,39 @@ let dominatedBy (by: Method) (points: Point list) (m: Method) =
     let mine = points |> List.filter (fun p -> p.Method = m)
     let beaten = mine |> List.filter (fun p -> points |> List.exists (fun q -> q.Method = by && q.Seed = p.Seed && q.Learn < p.Learn && q.Forget < p.Forget))
     beaten, mine
+
+/// The best held-out task loss a method reaches within a forgetting budget (a rise of the pretraining-loss proxy of at
+/// most `Budget` nats/token over the base), per seed over the sweep's learning rates, and its mean over seeds.
+type WithinBudget =
+    { Method: Method
+      Budget: float
+      /// per seed: (the best task loss, the learning rate, the step of that model), or None when no model of the seed
+      /// stays within the budget
+      PerSeed: (int * (float * float * int) option) list
+      /// the mean over the seeds that have one (NaN when none has)
+      Mean: float }
+
+/// The models of a point that a budget can keep, as (task loss, forgetting, step): every watch of a run that watched the
+/// pretraining-loss proxy (`Experiment.withWatch [ Watch.PretrainProxy ]`; the base at step 0 included: what a budgeted
+/// run keeps when its first watch is already over), else the final model alone.
+let budgetCandidates (p: Point) =
+    let watched = p.Run.Watch |> List.filter (fun w -> w.Rise.ContainsKey Watch.PretrainProxy.Name && w.HeldOutLoss.HasValue)
+    match watched with
+    | [] -> [ p.Learn, p.Forget, (match p.Run.Train with Some t -> t.Steps | None -> 0) ]
+    | ws -> [ for w in ws -> w.HeldOutLoss.Value, w.Rise[Watch.PretrainProxy.Name], w.Step ]
+
+/// "The best task loss within a forgetting budget": for each seed, the lowest task loss among the method's models
+/// (`budgetCandidates`: each watch of each learning rate's run, or each final model) whose forgetting is at most `budget`.
+let withinBudget (budget: float) (points: Point list) (m: Method) =
+    let mine = points |> List.filter (fun p -> p.Method = m)
+    let seeds = mine |> List.map (fun p -> p.Seed) |> List.distinct |> List.sort
+    let per =
+        [ for s in seeds ->
+            let within =
+                [ for p in mine do
+                    if p.Seed = s then
+                        for loss, forget, step in budgetCandidates p do
+                            if Double.IsFinite loss && Double.IsFinite forget && forget <= budget then yield loss, p.Lr, step ]
+            s, (if within.IsEmpty then None else Some (List.minBy (fun (l, _, _) -> l) within)) ]
+    let found = per |> List.choose (fun (_, b) -> b |> Option.map (fun (l, _, _) -> l))
+    { Method = m; Budget = budget; PerSeed = per; Mean = (if found.IsEmpty then nan else List.average found) }

@@ -110,6 +110,8 @@ type ForgettingReport =
       /// the training curves, when a metrics.jsonl was found
       Steps: MoFO.Training.StepMetrics list
       MetricsFile: string option
+      /// the forgetting watch's curve (learning against forgetting over steps), when the run watched forgetting
+      Watch: MoFO.Training.WatchPoint list
       ElapsedSeconds: float
       JsonPath: string
       HtmlPath: string }
@@ -195,6 +197,14 @@ let toJson (r: ForgettingReport) =
           "perLayerL2", Json.numbers r.PerLayerL2
           "perTensorL2", Json.numbers r.PerTensorL2
           "metricsFile", Json.strOpt r.MetricsFile
+          "watch", Json.arr [
+              for w in r.Watch ->
+                  Json.obj
+                      [ "step", Json.int (int64 w.Step)
+                        "trainLoss", Json.num w.TrainLoss
+                        "heldOutLoss", (if w.HeldOutLoss.HasValue then Json.num w.HeldOutLoss.Value else null)
+                        "values", Json.numbers [ for KeyValue (k, v) in w.Values -> k, v ]
+                        "rise", Json.numbers [ for KeyValue (k, v) in w.Rise -> k, v ] ] ]
           "elapsedSeconds", Json.num r.ElapsedSeconds ]
     |> Json.text
 
@@ -237,10 +247,25 @@ let private charts (r: ForgettingReport) =
               |> sized "Distance from the base weights" "step" "L2"
               Chart.Line(x = steps, y = (r.Steps |> List.map (fun p -> p.UpdatedFraction)), Name = "updated fraction")
               |> sized "Fraction of entries updated per step" "step" "fraction" ]
+    // the watch: each measure's rise over steps, and learning (held-out loss, else the step's training loss) against it
+    let watched = r.Watch |> List.collect (fun w -> [ for KeyValue (k, _) in w.Rise -> k ]) |> List.distinct
+    let learning (w: MoFO.Training.WatchPoint) = if w.HeldOutLoss.HasValue then w.HeldOutLoss.Value else w.TrainLoss
+    let learnName = if r.Watch |> List.exists (fun w -> w.HeldOutLoss.HasValue) then "held-out loss" else "training loss"
+    let watchCharts =
+        if watched.IsEmpty then []
+        else
+            let over (k: string) = r.Watch |> List.filter (fun w -> w.Rise.ContainsKey k)
+            [ [ for k in watched -> Chart.Line(x = (over k |> List.map (fun w -> w.Step)), y = (over k |> List.map (fun w -> w.Rise[k])), Name = $"{k} (rise over the base)", ShowMarkers = true) ]
+              |> Chart.combine |> sized "Forgetting watched while training" "step" "rise over the base"
+              [ for k in watched ->
+                  let pts = over k |> List.filter (fun w -> Double.IsFinite(learning w))
+                  Chart.Line(x = (pts |> List.map learning), y = (pts |> List.map (fun w -> w.Rise[k])), Name = k, ShowMarkers = true,
+                             MultiText = (pts |> List.map (fun w -> $"step {w.Step}"))) ]
+              |> Chart.combine |> sized $"Learning against forgetting over steps ({learnName} → lower is learned more)" learnName "rise over the base" ]
     let bars (title: string) (xs: (string * float) list) =
         Chart.Column(values = List.map snd xs, Keys = List.map fst xs, Name = "L2")
         |> Chart.withTitle title |> Chart.withYAxisStyle "L2 from base" |> Chart.withSize (max 900 (24 * xs.Length), 480)
-    curves @ [ bars "L2 distance from the base per layer" r.PerLayerL2; bars "L2 distance from the base per tensor" r.PerTensorL2 ]
+    curves @ watchCharts @ [ bars "L2 distance from the base per layer" r.PerLayerL2; bars "L2 distance from the base per tensor" r.PerTensorL2 ]
 
 /// The self-contained page: plotly.js embedded once (PlotlyJSReference.Full), the table, then one chart per figure.
 let toHtml (r: ForgettingReport) =
@@ -304,10 +329,11 @@ let forgettingWith (o: Options) (basePath: string) (fineTunedPath: string) (task
                             Path.Combine(Path.GetDirectoryName(Path.GetFullPath(fineTunedPath).TrimEnd('/')), "metrics.jsonl") ]
                           |> List.tryFind File.Exists)
     let steps = metricsFile |> Option.map readMetrics |> Option.defaultValue []
+    let watch = metricsFile |> Option.map (fun f -> MoFO.Training.ForgettingWatch.Curve(Path.GetDirectoryName f) |> List.ofSeq) |> Option.defaultValue []
     let report =
         { BaseModel = Path.GetFullPath basePath; FineTunedModel = Path.GetFullPath fineTunedPath; Suite = suite
           Parameters = parameters; Task = task |> Option.map (fun t -> t.Name); Rows = rows
-          PerTensorL2 = perTensor; PerLayerL2 = perLayer perTensor; Steps = steps; MetricsFile = metricsFile
+          PerTensorL2 = perTensor; PerLayerL2 = perLayer perTensor; Steps = steps; MetricsFile = metricsFile; Watch = watch
           ElapsedSeconds = clock.Elapsed.TotalSeconds
           JsonPath = Path.GetFullPath(Path.Combine(outDir, "report.json")); HtmlPath = Path.GetFullPath(Path.Combine(outDir, "report.html")) }
     AtomicFile.WriteAllText(report.JsonPath, toJson report)

@@ -8,7 +8,7 @@ open System
 module Experiment =
     let create model data method recipe measures (scale: Scale) seed =
         { Model = model; Data = data; Method = method; Recipe = recipe; Measures = measures; Seed = seed; Scale = scale; Settings = Settings.Of scale
-          Label = None }
+          Label = None; Watch = Watching.None }
     /// The run's name in tables, JSON and claims, instead of the method's label and what tells it apart.
     let withLabel (label: string) (e: Experiment) = { e with Label = Some label }
     let withMethod m (e: Experiment) = { e with Method = m }
@@ -16,6 +16,18 @@ module Experiment =
     let withSeed s (e: Experiment) = { e with Seed = s }
     let withMeasures ms (e: Experiment) = { e with Measures = ms }
     let withSettings s (e: Experiment) = { e with Settings = s }
+    /// Watches forgetting while the run trains (`mofo train --watch-forgetting … --watch-every`): the measures every
+    /// `every` steps and at the end, with the held-out loss beside them; the curve is `Run.Watch`.
+    let withWatch (measures: Watch list) (every: int) (e: Experiment) = { e with Watch = { e.Watch with Measures = measures; Every = every } }
+    /// A forgetting budget (`--forgetting-budget`): the run stops at the first watch whose rise of `measure` over the
+    /// base exceeds `limit` (an accuracy: whose change in points falls below `limit`, ≤ 0) and keeps the model of the last
+    /// watch within it (`Run.Budget` says so). Watches `measure` if it is not watched yet (every `Watching.Every` steps).
+    let withBudget (measure: Watch) (limit: float) (e: Experiment) =
+        { e with
+            Watch =
+                { e.Watch with
+                    Measures = (if List.contains measure e.Watch.Measures then e.Watch.Measures else e.Watch.Measures @ [ measure ])
+                    Budget = (e.Watch.Budget |> List.filter (fun (w, _) -> w <> measure)) @ [ measure, limit ] } }
     /// One experiment per method.
     let compare (methods: Method list) (e: Experiment) = methods |> List.map (fun m -> withMethod m e)
     /// One experiment per value, from a function of it (a sweep over α, a learning rate, λ, …).

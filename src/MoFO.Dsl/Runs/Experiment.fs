@@ -20,7 +20,10 @@ type Experiment =
       Settings: Settings
       /// the run's name in tables, JSON and claims (`Experiment.withLabel`); None: the method's label, followed by
       /// whatever tells it apart from the experiments it is run with (`Labels.distinguish`)
-      Label: string option }
+      Label: string option
+      /// forgetting watched while the run trains, and the budgets that stop it (`Experiment.withWatch`,
+      /// `Experiment.withBudget`); `Watching.None` by default
+      Watch: Watching }
 
 /// A model with its measured values: the base model or a fine-tuned one.
 type Run =
@@ -38,6 +41,13 @@ type Run =
       Train: TrainResult option
       Seed: int }
     member r.Item(m: Measure) = r.Values |> Map.tryFind m |> Option.defaultValue nan
+    /// The forgetting watch's curve (`Experiment.withWatch`): the base at step 0, then every watch — the step's training
+    /// loss, the held-out loss, each watched measure and its rise over the base. Empty when the run watched nothing.
+    member r.Watch : WatchPoint list =
+        if String.IsNullOrEmpty r.Dir || not (Directory.Exists r.Dir) then [] else ForgettingWatch.Curve r.Dir |> List.ofSeq
+    /// The forgetting budget that stopped the run (`Experiment.withBudget`): the measure, its rise, the limit, the step
+    /// that exceeded it and the step whose model the run kept; None when no budget stopped it.
+    member r.Budget : BudgetStop option = r.Train |> Option.bind (fun t -> Option.ofObj t.Budget)
 
 /// The identity of runs in the store, and the trainer's options of an experiment.
 module Identity =
@@ -51,7 +61,11 @@ module Identity =
             @ (if r.Precision <> Precision.Float32 || r.GradientCheckpointing then
                    [ string r.Precision; string r.BFloat16Update; string r.GradientCheckpointing ]
                else [])
-            @ (if r.OptimizerState <> MoFO.Optim.MomentStorage.Float32 then [ string r.OptimizerState ] else []))
+            @ (if r.OptimizerState <> MoFO.Optim.MomentStorage.Float32 then [ string r.OptimizerState ] else [])
+            // a budget changes the weights (the run stops early); a watch changes what the run folder holds (the curve)
+            @ (if e.Watch.Measures.IsEmpty then []
+               else [ "watch:" + String.Join(",", e.Watch.Measures |> List.map (fun w -> w.Name)) + $"/{e.Watch.Every}"
+                      "budget:" + String.Join(",", e.Watch.Budget |> List.map (fun (w, x) -> $"{w.Name}={Store.inv x}")) ]))
 
     /// The run's folder in the store (named with the learning rate the method runs at: `Recipe.lrFor`).
     let runDir (e: Experiment) = Store.folder "runs" $"{e.Data.Name}-{e.Method.Key}-lr{Store.inv (Recipe.lrFor e.Method e.Recipe)}-s{e.Seed}" (trainingKey e)
@@ -74,6 +88,8 @@ module Identity =
             ShowProgress = showProgress, SaveEvery = (match r.Steps with Some s when s >= 100 -> 50 | _ -> 0))
             .WithScale(r.Precision, r.BFloat16Update, r.GradientCheckpointing, Nullable())
             .WithOptimizerState(r.OptimizerState)
+            .WithWatch(e.Watch.Measures |> List.map (fun w -> w.Name) |> ResizeArray, e.Watch.Every,
+                       e.Watch.Budget |> List.map (fun (w, x) -> Collections.Generic.KeyValuePair(w.Name, x)) |> Collections.Generic.Dictionary)
 
     /// Checks an experiment's settings before anything runs (the recipe and method as Core validates them, and what
     /// only the recipe has): an OptionException on the field, which a script's guard names in its words (`Recipe.Lr`).
@@ -106,6 +122,9 @@ module Labels =
           (match r.OptimizerState with MoFO.Optim.MomentStorage.Blockwise8Bit -> "8-bit states" | _ -> "fp32 states")
           (match r.TrainLimit with Some n -> $"{n} examples" | None -> "all examples")
           (match r.SampleFraction with Some f -> $"{g (100.0 * f)} %% of the data" | None -> "all of the data")
+          (match e.Watch.Budget with
+           | [] -> "no budget"
+           | b -> "budget " + String.Join(", ", b |> List.map (fun (w, x) -> $"{w.Name} {g x}")))
           $"seed {e.Seed}" ]
 
     /// The label of one experiment on its own: its own label, else its method's.

@@ -107,6 +107,8 @@ module Recipe =
         | "LoraRank" -> Some "Method.LoRA's rank"
         | "LoraTargets" -> Some "Method.LoRA's targets"
         | "Method" -> Some "Experiment.Method"
+        | "WatchForgetting" | "WatchEvery" -> Some "Experiment.withWatch"
+        | "ForgettingBudget" -> Some "Experiment.withBudget"
         | _ -> None
 
     /// Checks what Core does not see of a recipe (the training limit, the sample fraction); an OptionException on the
@@ -142,3 +144,33 @@ type Scale =
         match s with
         | Paper p -> MoFO.Runtime.device p.Device
         | Tiny -> TorchSharp.torch.CPU
+
+/// A measure of forgetting a run can watch while it trains (`Experiment.withWatch`), as `mofo train --watch-forgetting`
+/// names it (Core's `ForgettingWatch`).
+[<RequireQualifiedAccess>]
+type Watch =
+    /// the mean token NLL on 64 seeded samples of the base model (the pretraining-loss proxy)
+    | PretrainProxy
+    /// the mean KL to the base at the answer positions of the first 64 held-out examples (the base's log-probabilities
+    /// computed once and kept in the run folder)
+    | KlToBase
+    /// the L2 distance of the weights from the base
+    | Distance
+    /// zero-shot acc_norm on the first `items` ARC-Easy test questions, in points
+    | ArcEasy of items: int
+    /// zero-shot acc_norm on the first `items` ARC-Challenge test questions, in points
+    | ArcChallenge of items: int
+    /// The name `--watch-forgetting` and `metrics.jsonl` use.
+    member w.Name =
+        match w with
+        | PretrainProxy -> "pretrain-proxy" | KlToBase -> "kl-to-base" | Distance -> "distance"
+        | ArcEasy n -> $"arc-easy:{n}" | ArcChallenge n -> $"arc-challenge:{n}"
+
+/// The forgetting watch of an experiment: what it measures, every how many steps (and at the end), and the budgets
+/// that stop the run (the rise allowed over the base; for accuracies the change allowed in points, ≤ 0).
+type Watching =
+    { Measures: Watch list
+      Every: int
+      Budget: (Watch * float) list }
+    /// Nothing watched (every `Defaults.WatchEvery` steps once something is).
+    static member None = { Measures = []; Every = Defaults.WatchEvery; Budget = [] }
