@@ -34,7 +34,7 @@ public sealed record MergeOptions(MergeMethod Method, IReadOnlyList<double>? Wei
     /// <summary>The weight of each of <paramref name="tasks"/> task vectors, checked.</summary>
     public double[] WeightsFor(int tasks)
     {
-        if (tasks < 1) throw new OptionException("Tuned", "Tuned: no fine-tuned model given (a merge needs at least one)");
+        if (tasks < 1) throw new OptionException("Tuned", "Tuned (none): no fine-tuned model given (a merge needs at least one)");
         if (Weights is null) return Enumerable.Repeat(1.0, tasks).ToArray();
         if (Weights.Count != tasks)
             throw new OptionException("Weights", $"Weights {string.Join(",", Weights)}: {Weights.Count} weight{(Weights.Count == 1 ? "" : "s")} for {tasks} fine-tuned model{(tasks == 1 ? "" : "s")} (give one per model, in their order)");
@@ -112,10 +112,10 @@ public static class TaskMerge
         CheckTasks(taus, weights);
         using var scope = NewDisposeScope();
         var weighted = stack(taus.Select((t, i) => t.mul(weights[i])).ToArray());
-        var elected = where(weighted.sum(0).ge(0), 1.0f, -1.0f);
+        var elected = where(weighted.sum(0L).ge(0), 1.0f, -1.0f);
         var agree = weighted.sign().eq(elected.unsqueeze(0));
-        var sum = weighted.mul(agree).sum(0);
-        var count = agree.sum(0, type: ScalarType.Float32).clamp_min(1);
+        var sum = weighted.mul(agree).sum(0L);
+        var count = agree.sum(0L, type: ScalarType.Float32).clamp_min(1);
         return sum.div_(count).MoveToOuterDisposeScope();
     }
 
