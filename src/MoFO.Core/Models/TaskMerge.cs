@@ -169,24 +169,16 @@ public static class TaskMerge
                 throw new ArgumentException($"task vectors of shapes [{string.Join(", ", taus[0].shape)}] and [{string.Join(", ", t.shape)}]", nameof(taus));
     }
 
-    /// <summary>The config fields that make two checkpoints one architecture (the dtype and the special token ids may
-    /// differ).</summary>
+    /// <summary>The config fields that may differ between checkpoints of one architecture: the dtype and the special
+    /// token ids.</summary>
     static readonly HashSet<string> Incidental = ["torch_dtype", "bos_token_id", "eos_token_id", "pad_token_id"];
 
-    /// <summary>Refuses fine-tunes that are not of the base's architecture: another config (the first differing field
-    /// named), other tensors, or another shape (the tensor named), with both models' files.</summary>
+    /// <summary>Refuses fine-tunes that are not of the base's architecture: other tensors (those named), another shape
+    /// or a non-floating tensor (the tensor named), or another config (the first differing field named), with both
+    /// models' files.</summary>
     public static void CheckCompatible(CausalLM baseModel, CausalLM tuned)
     {
         string Where(CausalLM m) => m.SourcePath ?? m.Name;
-        JsonObject a = baseModel.Module.Config.ToJson(), b = tuned.Module.Config.ToJson();
-        foreach (var key in a.Select(kv => kv.Key).Union(b.Select(kv => kv.Key)))
-        {
-            if (Incidental.Contains(key)) continue;
-            var x = a[key]?.ToJsonString() ?? "(none)";
-            var y = b[key]?.ToJsonString() ?? "(none)";
-            if (x != y)
-                throw new CheckpointException($"{key}: {x} in {Where(baseModel)}, {y} in {Where(tuned)}: the fine-tuned models must have the base's architecture");
-        }
         var sb = baseModel.Module.StateDict();
         var st = tuned.Module.StateDict();
         var onlyTuned = st.Keys.Where(k => !sb.ContainsKey(k)).ToList();
@@ -200,6 +192,16 @@ public static class TaskMerge
                 throw new CheckpointException($"{name}: shape [{string.Join(", ", w0.shape)}] in {Where(baseModel)}, [{string.Join(", ", w.shape)}] in {Where(tuned)}: the models must have one shape");
             if (!w0.is_floating_point() || !w.is_floating_point())
                 throw new CheckpointException($"{name}: {w0.dtype} in {Where(baseModel)}, {w.dtype} in {Where(tuned)}: only floating-point tensors can be merged");
+        }
+        // the same tensors can still compute another function (rope_theta, rms_norm_eps, the activation)
+        JsonObject a = baseModel.Module.Config.ToJson(), b = tuned.Module.Config.ToJson();
+        foreach (var key in a.Select(kv => kv.Key).Union(b.Select(kv => kv.Key)))
+        {
+            if (Incidental.Contains(key)) continue;
+            var x = a[key]?.ToJsonString() ?? "(none)";
+            var y = b[key]?.ToJsonString() ?? "(none)";
+            if (x != y)
+                throw new CheckpointException($"{key}: {x} in {Where(baseModel)}, {y} in {Where(tuned)}: the fine-tuned models must have the base's architecture");
         }
     }
 

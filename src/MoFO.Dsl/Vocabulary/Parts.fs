@@ -142,3 +142,16 @@ type Scale =
         match s with
         | Paper p -> MoFO.Runtime.device p.Device
         | Tiny -> TorchSharp.torch.CPU
+
+/// How `Experiment.merged` combines fine-tunes of one base by their task vectors τᵢ = θᵢ − θ_base (`mofo merge`;
+/// docs/methods.md "Merging").
+[<RequireQualifiedAccess>]
+type Merge =
+    /// θ_base + Σ wᵢ·τᵢ: one weight per fine-tune, the experiment's own first, then the others' in their order
+    | TaskArithmetic of weights: float list
+    /// TIES: each τᵢ trimmed to its top-`density` fraction by magnitude, a sign elected per entry (that of Σ τ̂ᵢ), the
+    /// entries that agree with it averaged
+    | Ties of density: float
+    /// DARE: each entry of each τᵢ kept with probability `density` and rescaled by 1/density (drawn from `seed`), then
+    /// summed
+    | Dare of density: float * seed: int
