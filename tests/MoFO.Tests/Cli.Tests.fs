@@ -83,12 +83,13 @@ let flags =
             let cmds = flagged ()
             let names = cmds |> List.map fst
             for expected in [ "TrainArgs"; "PlanArgs"; "ContinualArgs"; "EvalArgs"; "EvalSamplesArgs"; "GenerateArgs"; "ConvertArgs"; "InitArgs"; "AverageArgs"
-                              "ReproArgs"; "BenchModelArgs"; "BenchOptimArgs"; "BenchMemoryArgs" ] do
+                              "MergeArgs"; "ReproArgs"; "BenchModelArgs"; "BenchOptimArgs"; "BenchMemoryArgs" ] do
                 Expect.contains names expected $"{expected} takes its flags from Flag definitions"
             let shared = MoFO.Dsl.Cli.Flags.all
             Expect.equal (shared |> List.map (fun f -> f.Name) |> List.distinct).Length shared.Length "each shared flag is defined once"
-            // the one command whose flag means something else under a shared spelling: continual's --epochs (one per task)
-            let own = set [ "ContinualArgs", "--epochs" ]
+            // the commands whose flag means something else under a shared spelling: continual's --epochs (one per task) and
+            // merge's --method (the merging rule, not a fine-tuning method)
+            let own = set [ "ContinualArgs", "--epochs"; "MergeArgs", "--method" ]
             let mutable uses = Map.empty
             for name, p in cmds do
                 for c in p.GetArgumentCases() do
