@@ -83,12 +83,13 @@ let flags =
             let cmds = flagged ()
             let names = cmds |> List.map fst
             for expected in [ "TrainArgs"; "PlanArgs"; "ContinualArgs"; "EvalArgs"; "EvalSamplesArgs"; "GenerateArgs"; "ConvertArgs"; "InitArgs"; "AverageArgs"
-                              "ReproArgs"; "BenchModelArgs"; "BenchOptimArgs"; "BenchMemoryArgs" ] do
+                              "MergeArgs"; "ReproArgs"; "BenchModelArgs"; "BenchOptimArgs"; "BenchMemoryArgs" ] do
                 Expect.contains names expected $"{expected} takes its flags from Flag definitions"
             let shared = MoFO.Dsl.Cli.Flags.all
             Expect.equal (shared |> List.map (fun f -> f.Name) |> List.distinct).Length shared.Length "each shared flag is defined once"
-            // the one command whose flag means something else under a shared spelling: continual's --epochs (one per task)
-            let own = set [ "ContinualArgs", "--epochs" ]
+            // the commands whose flag means something else under a shared spelling: continual's --epochs (one per task) and
+            // merge's --method (the merging rule, not a fine-tuning method)
+            let own = set [ "ContinualArgs", "--epochs"; "MergeArgs", "--method" ]
             let mutable uses = Map.empty
             for name, p in cmds do
                 for c in p.GetArgumentCases() do
@@ -135,6 +136,8 @@ let flags =
                   [ "init"; "--like"; "llama-2-7b"; "--output"; "o"; "--dtype"; "fp16" ], "mofo: --dtype: 'fp16' is not one of bf16, fp32"
                   [ "convert"; "--model"; "m"; "--to-hf"; "o"; "--shard-size-mb"; "0" ], "mofo: --shard-size-mb 0: must be at least 1"
                   [ "average"; "--base"; "a"; "--tuned"; "b"; "--output"; "o"; "--t"; "half" ], "mofo: --t: 'half' is not a number"
+                  [ "merge"; "--method"; "ties"; "--base"; "a"; "--tuned"; "b"; "--output"; "o"; "--density"; "dense" ], "mofo: --density: 'dense' is not a number"
+                  [ "merge"; "--method"; "dare"; "--base"; "a"; "--tuned"; "b"; "--output"; "o"; "--seed"; "x" ], "mofo: --seed: 'x' is not an integer"
                   [ "repro"; "table2"; "--scale"; "huge" ], "mofo: --scale: 'huge' is not one of tiny, paper"
                   [ "bench"; "model"; "--seq-len"; "long" ], "mofo: --seq-len: 'long' is not an integer"
                   [ "bench"; "memory"; "--like"; "gpt-5" ], "mofo: --like: 'gpt-5' is not one of tinyllama-1.1b" ] do
@@ -144,6 +147,7 @@ let flags =
         test "Cli.flags.required: a missing mandatory flag is one line naming it, exit 2; --help still prints the usage" {
             Expect.stringStarts (oneLine [ "train"; "--model"; "m"; "--data"; "d"; "--output"; "o" ]) "mofo: --format is required: tulu, alpaca" "names the flag and what it takes"
             Expect.stringStarts (oneLine [ "average"; "--base"; "a"; "--output"; "o" ]) "mofo: --tuned is required" "average"
+            Expect.stringStarts (oneLine [ "merge"; "--method"; "ties"; "--base"; "a"; "--output"; "o" ]) "mofo: --tuned is required" "merge"
             Expect.stringStarts (oneLine [ "train"; "--model"; "m"; "--batch-size" ]) "mofo: argument '--batch-size' must be followed by" "a flag without its value"
             let code, out, _ = mofo [| "train"; "--help" |]
             Expect.equal code 0 "--help exits 0"

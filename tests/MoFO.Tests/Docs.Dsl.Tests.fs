@@ -131,7 +131,7 @@ let private docLines () = File.ReadAllLines(docPath ())
 /// The types whose every record field (`(x: T).Field`) or union case (`T.Case`) the page must give a signature, by the
 /// name the page uses for them.
 let private types : (string * Type) list =
-    [ "Experiment", typeof<Experiment>; "Run", typeof<Run>; "Method", typeof<Method>; "ModelSource", typeof<ModelSource>
+    [ "Experiment", typeof<Experiment>; "Run", typeof<Run>; "Method", typeof<Method>; "ModelSource", typeof<ModelSource>; "Merge", typeof<Merge>
       "Dataset", typeof<Dataset>; "Scale", typeof<Scale>; "PaperPaths", typeof<PaperPaths>; "Recipe", typeof<Recipe>
       "Settings", typeof<Settings>; "Measure", typeof<Measure>; "Column", typeof<Column>; "Table", typeof<Table>
       "PaperTable", typeof<PaperTable>; "Frontier.Point", typeof<Frontier.Point>; "Frontier.Matched", typeof<Frontier.Matched>

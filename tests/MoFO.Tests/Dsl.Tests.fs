@@ -215,6 +215,33 @@ let tests =
             Expect.isTrue (straight = resumed) "bit-identical weights after resume"
         }
 
+        testSequenced <| test "Dsl.Experiment.merged: two fine-tunes merged by TIES and measured like a run, cached in the first run's folder; weights that do not match and another base are refused" {
+            let stories = requireAsset MoFO.DataRoot.Assets.Stories260K
+            let e = smokeExperiment 3 [ Measure.Distance ]
+            let other = Experiment.withMethod Method.FullFT e
+            withCache (fun cache ->
+                let r = Experiment.merged (Merge.Ties 0.5) [ other ] e
+                let first = Experiment.runWith false e
+                Expect.stringStarts r.Dir (Path.Combine(first.Dir, "merge-ties-d0.5-")) "kept in the experiment's run folder"
+                Expect.isTrue (File.Exists(Path.Combine(r.ModelPath, "config.json"))) "an HF folder"
+                Expect.stringEnds r.Label " · TIES d=0.5" "the label names the rule"
+                Expect.stringContains r.Label $"{first.Label} + " "and the runs, the experiment's first"
+                Expect.notEqual r.Key first.Key "its own key"
+                Expect.isGreaterThan r[Measure.Distance] 0.0 "the merged model moved from the base"
+                let stamp = File.GetLastWriteTimeUtc(Path.Combine(r.ModelPath, "model.safetensors"))
+                let again = Experiment.merged (Merge.Ties 0.5) [ other ] e
+                Expect.equal (File.GetLastWriteTimeUtc(Path.Combine(again.ModelPath, "model.safetensors"))) stamp "the merge comes from the cache"
+                Expect.equal again.Values r.Values "the same measures"
+                let dare = Experiment.merged (Merge.Dare (0.5, 0)) [ other ] e
+                Expect.notEqual dare.Dir r.Dir "another rule, another folder"
+                let err = throwsWith<ArgumentException> (fun () -> Experiment.merged (Merge.TaskArithmetic [ 1.0 ]) [ other ] e |> ignore)
+                Expect.stringContains err.Message "1 weight for 2 fine-tuned models" "one weight per fine-tune"
+                let copy = Path.Combine(cache, "copy.bin")
+                File.Copy(stories, copy)
+                let err = throwsWith<ArgumentException> (fun () -> Experiment.merged (Merge.Ties 0.2) [ { other with Model = ModelSource.Llama2c copy } ] e |> ignore)
+                Expect.stringContains err.Message "copy.bin is not stories260K" "another base model is named")
+        }
+
         testSequenced <| test "Dsl.Experiment.baseline: the base model's task measures are cached per task, not shared between tasks" {
             requireAsset MoFO.DataRoot.Assets.Stories260K |> ignore
             let e = smokeExperiment 3 [ Measure.TaskLoss ]

@@ -23,6 +23,21 @@ public static class HfFolder
         return files;
     }
 
+    /// <summary><see cref="Save"/> into a folder beside <paramref name="output"/>, renamed to it when complete: a failed
+    /// write leaves no half folder. <paramref name="output"/> must be absent or empty (the caller checks).</summary>
+    public static void SaveAtomically(CausalLM lm, string output)
+    {
+        var full = Path.GetFullPath(output);
+        var tmp = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}-{Guid.NewGuid():N}");
+        try
+        {
+            Save(lm, tmp);
+            if (Directory.Exists(full)) Directory.Delete(full);   // empty
+            Directory.Move(tmp, full);
+        }
+        finally { if (Directory.Exists(tmp)) Directory.Delete(tmp, true); }
+    }
+
     /// <summary>HF's name of a dtype (config.json's <c>torch_dtype</c>).</summary>
     public static string TorchDtypeName(ScalarType t) => t switch
     {

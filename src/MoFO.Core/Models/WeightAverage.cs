@@ -45,15 +45,6 @@ public static class WeightAverage
         using var tuned = ModelLoader.Load(tunedPath, null, device);
         using var baseModel = ModelLoader.Load(basePath, null, device, tuned.Module.DType);
         Interpolate(baseModel, tuned, t);
-        // written beside the output and renamed: a failed write leaves no half folder
-        var full = Path.GetFullPath(output);
-        var tmp = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}-{Guid.NewGuid():N}");
-        try
-        {
-            HfFolder.Save(tuned, tmp);
-            if (Directory.Exists(full)) Directory.Delete(full);   // empty (checked by the caller)
-            Directory.Move(tmp, full);
-        }
-        finally { if (Directory.Exists(tmp)) Directory.Delete(tmp, true); }
+        HfFolder.SaveAtomically(tuned, output);
     }
 }

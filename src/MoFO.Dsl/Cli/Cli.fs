@@ -43,6 +43,7 @@ type MofoArgs =
     | [<CliPrefix(CliPrefix.None)>] Convert of ParseResults<Convert.ConvertArgs>
     | [<CliPrefix(CliPrefix.None)>] Init of ParseResults<Init.InitArgs>
     | [<CliPrefix(CliPrefix.None)>] Average of ParseResults<Average.AverageArgs>
+    | [<CliPrefix(CliPrefix.None)>] Merge of ParseResults<Merge.MergeArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
     | [<CliPrefix(CliPrefix.None)>] Repro of ParseResults<Repro.ReproArgs>
     | [<CliPrefix(CliPrefix.None)>] Methods of ParseResults<MethodsArgs>
@@ -55,6 +56,7 @@ type MofoArgs =
             | Generate _ -> "generate text from an HF model folder or a llama2.c .bin."
             | Convert _ -> "save a model (llama2.c .bin or HF folder) as an HF folder (config.json, safetensors, tokenizer)."
             | Average _ -> "interpolate a fine-tuned model with its base, θ = (1 − t)·θ_base + t·θ_tuned (WiSE-FT), into an HF folder."
+            | Merge _ -> "merge fine-tunes of one base by their task vectors τᵢ = θᵢ − θ_base (task arithmetic, TIES, DARE) into an HF folder."
             | Init _ -> "write a random-weight HF folder of a real model's exact shape (tinyllama-1.1b, pythia-160m, llama-2-7b) for rehearsals."
             | Repro _ -> "run a reproduction of the paper (table1..table6, figure-landscape, figure-fraction, frontier, toy-example, convergence, all): mofo repro <name> [--scale tiny|paper] [--seed N] [--config paper.json] [--strict] [--smoke] [--out DIR]."
             | Bench _ -> "benchmarks: model (forward tokens/s), optim (optimizer step time)."
@@ -117,6 +119,7 @@ let run (argv: string[]) =
         | Some (MofoArgs.Convert c) -> Common.command c Convert.run
         | Some (MofoArgs.Init i) -> Common.command i Init.run
         | Some (MofoArgs.Average v) -> Common.command v Average.run
+        | Some (MofoArgs.Merge m) -> Common.command m Merge.run
         | Some (MofoArgs.Repro r) -> Common.command r Repro.run
         | Some (MofoArgs.Plan p) -> Common.command p Plan.run
         | Some (MofoArgs.Bench b) ->

@@ -74,6 +74,36 @@ module Experiment =
         let task = lazy (Some (snd (Datasets.load e.Data e.Recipe.MaxLength)))
         let values = Training.evaluate dir model e.Model.Path e.Scale.Device task e.Settings e.Measures
         { tuned with Label = $"{tuned.Label} · WiSE t={t}"; Key = Identity.keyOf dir; ModelPath = model; Dir = dir; Values = values }
+    /// `mofo merge`'s options for a `Merge` of n fine-tunes, a tag for its folder and its label.
+    let private mergeOf (how: Merge) =
+        let inv (x: float) = x.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)
+        match how with
+        | Merge.TaskArithmetic ws ->
+            MoFO.Models.MergeOptions(MoFO.Models.MergeMethod.TaskArithmetic, List.toArray ws),
+            "ta-" + String.Join("_", ws |> List.map inv), "task arithmetic " + String.Join(",", ws |> List.map inv)
+        | Merge.Ties d -> MoFO.Models.MergeOptions(MoFO.Models.MergeMethod.Ties, null, d), $"ties-d{inv d}", $"TIES d={inv d}"
+        | Merge.Dare (d, seed) ->
+            MoFO.Models.MergeOptions(MoFO.Models.MergeMethod.Dare, null, d, int64 seed), $"dare-d{inv d}-s{seed}", $"DARE d={inv d} seed {seed}"
+    /// Model merging (`mofo merge`): the experiment's fine-tune and the others' (each trained, cached), all of one base
+    /// model, merged by their task vectors τᵢ = θᵢ − θ_base and measured like a run. The merged folder is kept in the
+    /// experiment's run folder (`merge-<rule>-<hash of the others' runs>/`) and its measures cached there.
+    let merged (how: Merge) (others: Experiment list) (e: Experiment) : Run =
+        for o in others do
+            if o.Model.Path <> e.Model.Path then
+                raise (ArgumentException $"Experiment.merged: {o.Model.Label} is not {e.Model.Label}, the base model of the experiment: fine-tunes of one base are merged")
+        let options, tag, how = mergeOf how
+        let runs = (e :: others) |> List.map (Training.runWith false)
+        options.Check runs.Length
+        let tuned = runs.Head
+        let dir = IO.Path.Combine(tuned.Dir, $"merge-{tag}-{Store.hash (String.Join('|', runs.Tail |> List.map (fun r -> r.Key)))}")
+        let model = IO.Path.Combine(dir, "model")
+        if not (IO.File.Exists(IO.Path.Combine(model, "config.json"))) && MoFO.Distributed.Job.IsRoot then
+            if IO.Directory.Exists model then IO.Directory.Delete(model, true)
+            MoFO.Models.TaskMerge.Write(e.Model.Path, runs |> List.map (fun r -> r.ModelPath) |> List.toArray, options, model, e.Scale.Device)
+        let task = lazy (Some (snd (Datasets.load e.Data e.Recipe.MaxLength)))
+        let values = Training.evaluate dir model e.Model.Path e.Scale.Device task e.Settings e.Measures
+        let label = String.Join(" + ", runs |> List.map (fun r -> r.Label)) + $" · {how}"
+        { tuned with Label = label; Key = Identity.keyOf dir; ModelPath = model; Dir = dir; Values = values }
     /// A row from an lm-evaluation-harness results JSON (a model evaluated elsewhere, or by `mofo eval --output`): its
     /// benchmark numbers as MoFO.NET's measures (`LmEval.measuresOf`), to put beside runs in a table.
     let fromLmEval (label: string) (file: string) : Run =

@@ -145,6 +145,7 @@ type Scale =
         | Paper p -> MoFO.Runtime.device p.Device
         | Tiny -> TorchSharp.torch.CPU
 
+<<<<<<< HEAD
 /// A measure of forgetting a run can watch while it trains (`Experiment.withWatch`), as `mofo train --watch-forgetting`
 /// names it (Core's `ForgettingWatch`).
 [<RequireQualifiedAccess>]
@@ -174,3 +175,17 @@ type Watching =
       Budget: (Watch * float) list }
     /// Nothing watched (every `Defaults.WatchEvery` steps once something is).
     static member None = { Measures = []; Every = Defaults.WatchEvery; Budget = [] }
+=======
+/// How `Experiment.merged` combines fine-tunes of one base by their task vectors τᵢ = θᵢ − θ_base (`mofo merge`;
+/// docs/methods.md "Merging").
+[<RequireQualifiedAccess>]
+type Merge =
+    /// θ_base + Σ wᵢ·τᵢ: one weight per fine-tune, the experiment's own first, then the others' in their order
+    | TaskArithmetic of weights: float list
+    /// TIES: each τᵢ trimmed to its top-`density` fraction by magnitude, a sign elected per entry (that of Σ τ̂ᵢ), the
+    /// entries that agree with it averaged
+    | Ties of density: float
+    /// DARE: each entry of each τᵢ kept with probability `density` and rescaled by 1/density (drawn from `seed`), then
+    /// summed
+    | Dare of density: float * seed: int
+>>>>>>> h-merge
