@@ -145,7 +145,6 @@ type Scale =
         | Paper p -> MoFO.Runtime.device p.Device
         | Tiny -> TorchSharp.torch.CPU
 
-<<<<<<< HEAD
 /// A measure of forgetting a run can watch while it trains (`Experiment.withWatch`), as `mofo train --watch-forgetting`
 /// names it (Core's `ForgettingWatch`).
 [<RequireQualifiedAccess>]
@@ -175,7 +174,7 @@ type Watching =
       Budget: (Watch * float) list }
     /// Nothing watched (every `Defaults.WatchEvery` steps once something is).
     static member None = { Measures = []; Every = Defaults.WatchEvery; Budget = [] }
-=======
+
 /// How `Experiment.merged` combines fine-tunes of one base by their task vectors τᵢ = θᵢ − θ_base (`mofo merge`;
 /// docs/methods.md "Merging").
 [<RequireQualifiedAccess>]
@@ -188,4 +187,3 @@ type Merge =
     /// DARE: each entry of each τᵢ kept with probability `density` and rescaled by 1/density (drawn from `seed`), then
     /// summed
     | Dare of density: float * seed: int
->>>>>>> h-merge
