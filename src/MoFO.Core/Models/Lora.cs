@@ -286,8 +286,11 @@ public sealed class PissaLinear : LoraLinear
     internal PissaLinear(string name, Linear target, Tensor a, Tensor b, double scale, double dropout, int index, LoraAdapters owner)
         : base(name, target, a, b, scale, dropout, index, owner)
     {
-        a0 = a.detach().clone();
-        b0 = b.detach().clone();
+        using (no_grad())
+        {
+            a0 = A.detach().clone();   // the parameters took a's and b's handles
+            b0 = B.detach().clone();
+        }
         register_buffer("pissa_initial_A", a0, false);
         register_buffer("pissa_initial_B", b0, false);
     }
@@ -350,7 +353,7 @@ public sealed class PissaLinear : LoraLinear
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         var now = b0.to(ScalarType.Float32).matmul(a0.to(ScalarType.Float32)).mul_(scaleScalar);
-        if (!now.equal(_residualOf).item<bool>())
+        if (!now.eq(_residualOf).all().item<bool>())
         {
             var w = base_layer.weight!;
             w.copy_(w.to(ScalarType.Float32).add_(_residualOf).sub_(now));
@@ -478,7 +481,7 @@ public sealed class LoraAdapters : IDisposable
                     LoraVariant.Pissa => new PissaLinear(name, layer, a, b, spec.Scale, spec.Dropout, index, set),
                     _ => new LoraLinear(name, layer, a, b, spec.Scale, spec.Dropout, index, set),
                 };
-                if (adapter is PissaLinear) w.copy_(w.to(ScalarType.Float32).sub_(b.to(ScalarType.Float32).matmul(a.to(ScalarType.Float32)).mul_(spec.Scale)));
+                if (adapter is PissaLinear) w.copy_(w.to(ScalarType.Float32).sub_(adapter.B.to(ScalarType.Float32).matmul(adapter.A.to(ScalarType.Float32)).mul_(spec.Scale)));
                 set._adapters.Add(adapter);
                 ModuleTree.Replace(module, name, adapter);
             }
