@@ -216,6 +216,58 @@ let tests =
             Expect.isLessThan (maxDiff (logitsOf fresh) adapted) 1e-4 "the original model + the converted adapter = the trained PiSSA model"
         }
 
+        test "LoraVariants.pissa.checkpoint: a checkpoint holds A, B, A₀ and B₀; read into adapters whose SVD came out otherwise, it rebuilds the residual from its own A₀, B₀ (the same model)" {
+            use dir = new TempDir()
+            let spec = LoraSpec(Rank = 2, Targets = [ "v_proj"; "up_proj" ], Variant = LoraVariant.Pissa)
+            use lm1 = ModelLoader.Load(stories ())
+            use set1 = LoraAdapters.Attach(lm1.Module, spec, 0L)
+            perturb set1
+            let expected = logitsOf lm1
+            let tensors = set1.CheckpointTensors()
+            Expect.equal tensors.Count (4 * 2 * 5) "A, B, A₀, B₀ per adapted layer"
+            Expect.isTrue (tensors.ContainsKey "base_model.model.model.layers.0.self_attn.v_proj.pissa_initial_A") "A₀ under its key"
+            let file = dir.File "adapter_model.safetensors"
+            SafeTensors.Save(file, tensors, Collections.Generic.Dictionary<string, string>(dict [ "format", "pt" ]))
+            use lm2 = ModelLoader.Load(stories ())
+            use set2 = LoraAdapters.Attach(lm2.Module, spec, 0L)
+            do
+                // another SVD: A₀ moved, the residual moved with it (still the same model W)
+                use _ = torch.no_grad()
+                torch.manual_seed 11L |> ignore
+                for a in set2.Adapters do
+                    let p = a :?> PissaLinear
+                    let delta = torch.randn_like(p.InitialA) * torch.tensor 0.1
+                    p.InitialA.add_(delta) |> ignore
+                    p.A.copy_(p.InitialA) |> ignore
+                    p.Base.weight.sub_(p.B.matmul(delta) * torch.tensor p.Scale) |> ignore
+            set2.LoadWeights file
+            let d = maxDiff (logitsOf lm2) expected
+            Expect.isLessThan d 1e-5 $"the resumed adapters on the rebuilt residual are the saved model (largest |difference| {d:G3})"
+            let w1, w2 = lm1.Module.StateDict(), lm2.Module.StateDict()
+            for KeyValue (k, v) in w1 do Expect.isLessThan (maxDiff w2[k] v) 1e-6 $"{k}: the same residual base"
+        }
+
+        test "LoraVariants.errors: a PiSSA rank above a target's, L2 with DoRA, and an unconverted PEFT PiSSA folder are usage / checkpoint errors" {
+            use dir = new TempDir()
+            let run extra = mofo ([ "train"; "--model"; stories (); "--data"; requireAsset DataRoot.Assets.DprTrain; "--format"; "dpr"; "--output"; dir.File (Guid.NewGuid().ToString "N"); "--steps"; "1"; "--batch-size"; "4" ] @ extra)
+            let code, _, err = run [ "--method"; "pissa"; "--lora-rank"; "40" ]
+            Expect.equal code 2 err
+            Expect.stringContains err "--lora-rank" "the flag is named"
+            let code, _, err = run [ "--method"; "dora"; "--l2-lambda"; "0.001" ]
+            Expect.equal code 2 err
+            let folder = dir.File "peft-pissa"
+            do
+                use lm = ModelLoader.Load(stories ())
+                use set = LoraAdapters.Attach(lm.Module, LoraSpec(Rank = 2), 0L)
+                set.Save folder
+            let cfg = Path.Combine(folder, "adapter_config.json")
+            File.WriteAllText(cfg, File.ReadAllText(cfg).Replace("\"init_lora_weights\": true", "\"init_lora_weights\": \"pissa\""))
+            use lm = ModelLoader.Load(stories ())
+            let e = throwsWith<CheckpointException> (fun () -> LoraAdapters.Load(lm.Module, folder) |> ignore)
+            Expect.stringContains e.Message "init_lora_weights" "the field is named"
+            Expect.isNull (LoraAdapters.Of lm.Module) "nothing attached"
+        }
+
         test "LoraVariants.dora.files: PEFT's DoRA folder (use_dora, keys base_model.model.<layer>.lora_A.weight / lora_B.weight / lora_magnitude_vector [out]) loads back to the same model" {
             use dir = new TempDir()
             use lm = ModelLoader.Load(stories ())
@@ -263,6 +315,20 @@ let tests =
             Expect.equal (dora.Part "adapters" - lora.Part "adapters") (4L * outs) "DoRA: m [out] per layer, float32"
             Expect.equal (pissa.Part "adapters") (2L * lora.Part "adapters") "PiSSA: A₀ and B₀ beside A and B"
             Expect.isGreaterThan (dora.Part "activations") (lora.Part "activations") "DoRA keeps the base output and B·A·x for m's gradient"
+            // measured: the tensors an attached set holds and the gradients of one backward are the plan's parts
+            let bytes (t: torch.Tensor) = t.numel() * int64 (t.ElementSize)
+            for variant in [ LoraVariant.Dora; LoraVariant.Pissa ] do
+                use lm = ModelLoader.Load(stories ())
+                let o = TrainingOptions(Method = Methods.Parse(variant.ToString().ToLowerInvariant(), lora = LoraSpec(Rank = 4)), LearningRate = 1e-3,
+                                        Steps = Nullable 1, BatchSize = 2, MaxLength = 32, ShowProgress = false)
+                let plan = MemoryPlanner.Plan(MemoryPlanner.InputOf(stories (), o))
+                use trained = TrainedSet.Attach(lm, o.Method, o.Seed)
+                let set = LoraAdapters.Of lm.Module
+                let kept = set.Adapters |> Seq.sumBy (fun a -> match a with :? PissaLinear as p -> bytes p.InitialA + bytes p.InitialB | _ -> 0L)
+                Expect.equal (set.Parameters |> Seq.sumBy (fun struct (_, p) -> bytes p) |> (+) kept) (plan.Part "adapters") $"{variant}: the adapters' bytes"
+                let ids = torch.tensor([| 1L; 400L; 300L; 25L; 77L; 9L; 130L; 2L |]).view(1L, 8L)
+                (lm.Logits ids).square().mean().backward()
+                Expect.equal (set.Parameters |> Seq.sumBy (fun struct (_, p) -> bytes p.grad)) (plan.Part "gradients") $"{variant}: their gradients"
         }
 
         test "LoraVariants.train: mofo train --method dora|pissa --steps 8 on DPR runs end to end; the merged folder equals the original base with its adapter folder attached" {

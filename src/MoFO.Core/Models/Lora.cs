@@ -458,6 +458,8 @@ public sealed class LoraAdapters : IDisposable
         spec.Validate();
         if (Of(module) is not null) throw new InvalidOperationException("the model already has LoRA adapters attached");
         var layers = Targets(module, spec);
+        if (spec.Variant == LoraVariant.Pissa && layers.FirstOrDefault(l => spec.Rank > l.Layer.weight!.shape.Min()) is { Layer: not null } small)
+            throw new OptionException("LoraRank", $"LoraRank {spec.Rank}: PiSSA takes r singular triplets, more than {small.Name} [{string.Join(", ", small.Layer.weight!.shape)}] has");
         var set = new LoraAdapters(module, spec);
         set.Freeze();
         using var g = new Generator((ulong)seed);
@@ -468,8 +470,6 @@ public sealed class LoraAdapters : IDisposable
             {
                 var w = layer.weight!;
                 long outF = w.shape[0], inF = w.shape[1];
-                if (spec.Variant == LoraVariant.Pissa && spec.Rank > Math.Min(outF, inF))
-                    throw new OptionException("LoraRank", $"LoraRank {spec.Rank}: PiSSA takes r singular triplets, more than {name} [{outF}, {inF}] has");
                 var bound = 1.0 / Math.Sqrt(inF);
                 var (a, b) = spec.Variant == LoraVariant.Pissa ? PissaLinear.Factors(w, spec.Rank, spec.Scale)
                              : (torch.empty(spec.Rank, inF, w.dtype, w.device).uniform_(-bound, bound, g), torch.zeros(outF, spec.Rank, w.dtype, w.device));
@@ -481,7 +481,8 @@ public sealed class LoraAdapters : IDisposable
                     LoraVariant.Pissa => new PissaLinear(name, layer, a, b, spec.Scale, spec.Dropout, index, set),
                     _ => new LoraLinear(name, layer, a, b, spec.Scale, spec.Dropout, index, set),
                 };
-                if (adapter is PissaLinear) w.copy_(w.to(ScalarType.Float32).sub_(adapter.B.to(ScalarType.Float32).matmul(adapter.A.to(ScalarType.Float32)).mul_(spec.Scale)));
+                if (adapter is PissaLinear)
+                    using (NewDisposeScope()) w.copy_(w.to(ScalarType.Float32).sub_(adapter.B.to(ScalarType.Float32).matmul(adapter.A.to(ScalarType.Float32)).mul_(spec.Scale)));
                 set._adapters.Add(adapter);
                 ModuleTree.Replace(module, name, adapter);
             }
