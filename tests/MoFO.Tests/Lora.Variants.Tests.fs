@@ -115,6 +115,39 @@ let tests =
             Expect.isLessThan (maxDiff (logitsOf lm) adapted) 1e-4 "merging keeps the adapted model's logits"
         }
 
+        test "LoraVariants.dora.dropout: in training with dropout the forward is PEFT's, base(x) + (m/‖V‖ − 1)·W·x' + (m/‖V‖)·s·B·A·x' with x' the dropped input (recovered by solving, each entry 0 or x/(1 − p)); eval mode drops nothing" {
+            use lm = ModelLoader.Load(stories ())
+            use set = LoraAdapters.Attach(lm.Module, LoraSpec(Rank = 2, Dropout = 0.3, Targets = [ "q_proj" ], Variant = LoraVariant.Dora), 0L)
+            let d = set.Adapters[0] :?> DoraLinear
+            lm.Module.train()
+            set.DropoutSeed <- 17L
+            torch.manual_seed 2L |> ignore
+            let x = torch.randn(4L, d.Base.weight.shape[1])
+            let w = f64 d.Base.weight
+            do
+                use _ = torch.no_grad()
+                d.Magnitude.mul_(torch.tensor 2.0) |> ignore          // B = 0, m = 2‖W‖: y = W·x + W·x'
+            let y = f64 (d.forward x)
+            let dropped = torch.linalg.solve(w, (y - (f64 x).matmul(w.t())).t()).t()
+            let kept = (f64 x) / torch.tensor(0.7, dtype = torch.ScalarType.Float64)
+            let zero, full = dropped.abs().lt(torch.tensor 1e-3), (dropped - kept).abs().lt(torch.tensor 1e-3)
+            Expect.isTrue (zero.logical_or(full).all().item<bool>()) "every entry of x' is 0 or x/(1 − p)"
+            let isDropped = dropped.abs().lt((dropped - kept).abs())
+            let share = isDropped.``to``(torch.ScalarType.Float64).mean().item<float>()
+            Expect.isTrue (share > 0.1 && share < 0.5) $"about p of them dropped ({share:F2})"
+            let xd = torch.where(isDropped, torch.zeros_like(kept), kept)
+            perturb set
+            let y2 = d.forward x                                       // the same seed: the same mask
+            let _, v, norm = doraByHand d.Base.weight d.A d.B d.Magnitude d.Scale
+            let ratio = (f64 d.Magnitude / norm).unsqueeze(0L)
+            let s = torch.tensor(d.Scale, dtype = torch.ScalarType.Float64)
+            let byHand = (f64 x).matmul(w.t()) + (ratio - torch.tensor 1.0) * xd.matmul(w.t()) + ratio * xd.matmul((f64 d.A).t()).matmul((f64 d.B).t()) * s
+            Expect.isLessThan (maxDiff y2 byHand) 1e-5 $"PEFT's dropout forward by hand (largest |difference| {maxDiff y2 byHand:G3})"
+            lm.Module.eval()
+            let merged, _, _ = doraByHand d.Base.weight d.A d.B d.Magnitude d.Scale
+            Expect.isLessThan (maxDiff (d.forward x) ((f64 x).matmul(merged.t()))) 1e-5 "eval: no dropout, x·W'ᵀ"
+        }
+
         test "LoraVariants.dora.gradient: with the norm detached (PEFT, DoRA §4.3), ∂L/∂m, ∂L/∂B and ∂L/∂A are those of y = (m/‖V‖) ⊙ V·x with ‖V‖ a constant, by hand in float64" {
             use lm = ModelLoader.Load(stories ())
             use set = LoraAdapters.Attach(lm.Module, LoraSpec(Rank = 3, Alpha = 4.0, Targets = [ "k_proj" ], Variant = LoraVariant.Dora), 0L)
