@@ -50,7 +50,7 @@ let vocabulary =
             use lm = MoFO.Models.ModelLoader.Load(stories ())
             let classes =
                 dict [ "mofo", "MoFOOptimizer"; "adamw", "AdamW"; "lion", "Lion"; "hft", "HFT"; "grad-bcd", "GradientFilteredBCD"
-                       "random-bcd", "RandomizedBCD"; "gd-mofo", "GDMoFO"; "lora", "AdamW"; "l1", "AdamW"; "l2", "AdamW" ]
+                       "random-bcd", "RandomizedBCD"; "gd-mofo", "GDMoFO"; "lora", "AdamW"; "dora", "AdamW"; "pissa", "AdamW"; "l1", "AdamW"; "l2", "AdamW" ]
             for name in Methods.Names do
                 let o = TrainingOptions(Method = Methods.Parse name, LearningRate = 1e-3)
                 use trained = TrainedSet.Attach(lm, o.Method, o.Seed)
@@ -63,8 +63,8 @@ let vocabulary =
                 match MoFO.Models.LoraAdapters.Of lm.Module with
                 | null -> ()
                 | _ ->
-                    Expect.equal name "lora" "only LoRA attaches adapters"
-                    Expect.equal opt.Blocks.Count (2 * 5 * 7) $"{name}: the optimizer holds A and B of 7 projections × 5 layers"
+                    Expect.contains [ "lora"; "dora"; "pissa" ] name "only the adapter methods attach adapters"
+                    Expect.equal opt.Blocks.Count ((if name = "dora" then 3 else 2) * 5 * 7) $"{name}: the optimizer holds A and B (DoRA: and m) of 7 projections × 5 layers"
         }
 
         test "House.vocabulary.gdMoFO: a method added in one line of the vocabulary trains from the CLI" {

@@ -134,12 +134,21 @@ public static class Methods
     /// <summary>The name of LoRA (<see cref="LoraSpec"/>: adapters trained by a member, the base frozen).</summary>
     public const string LoraName = "lora";
 
+    /// <summary>The adapter methods: LoRA and its variants (<see cref="LoraVariant"/>), each with LoRA's settings
+    /// (<see cref="LoraSpec"/>) and trained by a member, the base frozen.</summary>
+    public static IReadOnlyList<(string Name, LoraVariant Variant, string Description)> Adapters { get; } =
+    [
+        (LoraName, LoraVariant.Lora, "LoRA: rank-r adapters (α/r)·B·A on the attention and MLP projections, the base frozen"),
+        ("dora", LoraVariant.Dora, "DoRA (Liu et al. 2024): LoRA with a learned magnitude per output feature, m ⊙ (W + (α/r)·B·A) / ‖W + (α/r)·B·A‖ (PEFT's use_dora)"),
+        ("pissa", LoraVariant.Pissa, "PiSSA (Meng et al. 2024): LoRA started from W's top-r singular triplets, the base replaced by the residual; saved as a rank-2r LoRA on the original base"),
+    ];
+
     /// <summary>How many times Adam's learning rate LoRA's adapters want (Biderman et al. 2024: LoRA's best learning
     /// rates are about an order of magnitude above full fine-tuning's).</summary>
     public const double LoraLrScale = 10;
 
-    /// <summary>Every name <see cref="Parse"/> accepts: the members, LoRA, then the loss-term presets.</summary>
-    public static IReadOnlyList<string> Names => Members.Select(m => m.Name).Append(LoraName).Concat(Terms.Select(t => t.Name)).ToList();
+    /// <summary>Every name <see cref="Parse"/> accepts: the members, the adapters, then the loss-term presets.</summary>
+    public static IReadOnlyList<string> Names => Members.Select(m => m.Name).Concat(Adapters.Select(a => a.Name)).Concat(Terms.Select(t => t.Name)).ToList();
 
     /// <summary>The member of that name; an <see cref="OptionException"/> on field <c>Method</c> otherwise.</summary>
     public static Member Member(string name)
@@ -158,8 +167,9 @@ public static class Methods
     /// A method by name: a member (α = <paramref name="alpha"/>), or a loss-term preset (<c>l1</c>, <c>l2</c>: AdamW with
     /// that term at <paramref name="l1Lambda"/> / <paramref name="l2Lambda"/>). With a member, a given λ adds its term
     /// (so <c>mofo</c> with λ2 is MoFO + L2).
-    /// <para><c>lora</c>: adapters (<paramref name="lora"/>, default rank 8) trained by <paramref name="loraMember"/>
-    /// (AdamW by default; <c>mofo</c> filters the adapters' moments with α = <paramref name="alpha"/>).</para>
+    /// <para><c>lora</c>, <c>dora</c>, <c>pissa</c> (<see cref="Adapters"/>): adapters (<paramref name="lora"/>, default
+    /// rank 8; the name sets its <see cref="LoraSpec.Variant"/>) trained by <paramref name="loraMember"/> (AdamW by
+    /// default; <c>mofo</c> filters the adapters' moments with α = <paramref name="alpha"/>).</para>
     /// </summary>
     public static MethodSpec Parse(string name, double alpha = Defaults.Alpha, double? l1Lambda = null, double? l2Lambda = null,
                                    LoraSpec? lora = null, string? loraMember = null)
@@ -167,15 +177,16 @@ public static class Methods
         var key = name.ToLowerInvariant();
         var terms = new List<LossTermSpec>();
         string optimizer;
-        if ((lora is not null || loraMember is not null) && key != LoraName)
-            throw new OptionException("Method", $"Method {name}: LoRA options need the method {LoraName}");
-        if (key == LoraName)
+        var adapter = Adapters.FirstOrDefault(a => a.Name == key);
+        if ((lora is not null || loraMember is not null) && adapter.Name is null)
+            throw new OptionException("Method", $"Method {name}: LoRA options need the method {string.Join(", ", Adapters.Select(a => a.Name))}");
+        if (adapter.Name is not null)
         {
             if (l1Lambda is not null || l2Lambda is not null)
-                throw new OptionException("Method", "Method lora: the L1/L2 terms toward the pretrained weights do not apply to adapters (the base is frozen)");
+                throw new OptionException("Method", $"Method {key}: the L1/L2 terms toward the pretrained weights do not apply to adapters (the base is frozen)");
             var member = Members.FirstOrDefault(m => m.Name == Aliases.GetValueOrDefault((loraMember ?? "adamw").ToLowerInvariant(), (loraMember ?? "adamw").ToLowerInvariant()))
                          ?? throw new OptionException("LoraOptimizer", $"LoraOptimizer {loraMember}: not an optimizer member (expected {string.Join(", ", Members.Select(m => m.Name))})");
-            return new MethodSpec { Optimizer = member.Name, Alpha = alpha, Lora = lora ?? new LoraSpec() };
+            return new MethodSpec { Optimizer = member.Name, Alpha = alpha, Lora = (lora ?? new LoraSpec()) with { Variant = adapter.Variant } };
         }
         if (Terms.Any(t => t.Name == key))
         {
@@ -202,7 +213,7 @@ public static class Methods
         if (m.Lora is not null)
         {
             m.Lora.Validate();
-            if (m.Terms.Count > 0) throw new OptionException("Method", "Method lora: the L1/L2 terms toward the pretrained weights do not apply to adapters (the base is frozen)");
+            if (m.Terms.Count > 0) throw new OptionException("Method", $"Method {m.Lora.VariantName}: the L1/L2 terms toward the pretrained weights do not apply to adapters (the base is frozen)");
         }
         if (!(m.Alpha > 0 && m.Alpha <= 1)) throw new OptionException("Alpha", $"Alpha {m.Alpha}: must lie in (0, 1]");
         foreach (var t in m.Terms)

@@ -73,7 +73,8 @@ let warmup = Flag.int "--warmup" "untimed repetitions first." |> Flag.atLeast 0
 let private methodUsage =
     let members = Methods.Members |> Seq.map (fun m -> m.Name) |> String.concat ", "
     let terms = Methods.Terms |> Seq.map (fun t -> $"{t.Name} (AdamW + {t.Description})") |> String.concat ", "
-    $"{members}, {Methods.LoraName} (adapters, the base frozen; see --lora-*), or {terms} (default {Defaults.Method}). Run `mofo methods` for a description of each."
+    let adapters = Methods.Adapters |> Seq.map (fun struct (n, _, _) -> n) |> String.concat ", "
+    $"{members}, {adapters} (adapters, the base frozen; see --lora-*), or {terms} (default {Defaults.Method}). Run `mofo methods` for a description of each."
 
 let method =
     let accepts (s: string) = try Methods.Parse s |> ignore; true with :? OptionException -> false
@@ -91,17 +92,17 @@ let l2Lambda =
     Flag.float "--l2-lambda" $"strength of the L2 term toward the pretrained weights (with --method l2 default {Defaults.L2Lambda}; with another method it adds the term)."
     |> Flag.sets "Lambda"
 
-let loraRank = Flag.int "--lora-rank" "--method lora: the adapters' rank r (default 8)." |> Flag.sets "LoraRank"
-let loraAlpha = Flag.float "--lora-alpha" "--method lora: the scaling α (the update is α/r · B·A; default 2r)." |> Flag.sets "LoraAlpha"
-let loraDropout = Flag.float "--lora-dropout" "--method lora: dropout on the adapters' input (default 0)." |> Flag.sets "LoraDropout"
+let loraRank = Flag.int "--lora-rank" "--method lora|dora|pissa: the adapters' rank r (default 8)." |> Flag.sets "LoraRank"
+let loraAlpha = Flag.float "--lora-alpha" "--method lora|dora|pissa: the scaling α (the update is α/r · B·A; default 2r)." |> Flag.sets "LoraAlpha"
+let loraDropout = Flag.float "--lora-dropout" "--method lora|dora|pissa: dropout on the adapters' input (default 0)." |> Flag.sets "LoraDropout"
 
 let loraTargets =
-    Flag.text "--lora-targets" "--method lora: comma-separated linear layers to adapt (default: the attention and MLP projections; Llama q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; GPT-NeoX query_key_value,dense,dense_h_to_4h,dense_4h_to_h)."
+    Flag.text "--lora-targets" "--method lora|dora|pissa: comma-separated linear layers to adapt (default: the attention and MLP projections; Llama q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; GPT-NeoX query_key_value,dense,dense_h_to_4h,dense_4h_to_h)."
     |> Flag.sets "LoraTargets"
 
 let loraOptimizer =
     let accepts (s: string) = try Methods.Member s |> ignore; true with :? OptionException -> false
-    Flag.oneOf "--lora-optimizer" "--method lora: the member that trains the adapters, adamw (default) or mofo (the filter on the adapters' moments, --alpha)."
+    Flag.oneOf "--lora-optimizer" "--method lora|dora|pissa: the member that trains the adapters, adamw (default) or mofo (the filter on the adapters' moments, --alpha)."
         (fun () -> Methods.Members |> Seq.map (fun m -> m.Name)) accepts
     |> Flag.sets "LoraOptimizer"
 

@@ -79,9 +79,11 @@ let private methods () =
         let alpha = if m.UsesAlpha then $" (α, default {Defaults.Alpha})" else ""
         let lr = if m.LrScale <> 1.0 then $"; the DSL runs it at {m.LrScale}× the recipe's learning rate" else ""
         printfn "  %-12s %s%s%s" m.Name m.Description alpha lr
-    printfn "  %-12s %s" Methods.LoraName
-        ($"LoRA: rank-r adapters (α/r)·B·A on the attention and MLP projections, the base frozen; --lora-rank (8), --lora-alpha (2r), "
-         + $"--lora-dropout (0), --lora-targets, --lora-optimizer adamw|mofo (with --alpha); the DSL runs it at {Methods.LoraLrScale}× the recipe's learning rate; "
+    printfn "adapters (--method NAME; the base frozen):"
+    for struct (name, _, description) in Methods.Adapters do printfn "  %-12s %s" name description
+    printfn "  %-12s %s" ""
+        ($"each with --lora-rank (8), --lora-alpha (2r), --lora-dropout (0), --lora-targets, --lora-optimizer adamw|mofo (with --alpha); "
+         + $"the DSL runs them at {Methods.LoraLrScale}× the recipe's learning rate; "
          + "the final folder holds the merged weights and PEFT's adapter_model.safetensors + adapter_config.json")
     printfn "loss terms (--method NAME for AdamW with the term; --l1-lambda / --l2-lambda add one to any member):"
     for t in Methods.Terms do printfn "  %-12s %s (default λ %g)" t.Name t.Description t.DefaultLambda

@@ -20,6 +20,10 @@ type Method =
     /// LoRA adapters of rank r on the attention and MLP projections (α = 2r), the base frozen; trained by AdamW, or by
     /// MoFO at update fraction `filter` (the filter on the adapters' moments)
     | LoRA of rank: int * filter: float option
+    /// DoRA adapters of rank r (LoRA with a learned magnitude per output feature; α = 2r), trained by AdamW
+    | DoRA of rank: int
+    /// PiSSA adapters of rank r (LoRA started from the weights' top-r singular triplets; α = 2r), trained by AdamW
+    | PiSSA of rank: int
     | Replay of perTask: int * Method
     | GEM of memory: int * Method
     | MTL
@@ -38,15 +42,18 @@ type Method =
         | GDMoFO a -> Methods.Parse("gd-mofo", a)
         | LoRA (r, None) -> Methods.Parse(Methods.LoraName, lora = MoFO.Models.LoraSpec(Rank = r))
         | LoRA (r, Some a) -> Methods.Parse(Methods.LoraName, a, lora = MoFO.Models.LoraSpec(Rank = r), loraMember = "mofo")
+        | DoRA r -> Methods.Parse("dora", lora = MoFO.Models.LoraSpec(Rank = r))
+        | PiSSA r -> Methods.Parse("pissa", lora = MoFO.Models.LoraSpec(Rank = r))
         | Replay (_, inner) | GEM (_, inner) -> inner.Spec
 
     /// The optimizer member (its name, description, learning-rate factor).
     member m.Member = Methods.Member m.Spec.Optimizer
 
-    /// The factor of Adam's learning rate the method runs at: the member's (Lion 0.2), LoRA's (`Methods.LoraLrScale`).
+    /// The factor of Adam's learning rate the method runs at: the member's (Lion 0.2), LoRA's (`Methods.LoraLrScale`; DoRA
+    /// and PiSSA too).
     member m.LrScale =
         match m with
-        | LoRA _ -> Methods.LoraLrScale
+        | LoRA _ | DoRA _ | PiSSA _ -> Methods.LoraLrScale
         | Replay (_, inner) | GEM (_, inner) -> inner.LrScale
         | _ -> m.Member.LrScale
 
@@ -57,6 +64,7 @@ type Method =
         | Lion -> "Lion" | GradBCD a -> $"Gradient-filtered BCD (α={pct a})" | RandomBCD a -> $"Randomized BCD (α={pct a})"
         | GDMoFO a -> $"GD-MoFO (α={pct a})"
         | LoRA (r, None) -> $"LoRA (r={r})" | LoRA (r, Some a) -> $"LoRA (r={r}) + MoFO (α={pct a})"
+        | DoRA r -> $"DoRA (r={r})" | PiSSA r -> $"PiSSA (r={r})"
         | Replay (_, FullFT) -> "Replay" | Replay (_, inner) -> $"Replay + {inner.Label}"
         | GEM (_, FullFT) -> "GEM" | GEM (_, inner) -> $"GEM + {inner.Label}"
         | MTL -> "MTL"
@@ -65,7 +73,7 @@ type Method =
     member m.Key =
         match m with
         | FullFT -> "adamw" | MoFO a -> $"mofo{a}" | HFT -> "hft" | L1 l -> $"l1-{l}" | L2 l -> $"l2-{l}" | Lion -> "lion"
-        | GradBCD a -> $"gradbcd{a}" | RandomBCD a -> $"randbcd{a}" | GDMoFO a -> $"gdmofo{a}" | LoRA (r, None) -> $"lora{r}" | LoRA (r, Some a) -> $"lora{r}-mofo{a}" | Replay (n, i) -> $"replay{n}-{i.Key}" | GEM (n, i) -> $"gem{n}-{i.Key}"
+        | GradBCD a -> $"gradbcd{a}" | RandomBCD a -> $"randbcd{a}" | GDMoFO a -> $"gdmofo{a}" | LoRA (r, None) -> $"lora{r}" | LoRA (r, Some a) -> $"lora{r}-mofo{a}" | DoRA r -> $"dora{r}" | PiSSA r -> $"pissa{r}" | Replay (n, i) -> $"replay{n}-{i.Key}" | GEM (n, i) -> $"gem{n}-{i.Key}"
         | MTL -> "mtl"
 
     /// The continual strategy's memory: (replayed examples per earlier task, GEM memory per earlier task).
