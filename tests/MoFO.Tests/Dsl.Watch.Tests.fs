@@ -31,8 +31,8 @@ let private watchedDir (baseProxy: float) (baseHeldOut: float) (watches: (int * 
     File.WriteAllText(Path.Combine(dir, "watch", "base.json"), $"""{{"pretrain-proxy": {baseProxy}, "{ForgettingWatch.HeldOutKey}": {baseHeldOut}}}""")
     let lines =
         [ for step, train, held, proxy in watches ->
-            RunFolder.MetricsLine(StepMetrics(step, 0, train, 1e-3, 1.0, Nullable(), 0.1, 100L, 1.0, false, Nullable held,
-                                              readOnlyDict [ "pretrain-proxy", proxy ], Nullable 0.5)) ]
+            RunFolder.MetricsLine(StepMetrics(step, 0, train, 1e-3, 1.0, Nullable(), 0.1, 100L, 1.0, false, Nullable(),
+                                              readOnlyDict [ "pretrain-proxy", proxy; ForgettingWatch.HeldOutKey, held ], Nullable 0.5)) ]
     File.WriteAllLines(Path.Combine(dir, "metrics.jsonl"), lines)
     dir
 
@@ -50,7 +50,7 @@ let tests =
             Expect.equal (w |> List.map (fun p -> p.HeldOutLoss.Value)) [ 2.0; 1.8; 1.6 ] "the held-out loss at each"
             Expect.floatClose Accuracy.veryHigh w[2].Rise["pretrain-proxy"] 0.4 "the rise over the base"
             Expect.equal w[0].Rise["pretrain-proxy"] 0.0 "none at the base"
-            Expect.isFalse (w[0].Values.ContainsKey ForgettingWatch.HeldOutKey) "the held-out loss is not a watched measure"
+            Expect.isFalse (w |> List.exists (fun p -> p.Values.ContainsKey ForgettingWatch.HeldOutKey || p.Rise.ContainsKey ForgettingWatch.HeldOutKey)) "the held-out loss is not a watched measure"
             Expect.isEmpty (run (tempDir ()) Method.FullFT).Watch "a run that watched nothing has no curve"
             Expect.isNone r.Budget "no budget stopped it"
         }
@@ -81,15 +81,15 @@ let tests =
 
         testSequenced <| test "Dsl.watch.budget: Experiment.withBudget stops the run and keeps the model within it; the budget is part of the run's identity and label" {
             requireAsset MoFO.DataRoot.Assets.Stories260K |> ignore
-            let recipe = { Recipe.Paper with Lr = 3e-3; Steps = Some 40; BatchSize = 4; MicroBatchSize = 4; MaxLength = 96; Schedule = MoFO.Training.Schedule.Constant }
+            let recipe = { Recipe.Paper with Lr = 1e-3; Steps = Some 40; BatchSize = 4; MicroBatchSize = 4; MaxLength = 96; Schedule = MoFO.Training.Schedule.Constant }
             let settings = { Settings.Tiny with Samples = 12; SampleTokens = 100; TaskLimit = Some 8; Cache = tempDir () }
-            let e = { Experiment.create ModelSource.Stories260K Dataset.Dpr Method.FullFT recipe [ Measure.TaskLoss ] Scale.Tiny 0 with Settings = settings }
-            let budgeted = e |> Experiment.withWatch [ Watch.Distance ] 4 |> Experiment.withBudget Watch.PretrainProxy 0.1
+            let e = { Experiment.create ModelSource.Stories260K Dataset.Dpr (Method.MoFO 0.15) recipe [ Measure.TaskLoss ] Scale.Tiny 0 with Settings = settings }
+            let budgeted = e |> Experiment.withWatch [ Watch.Distance ] 4 |> Experiment.withBudget Watch.PretrainProxy 0.3
             Expect.equal budgeted.Watch.Measures [ Watch.Distance; Watch.PretrainProxy ] "the budget's measure is watched too"
             Expect.notEqual (Experiment.runDir budgeted) (Experiment.runDir e) "a budget is part of the run's identity"
             Expect.notEqual (Experiment.runDir (e |> Experiment.withWatch [ Watch.Distance ] 4)) (Experiment.runDir e) "so is a watch (its curve is in the folder)"
             let labels = Labels.distinguish [ e; budgeted ]
-            Expect.stringContains labels[1] "budget pretrain-proxy 0.1" "the label shows the budget"
+            Expect.stringContains labels[1] "budget pretrain-proxy 0.3" "the label shows the budget"
             withCache (fun () ->
                 let r = Experiment.run budgeted
                 let stop = Expect.wantSome r.Budget "the budget stopped the run"
@@ -97,8 +97,9 @@ let tests =
                 Expect.isLessThan r.Train.Value.Steps 40 "before the last step"
                 Expect.equal (r.Watch |> List.map (fun w -> w.Step)) [ 0 .. 4 .. stop.Step ] "the curve: the base and each watch up to the stop"
                 let kept = r.Watch |> List.find (fun w -> w.Step = stop.KeptStep)
-                Expect.isLessThanOrEqual kept.Rise["pretrain-proxy"] 0.1 "the kept model is within the budget"
-                Expect.isGreaterThan (r.Watch |> List.last).Rise["pretrain-proxy"] 0.1 "the last watch is over it"
+                Expect.isGreaterThan stop.KeptStep 0 "a trained model is kept"
+                Expect.isLessThanOrEqual kept.Rise["pretrain-proxy"] 0.3 "the kept model is within the budget"
+                Expect.isGreaterThan (r.Watch |> List.last).Rise["pretrain-proxy"] 0.3 "the last watch is over it"
                 Expect.isTrue (r.Watch |> List.forall (fun w -> w.HeldOutLoss.HasValue && w.Values.ContainsKey "distance")) "the held-out loss and every measure at each watch"
                 let again = Experiment.run budgeted
                 Expect.equal again.Budget r.Budget "the cached run reads the same budget stop")

@@ -43,7 +43,7 @@ let tests =
             let watched = lines |> Seq.filter (fun m -> not (isNull m.Forgetting)) |> Seq.toList
             Expect.equal (watched |> List.map (fun m -> m.Step)) [ 10; 20; 30 ] "a watch every 10 steps and at the end"
             for m in watched do
-                Expect.equal (m.Forgetting.Keys |> Set.ofSeq) (Set.ofList [ "pretrain-proxy"; "kl-to-base"; "distance"; "arc-easy:20" ]) $"step {m.Step}: every measure"
+                Expect.equal (m.Forgetting.Keys |> Set.ofSeq) (Set.ofList [ "pretrain-proxy"; "kl-to-base"; "distance"; "arc-easy:20"; ForgettingWatch.HeldOutKey ]) $"step {m.Step}: every measure, and the held-out loss"
                 Expect.isTrue (m.Forgetting["arc-easy:20"] >= 0.0 && m.Forgetting["arc-easy:20"] <= 100.0) $"step {m.Step}: an accuracy in points"
                 Expect.isTrue (m.WatchSeconds.HasValue && m.WatchSeconds.Value > 0.0) $"step {m.Step}: the watch's cost"
                 Expect.isGreaterThan m.Forgetting["kl-to-base"] 0.0 $"step {m.Step}: the model has moved from the base"
@@ -55,8 +55,8 @@ let tests =
             let arc = Arc.Read(requireAsset DataRoot.Assets.ArcEasy) |> Seq.truncate 20 |> Seq.toList
             let acc = MultipleChoiceEvaluator().Evaluate(b, "arc_easy", arc).AccNorm
             Expect.floatClose Accuracy.veryHigh baseValues["arc-easy:20"] (100.0 * acc) "the base's ARC-Easy acc_norm on its first 20 items, in points"
-            // the curve: the base at step 0 and each watch, with the held-out loss (the base's, measured apart; the last
-            // watch's, the run's final held-out loss)
+            // the curve: the base at step 0 and each watch, with the held-out loss on the probe set (here all 32 held-out
+            // examples: the base's, measured apart; the last watch's, the run's final held-out loss)
             let curve = ForgettingWatch.Curve dir.Path |> Seq.toList
             Expect.equal (curve |> List.map (fun w -> w.Step)) [ 0; 10; 20; 30 ] "the curve's steps"
             Expect.floatClose Accuracy.high curve[0].HeldOutLoss.Value (Trainer(b, dpr (), heldOut (), o, Path.Combine(dir.Path, "apart")).EvalLoss()) "the base's held-out loss"

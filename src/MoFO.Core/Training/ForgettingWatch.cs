@@ -10,7 +10,8 @@ namespace MoFO.Training;
 public sealed record BudgetStop(string Measure, double Rise, double Limit, int Step, int KeptStep);
 
 /// <summary>One point of a run's watch curve (<see cref="ForgettingWatch.Curve"/>): the step (0: the base), the training
-/// loss of that step (NaN at step 0), the held-out loss (the learning side; null without held-out examples), the watched
+/// loss of that step (NaN at step 0), the held-out loss on the probe set (the first <see cref="ForgettingWatch.ProbeExamples"/>
+/// held-out examples: the learning side; null without held-out examples), the watched
 /// measures and their rise over the base (for accuracies, the change in points: negative is a drop).</summary>
 public sealed record WatchPoint(int Step, double TrainLoss, double? HeldOutLoss, IReadOnlyDictionary<string, double> Values,
                                 IReadOnlyDictionary<string, double> Rise);
@@ -56,11 +57,12 @@ public sealed class ForgettingWatch
         return parts.Length == 2 && Benchmarks.ContainsKey(parts[0]) && int.TryParse(parts[1], out var n) && n >= 1 ? (parts[0], n) : null;
     }
 
-    /// <summary>The key of <c>watch/base.json</c> that holds the base model's held-out loss (the learning side of the
-    /// watch's curve; each watch's is the step's <see cref="StepMetrics.EvalLoss"/>). Not a measure: no budget reads it.</summary>
+    /// <summary>The key of the held-out loss on the probe set (the first <see cref="ProbeExamples"/> held-out examples):
+    /// the learning side of the watch's curve, beside the measures at each watch (<see cref="StepMetrics.Forgetting"/>) and
+    /// in <c>watch/base.json</c> for the base. Not a measure of forgetting: no budget reads it.</summary>
     public const string HeldOutKey = "held-out-loss";
 
-    /// <summary>Held-out examples in the KL probe set.</summary>
+    /// <summary>Held-out examples in the probe set (the KL's, and the held-out loss's at each watch).</summary>
     public const int ProbeExamples = 64;
 
     /// <summary>The base-model samples of the pretrain proxy (the forgetting report's tiny-scale defaults).</summary>
@@ -189,8 +191,12 @@ public sealed class ForgettingWatch
         var baseValues = all.Where(kv => kv.Key != HeldOutKey).ToDictionary(kv => kv.Key, kv => kv.Value);
         var points = new List<WatchPoint> { new(0, double.NaN, heldOut, baseValues, baseValues.ToDictionary(kv => kv.Key, _ => 0.0)) };
         foreach (var m in RunFolder.ReadMetrics(metrics))
-            if (m.Forgetting is { Count: > 0 } f)
-                points.Add(new(m.Step, m.Loss, m.EvalLoss, f, f.ToDictionary(kv => kv.Key, kv => kv.Value - baseValues.GetValueOrDefault(kv.Key))));
+            if (m.Forgetting is { Count: > 0 } watched)
+            {
+                var f = watched.Where(kv => kv.Key != HeldOutKey).ToDictionary(kv => kv.Key, kv => kv.Value);
+                double? loss = watched.TryGetValue(HeldOutKey, out var v) ? v : null;
+                points.Add(new(m.Step, m.Loss, loss, f, f.ToDictionary(kv => kv.Key, kv => kv.Value - baseValues.GetValueOrDefault(kv.Key))));
+            }
         return points;
     }
 

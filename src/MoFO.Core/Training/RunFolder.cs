@@ -7,7 +7,7 @@ namespace MoFO.Training;
 /// <summary>One line of the metrics log (<c>metrics.jsonl</c>).</summary>
 /// <param name="Distance">L2 distance from the base weights after the step; null on steps where it was not measured
 /// (large models measure it every <see cref="TrainingOptions.DistanceEvery"/> steps).</param>
-/// <param name="Forgetting">the forgetting watch's measures at this step (<see cref="ForgettingWatch"/>), when it watched.</param>
+/// <param name="Forgetting">the forgetting watch's measures at this step (<see cref="ForgettingWatch"/>), when it watched, with the held-out loss on its probe set (<see cref="ForgettingWatch.HeldOutKey"/>).</param>
 /// <param name="WatchSeconds">what that watch cost, in seconds.</param>
 public sealed record StepMetrics(int Step, int Epoch, double Loss, double LearningRate, double GradNorm, double? Distance,
                                  double UpdatedFraction, long Tokens, double ElapsedSeconds, bool Skipped = false, double? EvalLoss = null,

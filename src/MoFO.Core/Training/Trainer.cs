@@ -113,20 +113,21 @@ public sealed class Trainer
         return (sum, count);
     }
 
-    /// <summary>Mean token loss on the held-out examples.</summary>
-    public double EvalLoss()
+    /// <summary>Mean token loss on the held-out examples (the first <paramref name="first"/> of them when given).</summary>
+    public double EvalLoss(int? first = null)
     {
-        if (_eval.Count == 0) return double.NaN;
+        var eval = first is int n && n < _eval.Count ? _eval.Take(n).ToList() : _eval;
+        if (eval.Count == 0) return double.NaN;
         using var _ = no_grad();
         using var mode = _lm.Module.EvalMode();
         double sum = 0; long count = 0;
         int pad = _lm.Tokenizer.EosId ?? 0;
         var comm = Comm;
-        for (int i = 0, j = 0; i < _eval.Count; i += _o.MicroBatch, j++)
+        for (int i = 0, j = 0; i < eval.Count; i += _o.MicroBatch, j++)
         {
             if (j % comm.Size != comm.Rank) continue;
             using var scope = NewDisposeScope();
-            using var b = Tokenized.Pad(_eval.Skip(i).Take(_o.MicroBatch).ToList(), pad);
+            using var b = Tokenized.Pad(eval.Skip(i).Take(_o.MicroBatch).ToList(), pad);
             var (s, c) = LossSum(_lm, b);
             sum += s.item<float>(); count += c;
         }
@@ -167,8 +168,8 @@ public sealed class Trainer
         using var baseDistance = trained.Distance(terms);
         int distanceEvery = _o.DistanceEvery > 0 ? _o.DistanceEvery : baseDistance.EveryStep ? 1 : 50;
         int start = Start(trained, exec, resume);
-        // the watch's curve: the held-out loss of the base (every rank computes it), then at each watch
-        double? baseHeldOut = start == 0 && _o.WatchForgetting.Count > 0 && _eval.Count > 0 ? EvalLoss() : null;
+        // the watch's curve: the held-out loss of the base on the probe set (every rank computes it), then at each watch
+        double? baseHeldOut = start == 0 && _o.WatchForgetting.Count > 0 && _eval.Count > 0 ? EvalLoss(ForgettingWatch.ProbeExamples) : null;
         var watch = ForgettingWatch.Open(_lm, trained, _o, _eval, _out, start == 0, () => baseDistance.L2(), root, () => Comm.Sum(0.0), baseHeldOut);
         BudgetStop? budgetStop = null;
         int total = TotalSteps;
@@ -201,7 +202,7 @@ public sealed class Trainer
             bool measure = root && ((step + 1) % distanceEvery == 0 || step + 1 == total || (cancel.IsCancellationRequested && step + 1 < total));
             double? stepDistance = measure ? distance = baseDistance.L2() : null;
             double? evalLoss = _o.EvalEvery > 0 && (step + 1) % _o.EvalEvery == 0 ? EvalLoss() : null;
-            var (forgetting, watchSeconds, stop) = Watch(watch, trained, step + 1, total, ref evalLoss);
+            var (forgetting, watchSeconds, stop) = Watch(watch, trained, step + 1, total);
             var metrics = new StepMetrics(step + 1, epoch, loss, lr, r.Norm, stepDistance, r.Skipped ? 0 : (double)r.Updated / numel, tokens,
                                           clock.Elapsed.TotalSeconds, r.Skipped, evalLoss, forgetting, watchSeconds);
             log?.WriteLine(RunFolder.MetricsLine(metrics));
@@ -240,16 +241,16 @@ public sealed class Trainer
 
     /// <summary>The forgetting watch after <paramref name="step"/> (1-based), when due: rank 0 measures (every rank holds
     /// the same weights) and decides for all whether a budget is exceeded; within the budget its weights are kept. Returns
-    /// the measures, the seconds the watch took and the budget stop (null: go on). The held-out loss is the watch's
-    /// learning side: measured at each watch (by every rank) unless the step has it already.</summary>
-    (IReadOnlyDictionary<string, double>? Values, double? Seconds, BudgetStop? Stop) Watch(ForgettingWatch? watch, TrainedSet trained, int step, int total,
-                                                                                        ref double? evalLoss)
+    /// the measures, the seconds the watch took and the budget stop (null: go on). The measures include the watch's
+    /// learning side, the held-out loss on the probe set (<see cref="ForgettingWatch.HeldOutKey"/>; every rank computes it).</summary>
+    (IReadOnlyDictionary<string, double>? Values, double? Seconds, BudgetStop? Stop) Watch(ForgettingWatch? watch, TrainedSet trained, int step, int total)
     {
         if (watch is null || !watch.Due(step, total)) return (null, null, null);
         var clock = Stopwatch.StartNew();
-        if (evalLoss is null && _eval.Count > 0) evalLoss = EvalLoss();
+        double? heldOut = _eval.Count > 0 ? EvalLoss(ForgettingWatch.ProbeExamples) : null;
         bool root = Comm.Rank == 0;
         var values = root ? watch.MeasureNow() : null;
+        if (values is not null && heldOut is double h) values[ForgettingWatch.HeldOutKey] = h;
         var exceeded = values is null ? null : watch.Exceeded(values);
         if (Comm.Sum(exceeded is null ? 0 : 1) > 0)
         {
