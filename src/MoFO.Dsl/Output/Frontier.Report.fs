@@ -19,6 +19,51 @@ let wise (ts: float list) (experiments: Experiment list) (baseRun: Run) =
             let r = Experiment.averaged t x
             yield { T = t; Lr = x.Recipe.Lr; Seed = x.Seed; Learn = r[Measure.TaskLoss]; Forget = r[Measure.PretrainProxy] - baseRun[Measure.PretrainProxy]; Run = r } ]
 
+/// A merge of one Full FT fine-tune with its base alone (`Experiment.merged how []`: a sparsified task vector, no training).
+type MergedPoint = { How: Merge; Lr: float; Seed: int; Learn: float; Forget: float; Run: Run }
+
+/// A merge rule's name in tables ("TIES (d=0.2)", "DARE (d=0.5)").
+let mergeName (how: Merge) =
+    match how with
+    | Merge.TaskArithmetic ws -> $"""task arithmetic ({String.Join(", ", ws)})"""
+    | Merge.Ties d -> $"TIES (d={d})"
+    | Merge.Dare (d, _) -> $"DARE (d={d})"
+
+/// Each merge rule applied to each experiment's (cached) fine-tune alone: learning = its task loss, forgetting = the
+/// rise of the pretraining-loss proxy over the base's.
+let merged (hows: Merge list) (experiments: Experiment list) (baseRun: Run) =
+    [ for x in experiments do
+        for how in hows do
+            let r = Experiment.merged how [] x
+            yield { How = how; Lr = x.Recipe.Lr; Seed = x.Seed; Learn = r[Measure.TaskLoss]; Forget = r[Measure.PretrainProxy] - baseRun[Measure.PretrainProxy]; Run = r } ]
+
+/// The (task loss, forgetting) curve of one merge rule for a seed (over the learning rates of the fine-tunes it merged),
+/// for `Frontier.matchedWith`.
+let mergeCurve (how: Merge) (points: MergedPoint list) (seed: int) =
+    [ for p in points do if p.How = how && p.Seed = seed then yield p.Learn, p.Forget ]
+
+/// The Markdown table and the result rows of the merged points (means over seeds).
+let mergedTable (points: MergedPoint list) =
+    let sb = Text.StringBuilder()
+    let line (s: string) = sb.AppendLine(s) |> ignore
+    if not points.IsEmpty then
+        line "### TIES and DARE of each Full FT fine-tune alone (its task vector sparsified; no training; means over seeds)"
+        line ""
+        line "| merge | Full FT lr | task loss | forgetting (Δ proxy) | L2 from base | KL to base |"
+        line "|---|---|---|---|---|---|"
+        for (how, lr), ps in points |> List.groupBy (fun p -> p.How, p.Lr) do
+            let avg f = ps |> List.averageBy f
+            line $"| {mergeName how} | {lr:G3} | {avg (fun p -> p.Learn):F4} | {avg (fun p -> p.Forget):F4} | {avg (fun p -> p.Run[Measure.Distance]):F4} | {avg (fun p -> p.Run[Measure.KlToBase]):F4} |"
+        line ""
+    sb.ToString()
+
+/// The result rows of the merged points (means over seeds).
+let mergedRows (points: MergedPoint list) =
+    [ for (how, lr), ps in points |> List.groupBy (fun p -> p.How, p.Lr) ->
+        Results.row $"{mergeName how} of Full FT @ lr {lr:G3}"
+            [ "task loss", ps |> List.averageBy (fun p -> p.Learn); "forgetting (Δ proxy NLL)", ps |> List.averageBy (fun p -> p.Forget)
+              "L2 from base", ps |> List.averageBy (fun p -> p.Run[Measure.Distance]); "seeds", float ps.Length ] ]
+
 /// Spearman's ρ between a measure and forgetting over some points, with a 95 % percentile bootstrap band.
 type Correlation = { Name: string; Rho: float; Low: float; High: float; Points: int }
 
