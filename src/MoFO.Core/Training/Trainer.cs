@@ -167,6 +167,8 @@ public sealed class Trainer
         using var baseDistance = trained.Distance(terms);
         int distanceEvery = _o.DistanceEvery > 0 ? _o.DistanceEvery : baseDistance.EveryStep ? 1 : 50;
         int start = Start(trained, exec, resume);
+        // what the member chose before training (Spectrum's spectrum.json)
+        if (root) foreach (var (name, text) in opt.RunFiles()) AtomicFile.WriteAllText(Path.Combine(_out, name), text);
         var watch = ForgettingWatch.Open(_lm, trained, _o, _eval, _out, start == 0, () => baseDistance.L2(), root, () => Comm.Sum(0.0));
         BudgetStop? budgetStop = null;
         int total = TotalSteps;
