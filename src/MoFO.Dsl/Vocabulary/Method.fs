@@ -20,6 +20,12 @@ type Method =
     /// LoRA adapters of rank r on the attention and MLP projections (α = 2r), the base frozen; trained by AdamW, or by
     /// MoFO at update fraction `filter` (the filter on the adapters' moments)
     | LoRA of rank: int * filter: float option
+    /// LISA: embeddings, final norm and head always, plus `layers` random decoder layers redrawn every `interval` steps
+    | LISA of layers: int * interval: int
+    /// BAdam: one decoder layer at a time for `interval` steps, in a fresh random order each pass
+    | BAdam of interval: int
+    /// Spectrum: per module type the top `fraction` by signal-to-noise ratio, the rest frozen
+    | Spectrum of fraction: float
     | Replay of perTask: int * Method
     | GEM of memory: int * Method
     | MTL
@@ -38,6 +44,9 @@ type Method =
         | GDMoFO a -> Methods.Parse("gd-mofo", a)
         | LoRA (r, None) -> Methods.Parse(Methods.LoraName, lora = MoFO.Models.LoraSpec(Rank = r))
         | LoRA (r, Some a) -> Methods.Parse(Methods.LoraName, a, lora = MoFO.Models.LoraSpec(Rank = r), loraMember = "mofo")
+        | LISA (l, k) -> Methods.Parse("lisa", subset = SubsetSpec(LisaLayers = l, LisaInterval = k))
+        | BAdam k -> Methods.Parse("badam", subset = SubsetSpec(BAdamInterval = k))
+        | Spectrum f -> Methods.Parse("spectrum", subset = SubsetSpec(SpectrumFraction = f))
         | Replay (_, inner) | GEM (_, inner) -> inner.Spec
 
     /// The optimizer member (its name, description, learning-rate factor).
@@ -56,6 +65,7 @@ type Method =
         | FullFT -> "Full FT" | MoFO a -> $"MoFO (α={pct a})" | HFT -> "HFT" | L1 _ -> "L1-regularization" | L2 _ -> "L2-regularization"
         | Lion -> "Lion" | GradBCD a -> $"Gradient-filtered BCD (α={pct a})" | RandomBCD a -> $"Randomized BCD (α={pct a})"
         | GDMoFO a -> $"GD-MoFO (α={pct a})"
+        | LISA (l, k) -> $"LISA ({l} layers, every {k} steps)" | BAdam k -> $"BAdam (every {k} steps)" | Spectrum f -> $"Spectrum ({pct f})"
         | LoRA (r, None) -> $"LoRA (r={r})" | LoRA (r, Some a) -> $"LoRA (r={r}) + MoFO (α={pct a})"
         | Replay (_, FullFT) -> "Replay" | Replay (_, inner) -> $"Replay + {inner.Label}"
         | GEM (_, FullFT) -> "GEM" | GEM (_, inner) -> $"GEM + {inner.Label}"
@@ -66,6 +76,7 @@ type Method =
         match m with
         | FullFT -> "adamw" | MoFO a -> $"mofo{a}" | HFT -> "hft" | L1 l -> $"l1-{l}" | L2 l -> $"l2-{l}" | Lion -> "lion"
         | GradBCD a -> $"gradbcd{a}" | RandomBCD a -> $"randbcd{a}" | GDMoFO a -> $"gdmofo{a}" | LoRA (r, None) -> $"lora{r}" | LoRA (r, Some a) -> $"lora{r}-mofo{a}" | Replay (n, i) -> $"replay{n}-{i.Key}" | GEM (n, i) -> $"gem{n}-{i.Key}"
+        | LISA (l, k) -> $"lisa{l}-{k}" | BAdam k -> $"badam{k}" | Spectrum f -> $"spectrum{f}"
         | MTL -> "mtl"
 
     /// The continual strategy's memory: (replayed examples per earlier task, GEM memory per earlier task).
