@@ -191,6 +191,9 @@ public sealed class BAdam : MaskedAdam
     {
         if (StepCount % Interval != 0) return;
         if (++_position == _pass.Length) { _pass = NewPass(); _position = 0; }
+        // every switch drops the moments, also when a new pass starts with the block that ended the last one (BAdam
+        // starts a fresh optimizer state at each switch)
+        foreach (var b in Blocks) SetFrozen(b, true);
         Apply();
     }
 
