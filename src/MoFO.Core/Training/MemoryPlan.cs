@@ -163,7 +163,9 @@ public static class MemoryPlanner
         public long OwnedTouchedBytes { get; } = OwnedTouched(Trained, X.Ranks);
         /// <summary>The entries whose moments (and gradients) a rank holds at most at once: the owned share, or less for a
         /// member that holds state for a subset of the trained tensors at a time (<see cref="Member.Held"/>).</summary>
-        public long HeldState => Member.Held is { } held ? Math.Min(Owned, held(Trained, X.Method).Sum(s => ModelShape.Count(s.Shape))) : Owned;
+        public long HeldState => Member.Held is null ? Owned : Math.Min(Owned, HeldTensors.Sum(s => ModelShape.Count(s.Shape)));
+        /// <summary>Those tensors (all the trained ones for most members).</summary>
+        public IReadOnlyList<(string Name, long[] Shape)> HeldTensors => Member.Held is { } held ? held(Trained, X.Method) : Trained;
         public long Tokens => (long)X.MicroBatch * X.SequenceLength;
 
         static long OwnedTouched(IReadOnlyList<(string Name, long[] Shape)> trained, int ranks)
@@ -238,7 +240,7 @@ public static class MemoryPlanner
         {
             // a code byte per entry and a float32 scale per block of each tensor; the float32 working copies of the moments
             // of the one tensor that steps
-            long quantized = x.Ranks > 1 || b.Member.Held is not null ? Optim.QuantizedMoment.Bytes(b.HeldState) : b.Trained.Sum(s => Optim.QuantizedMoment.Bytes(ModelShape.Count(s.Shape)));
+            long quantized = x.Ranks > 1 ? Optim.QuantizedMoment.Bytes(b.HeldState) : b.HeldTensors.Sum(s => Optim.QuantizedMoment.Bytes(ModelShape.Count(s.Shape)));
             state = moments * (quantized + 4L * b.LargestTrained);
             detail = $"{moments} 8-bit moment{(moments == 1 ? "" : "s")} per {b.Kind.EntryName} ({b.Member.Name}; a float32 scale per {Optim.DynamicCode.BlockSize} entries)"
                      + $" + their float32 working copies for the largest tensor ({b.LargestTrained:N0} entries)";
