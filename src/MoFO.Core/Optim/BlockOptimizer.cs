@@ -220,6 +220,12 @@ public abstract class BlockOptimizer : IDisposable
     protected void SetFrozen(Block b, bool frozen)
     {
         using var noGrad = no_grad();
+        _setsFrozen = true;
+        if (b.Parameter.is_leaf)
+        {
+            b.Parameter.requires_grad_(!frozen);
+            if (frozen) b.Parameter.grad = null;
+        }
         if (frozen == (b.Kind == BlockKind.Frozen)) return;
         b.Kind = frozen ? BlockKind.Frozen : BlockKind.Dense;
         b.Step = 0;
@@ -229,12 +235,11 @@ public abstract class BlockOptimizer : IDisposable
         foreach (var q in b._quantized ?? []) q.Dispose();
         b._quantized = null;
         if (!frozen && b.Owned && _allocated) AllocateState(b);
-        if (b.Parameter.is_leaf)
-        {
-            b.Parameter.requires_grad_(!frozen);
-            if (frozen) b.Parameter.grad = null;
-        }
     }
+
+    /// <summary>Whether <see cref="SetFrozen"/> was used: disposing the optimizer then gives every parameter its
+    /// <c>requires_grad</c> back (the model may be trained again, by another optimizer).</summary>
+    bool _setsFrozen;
 
     /// <summary>Whether moment <paramref name="index"/> of a block can be negative (it takes the signed 8-bit code); a
     /// member whose moment is never negative (Adam's v) says so, and that moment takes the finer unsigned code.</summary>
@@ -695,6 +700,7 @@ public abstract class BlockOptimizer : IDisposable
     {
         foreach (var b in _blocks)
         {
+            if (_setsFrozen && b.Parameter.is_leaf && !b.Parameter.IsInvalid) b.Parameter.requires_grad_(true);
             foreach (var m in b._moments) m.Dispose();
             foreach (var q in b._quantized ?? []) q.Dispose();
             b.Touched?.Dispose();
