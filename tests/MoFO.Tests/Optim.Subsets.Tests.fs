@@ -9,6 +9,7 @@ open Expecto
 open TorchSharp
 open MoFO
 open MoFO.Optim
+open MoFO.Data
 open MoFO.Training
 open MoFO.Tests.Fixtures
 open MoFO.Tests.ModelFixtures
@@ -246,6 +247,31 @@ let subsets =
             Expect.equal e2.Field "Method" "options of another member are refused"
             Expect.equal (MoFO.Dsl.Method.LISA(2, 20)).Spec (Methods.Parse "lisa") "the DSL's LISA (2, 20) is the default"
             Expect.equal (MoFO.Dsl.Method.Spectrum 0.5).Key "spectrum0.5" "a key"
+        }
+
+        test "Optim.subsets.trainerResume: a LISA or BAdam run killed mid-way and resumed from its checkpoint ends with the weights of an uninterrupted run" {
+            ConsoleProgress.Enabled <- false
+            let train = InstructionData.Read(requireAsset DataRoot.Assets.DprTrain, DataFormat.Dpr) |> Seq.truncate 32 |> Seq.toArray
+            let weights (lm: MoFO.Models.CausalLM) = lm.Module.StateDict() |> Seq.map (fun kv -> kv.Key, kv.Value.data<float32>().ToArray()) |> Map.ofSeq
+            use dir = new TempDir()
+            for name, subset in [ "lisa", SubsetSpec(LisaLayers = 2, LisaInterval = 3); "badam", SubsetSpec(BAdamInterval = 2) ] do
+                let options = TrainingOptions(Method = Methods.Parse(name, subset = subset), LearningRate = 1e-3, Steps = Nullable 6, BatchSize = 4,
+                                              MicroBatchSize = 4, MaxLength = 96, SaveEvery = 2, ShowProgress = false)
+                let full =
+                    use lm = MoFO.Models.ModelLoader.Load(requireAsset DataRoot.Assets.Stories260K)
+                    Trainer(lm, train, null, options, dir.File $"{name}-full").Run() |> ignore
+                    weights lm
+                let killed = dir.File $"{name}-killed"
+                do
+                    use lm = MoFO.Models.ModelLoader.Load(requireAsset DataRoot.Assets.Stories260K)
+                    let t = Trainer(lm, train, null, options, killed)
+                    t.OnStep <- fun m -> if m.Step = 5 then failwith "simulated crash"
+                    throwsWith<Exception> (fun () -> t.Run() |> ignore) |> ignore
+                use lm = MoFO.Models.ModelLoader.Load(requireAsset DataRoot.Assets.Stories260K)
+                let r = Trainer(lm, train, null, options, killed).Run(resume = true)
+                Expect.equal r.Steps 6 $"{name}: finished"
+                let resumed = weights lm
+                for KeyValue (n, w) in full do Expect.equal resumed[n] w $"{name}: {n} bit-identical"
         }
 
         test "Optim.subsets.train: mofo train with lisa, badam and spectrum for 8 steps on stories260K + DPR (spectrum.json in the run folder)" {
