@@ -23,7 +23,7 @@ exit (MoFO.Dsl.Cli.Main.study fsi.CommandLineArgs (fun c ->
     let mofo = Method.MoFO 0.15
     let methods =
         if c.Smoke then [ Method.FullFT; mofo; lora 2 ]
-        else [ Method.FullFT; mofo; Method.HFT; lora 8; Method.DoRA 8; Method.PiSSA 8 ]
+        else [ Method.FullFT; mofo; Method.HFT; Method.LISA (2, 20); Method.BAdam 50; Method.Spectrum 0.25; lora 8; Method.DoRA 8; Method.PiSSA 8 ]
     // tiny: 1e-4 under-trains, 3e-4 is near the best held-out loss, 1e-3 over-trains DPR (300 steps ≈ 3.6 epochs)
     let lrs = if c.Smoke then [ 1e-3; 3e-3 ] elif c.IsTiny then [ 1e-4; 3e-4; 1e-3 ] else [ 1e-5; 2e-5; 5e-5 ]
     let seeds = [ c.Seed ]

@@ -50,7 +50,8 @@ let vocabulary =
             use lm = MoFO.Models.ModelLoader.Load(stories ())
             let classes =
                 dict [ "mofo", "MoFOOptimizer"; "adamw", "AdamW"; "lion", "Lion"; "hft", "HFT"; "grad-bcd", "GradientFilteredBCD"
-                       "random-bcd", "RandomizedBCD"; "gd-mofo", "GDMoFO"; "lora", "AdamW"; "dora", "AdamW"; "pissa", "AdamW"; "l1", "AdamW"; "l2", "AdamW" ]
+                       "random-bcd", "RandomizedBCD"; "gd-mofo", "GDMoFO"; "lora", "AdamW"; "dora", "AdamW"; "pissa", "AdamW"; "l1", "AdamW"; "l2", "AdamW"
+                       "lisa", "LISA"; "badam", "BAdam"; "spectrum", "Spectrum" ]
             for name in Methods.Names do
                 let o = TrainingOptions(Method = Methods.Parse name, LearningRate = 1e-3)
                 use trained = TrainedSet.Attach(lm, o.Method, o.Seed)

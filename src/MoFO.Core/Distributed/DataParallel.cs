@@ -103,6 +103,8 @@ public sealed class DataParallel
     void Reduce(IReadOnlyList<Block> blocks, bool toAll)
     {
         using var noGrad = no_grad();
+        // frozen blocks (the same on every rank) take no gradient: none is summed or created for them
+        blocks = blocks.Where(b => b.Kind != BlockKind.Frozen).ToList();
         for (int owner = 0; owner < Size; owner++)
         {
             bool receives = toAll || Rank == owner;

@@ -164,7 +164,7 @@ public abstract class BlockOptimizer : IDisposable
             if (value == _storage) return;
             if (!_allocated) { _storage = value; return; }
             using var noGrad = no_grad();
-            foreach (var b in _blocks.Where(b => b.Owned))
+            foreach (var b in _blocks.Where(b => b.Owned && b.Kind != BlockKind.Frozen))
             {
                 if (value == MomentStorage.Blockwise8Bit)
                 {
@@ -193,18 +193,53 @@ public abstract class BlockOptimizer : IDisposable
         if (_allocated) return;
         _allocated = true;
         using var noGrad = no_grad();
-        foreach (var b in _blocks.Where(b => b.Owned))
+        foreach (var b in _blocks.Where(b => b.Owned && b.Kind != BlockKind.Frozen)) AllocateState(b);
+    }
+
+    /// <summary>Zero moments for one block, in the storage chosen.</summary>
+    void AllocateState(Block b)
+    {
+        var p = b.Parameter;
+        if (_storage == MomentStorage.Blockwise8Bit)
+            b._quantized = Enumerable.Range(0, MomentsPerBlock).Select(i => QuantizedMoment.Zeros(b.Numel, MomentIsSigned(i), p.device)).ToArray();
+        else
         {
-            var p = b.Parameter;
-            if (_storage == MomentStorage.Blockwise8Bit)
-                b._quantized = Enumerable.Range(0, MomentsPerBlock).Select(i => QuantizedMoment.Zeros(b.Numel, MomentIsSigned(i), p.device)).ToArray();
-            else
-            {
-                var momentType = p.dtype == ScalarType.BFloat16 ? ScalarType.Float32 : p.dtype;
-                b._moments = Enumerable.Range(0, MomentsPerBlock).Select(_ => zeros_like(p, dtype: momentType).DetachFromDisposeScope()).ToArray();
-            }
+            var momentType = p.dtype == ScalarType.BFloat16 ? ScalarType.Float32 : p.dtype;
+            b._moments = Enumerable.Range(0, MomentsPerBlock).Select(_ => zeros_like(p, dtype: momentType).DetachFromDisposeScope()).ToArray();
         }
     }
+
+    /// <summary>
+    /// Freezes a block or makes it trainable again (members that train a moving or static subset of the model). Frozen, a
+    /// block holds no moments and its parameter stops taking a gradient (<c>requires_grad</c> off, its gradient freed);
+    /// made trainable again (as a dense block), it starts from zero moments and step 0, as a block new to the optimizer
+    /// (PyTorch's optimizers, whose state of a tensor is dropped). A frozen block never holds moments: the state of a
+    /// block that leaves the trained set is dropped. Its float32 master (bfloat16 under master weights) and touched
+    /// mask are kept.
+    /// </summary>
+    protected void SetFrozen(Block b, bool frozen)
+    {
+        using var noGrad = no_grad();
+        _setsFrozen = true;
+        if (b.Parameter.is_leaf)
+        {
+            b.Parameter.requires_grad_(!frozen);
+            if (frozen) b.Parameter.grad = null;
+        }
+        if (frozen == (b.Kind == BlockKind.Frozen)) return;
+        b.Kind = frozen ? BlockKind.Frozen : BlockKind.Dense;
+        b.Step = 0;
+        b.LastUpdated = 0;
+        foreach (var m in b._moments) m.Dispose();
+        b._moments = Array.Empty<Tensor>();
+        foreach (var q in b._quantized ?? []) q.Dispose();
+        b._quantized = null;
+        if (!frozen && b.Owned && _allocated) AllocateState(b);
+    }
+
+    /// <summary>Whether <see cref="SetFrozen"/> was used: disposing the optimizer then gives every parameter its
+    /// <c>requires_grad</c> back (the model may be trained again, by another optimizer).</summary>
+    bool _setsFrozen;
 
     /// <summary>Whether moment <paramref name="index"/> of a block can be negative (it takes the signed 8-bit code); a
     /// member whose moment is never negative (Adam's v) says so, and that moment takes the finer unsigned code.</summary>
@@ -288,6 +323,7 @@ public abstract class BlockOptimizer : IDisposable
             b.Step++;
             StepOwned(b, _groups[b.Group], grad);
         }
+        EndStep();
     }
 
     // ---------------------------------------------------------------- a step in pieces (the step in the backward pass)
@@ -329,10 +365,20 @@ public abstract class BlockOptimizer : IDisposable
     {
         foreach (var b in _blocks) StepParameter(b.Parameter);
         _steppedThisStep.Clear();
+        using var noGrad = no_grad();
+        EndStep();
     }
 
     /// <summary>Called once per step before the blocks (e.g. to draw random numbers in a fixed order).</summary>
     protected virtual void BeginStep() { }
+
+    /// <summary>Called once per step after the blocks (<see cref="StepCount"/> counts this step): a member that moves its
+    /// trained subset does it here, so that the next forward and backward see the new set's <c>requires_grad</c>.</summary>
+    protected virtual void EndStep() { }
+
+    /// <summary>Files the member writes into the run's folder when a run starts (name, text): e.g. Spectrum's choice
+    /// (<c>spectrum.json</c>). None by default.</summary>
+    public virtual IEnumerable<(string Name, string Text)> RunFiles() => [];
 
     /// <summary>Called in a step for a block that another rank owns and steps: a member that draws random numbers per
     /// block draws them here too, so that every rank's generator stays in the same state.</summary>
@@ -382,7 +428,8 @@ public abstract class BlockOptimizer : IDisposable
 
     /// <summary>Extra state of the member (e.g. an RNG state), saved beside the blocks' moments.</summary>
     protected virtual IEnumerable<(string key, Tensor value)> ExtraState() => Array.Empty<(string, Tensor)>();
-    /// <summary>Restores what <see cref="ExtraState"/> saved.</summary>
+    /// <summary>Restores what <see cref="ExtraState"/> saved (before the blocks' moments: a member that moves its trained
+    /// subset restores the subset here, and the frozen blocks' moments are not read).</summary>
     protected virtual void LoadExtraState(IReadOnlyDictionary<string, Tensor> state) { }
 
     /// <summary>
@@ -476,10 +523,13 @@ public abstract class BlockOptimizer : IDisposable
         StepCount = Get("step").item<long>();
         if (state.TryGetValue("rounding.seed", out var seed)) RoundingSeed = seed.item<long>();
         for (int gi = 0; gi < _groups.Count; gi++) _groups[gi].LearningRate = Get($"group.{gi}.lr").item<double>();
+        // first, so that a member that moves its trained subset has the saved one (frozen blocks hold no moments)
+        LoadExtraState(state);
         foreach (var b in _blocks.Where(b => b.Owned))
         {
             b.Step = Get($"block.{b.Index}.step").item<long>();
-            for (int i = 0; i < MomentsPerBlock; i++) LoadMoment(b, i, state);
+            if (b.Kind != BlockKind.Frozen)
+                for (int i = 0; i < MomentsPerBlock; i++) LoadMoment(b, i, state);
             if (b.Touched is not null)
             {
                 if (state.TryGetValue($"block.{b.Index}.touched", out var tm)) TouchedBits.Load(b.Touched, tm, b.Numel, $"block.{b.Index}.touched", b.Name);
@@ -498,7 +548,6 @@ public abstract class BlockOptimizer : IDisposable
                 }
             }
         }
-        LoadExtraState(state);
     }
 
     /// <summary>Restores moment <paramref name="i"/> of a block from a state saved in either storage: float32
@@ -651,6 +700,7 @@ public abstract class BlockOptimizer : IDisposable
     {
         foreach (var b in _blocks)
         {
+            if (_setsFrozen && b.Parameter.is_leaf && !b.Parameter.IsInvalid) b.Parameter.requires_grad_(true);
             foreach (var m in b._moments) m.Dispose();
             foreach (var q in b._quantized ?? []) q.Dispose();
             b.Touched?.Dispose();

@@ -161,6 +161,11 @@ public static class MemoryPlanner
         /// <summary>The packed touched mask of the tensors whose state a rank holds: ⌈n/8⌉ bytes per tensor (a bit per
         /// entry), over the tensors of the rank with the largest share when sharded.</summary>
         public long OwnedTouchedBytes { get; } = OwnedTouched(Trained, X.Ranks);
+        /// <summary>The entries whose moments (and gradients) a rank holds at most at once: the owned share, or less for a
+        /// member that holds state for a subset of the trained tensors at a time (<see cref="Member.Held"/>).</summary>
+        public long HeldState => Member.Held is null ? Owned : Math.Min(Owned, HeldTensors.Sum(s => ModelShape.Count(s.Shape)));
+        /// <summary>Those tensors (all the trained ones for most members).</summary>
+        public IReadOnlyList<(string Name, long[] Shape)> HeldTensors => Member.Held is { } held ? held(Trained, X.Method) : Trained;
         public long Tokens => (long)X.MicroBatch * X.SequenceLength;
 
         static long OwnedTouched(IReadOnlyList<(string Name, long[] Shape)> trained, int ranks)
@@ -217,6 +222,8 @@ public static class MemoryPlanner
         if (b.Kind.GradientsPerLayer && x.Ranks > 1 && x.ReduceInBackward)
             return new("gradients", Math.Min(m.Numel, b.Owned + m.Outside + m.LargestLayer) * b.Wb,
                        $"summed into their owners per layer in the backward (ZeRO-2): this rank's share, one layer's and the embeddings' and head's, {x.Precision}");
+        if (b.Member.Held is not null)
+            return new("gradients", b.HeldState * b.Wb, $"one per {b.Kind.EntryName} of the tensors trained at once ({b.Member.Name}), {x.Precision}");
         return new("gradients", b.T * b.Wb, $"one per {b.Kind.EntryName}, {x.Precision}{(b.Kind.BaseFrozen ? " (none for the frozen base)" : "")}");
     }
 
@@ -226,13 +233,14 @@ public static class MemoryPlanner
     {
         var x = b.X;
         int moments = b.Member.Moments;
-        long state = b.Owned * 4L * moments;
-        string detail = $"{moments} float32 moment{(moments == 1 ? "" : "s")} per {b.Kind.EntryName} ({b.Member.Name})";
+        long state = b.HeldState * 4L * moments;
+        string detail = $"{moments} float32 moment{(moments == 1 ? "" : "s")} per {b.Kind.EntryName} ({b.Member.Name}"
+                        + $"{(b.Member.Held is null ? "" : $": {b.HeldState:N0} entries trained at once")})";
         if (x.OptimizerState == Optim.MomentStorage.Blockwise8Bit && moments > 0)
         {
             // a code byte per entry and a float32 scale per block of each tensor; the float32 working copies of the moments
             // of the one tensor that steps
-            long quantized = x.Ranks > 1 ? Optim.QuantizedMoment.Bytes(b.Owned) : b.Trained.Sum(s => Optim.QuantizedMoment.Bytes(ModelShape.Count(s.Shape)));
+            long quantized = x.Ranks > 1 ? Optim.QuantizedMoment.Bytes(b.HeldState) : b.HeldTensors.Sum(s => Optim.QuantizedMoment.Bytes(ModelShape.Count(s.Shape)));
             state = moments * (quantized + 4L * b.LargestTrained);
             detail = $"{moments} 8-bit moment{(moments == 1 ? "" : "s")} per {b.Kind.EntryName} ({b.Member.Name}; a float32 scale per {Optim.DynamicCode.BlockSize} entries)"
                      + $" + their float32 working copies for the largest tensor ({b.LargestTrained:N0} entries)";

@@ -36,11 +36,54 @@ public static class Defaults
     /// <summary>Below this many parameters a run keeps the conveniences that cost memory per entry (the touched mask,
     /// an in-memory copy of the initial weights for the distance).</summary>
     public const long SmallModel = 100_000_000;
+    /// <summary>LISA: decoder layers trained at once, and the steps between two draws (LMFlow's and Axolotl's examples).</summary>
+    public const int LisaLayers = 2, LisaInterval = 20;
+    /// <summary>BAdam: the steps a block is trained before the switch (the paper's K = 50).</summary>
+    public const int BAdamInterval = 50;
+    /// <summary>Spectrum: the fraction of each module type trained.</summary>
+    public const double SpectrumFraction = 0.25;
 }
 
 /// <summary>What an optimizer member is built from: the model's named parameters and the run's settings.</summary>
 public sealed record OptimizerArgs(IReadOnlyList<(string Name, Parameter Parameter)> Parameters, double LearningRate,
-                                   double WeightDecay, double Alpha, long Seed, bool TrackTouched);
+                                   double WeightDecay, double Alpha, long Seed, bool TrackTouched)
+{
+    /// <summary>The options of the members that train a subset of the model (LISA, BAdam, Spectrum).</summary>
+    public SubsetSpec Subset { get; init; } = new();
+}
+
+/// <summary>
+/// The options of the members that train a moving or static subset of the whole model, each read by its member only:
+/// LISA's layers at once and switch interval, BAdam's switch interval and block order, Spectrum's trained fraction per
+/// module type. Serializable (part of <see cref="MethodSpec"/>).
+/// </summary>
+public sealed record SubsetSpec
+{
+    public int LisaLayers { get; init; } = Defaults.LisaLayers;
+    public int LisaInterval { get; init; } = Defaults.LisaInterval;
+    public int BAdamInterval { get; init; } = Defaults.BAdamInterval;
+    public BlockOrder BAdamOrder { get; init; } = BlockOrder.Random;
+    public double SpectrumFraction { get; init; } = Defaults.SpectrumFraction;
+
+    /// <summary>Checks the values (an <see cref="OptionException"/> on the field that is wrong).</summary>
+    public void Validate()
+    {
+        if (LisaLayers < 1) throw new OptionException("LisaLayers", $"LisaLayers {LisaLayers}: must be at least 1");
+        if (LisaInterval < 1) throw new OptionException("LisaInterval", $"LisaInterval {LisaInterval}: must be at least 1");
+        if (BAdamInterval < 1) throw new OptionException("BAdamInterval", $"BAdamInterval {BAdamInterval}: must be at least 1");
+        if (!Enum.IsDefined(BAdamOrder)) throw new OptionException("BAdamOrder", $"BAdamOrder {(int)BAdamOrder}: not an order");
+        if (!(SpectrumFraction > 0 && SpectrumFraction <= 1)) throw new OptionException("SpectrumFraction", $"SpectrumFraction {SpectrumFraction}: must lie in (0, 1]");
+    }
+
+    /// <summary>The options of a member, as <see cref="MethodSpec.ToString"/> shows them (empty for the other members).</summary>
+    public string Describe(string member) => member switch
+    {
+        "lisa" => $"(layers={LisaLayers}, every {LisaInterval} steps)",
+        "badam" => $"(every {BAdamInterval} steps, {BAdamOrder.ToString().ToLowerInvariant()})",
+        "spectrum" => $"(fraction={SpectrumFraction.ToString("G", System.Globalization.CultureInfo.InvariantCulture)})",
+        _ => "",
+    };
+}
 
 /// <summary>
 /// One member of the optimizer family, as the vocabulary declares it: its name (what users type), what it is, whether
@@ -50,6 +93,13 @@ public sealed record OptimizerArgs(IReadOnlyList<(string Name, Parameter Paramet
 /// </summary>
 public sealed record Member(string Name, string Description, bool UsesAlpha, double LrScale, int Moments, Func<OptimizerArgs, BlockOptimizer> Create)
 {
+    /// <summary>The trained tensors whose state the member holds at most at once, given all trained tensors (name, shape)
+    /// and the method (null: all of them); the memory plan counts moments for these only.</summary>
+    public Func<IReadOnlyList<(string Name, long[] Shape)>, MethodSpec, IReadOnlyList<(string Name, long[] Shape)>>? Held { get; init; }
+
+    /// <summary>Whether the member reads <see cref="MethodSpec.Subset"/> (LISA, BAdam, Spectrum).</summary>
+    public bool UsesSubset { get; init; }
+
     /// <summary>The pooled buffers of the fused selection kernel for the largest filtered tensor (members that filter by
     /// a moment-based key): a 1/64 key sample, the candidates and the speculative record (≈ 1.25·α·numel floats and 2
     /// bits per entry).</summary>
@@ -78,6 +128,8 @@ public sealed record MethodSpec
     /// <summary>LoRA: the member trains low-rank adapters of the base's linear layers, the base frozen (null: the
     /// member trains every weight).</summary>
     public LoraSpec? Lora { get; init; }
+    /// <summary>The options of the members that train a subset of the model (null for the other members).</summary>
+    public SubsetSpec? Subset { get; init; }
 
     /// <summary>A short description: <c>mofo(α=0.15)</c>, <c>adamw + l2(λ=0.001)</c>, <c>lora(r=8, α=16)</c>,
     /// <c>lora(r=8, α=16) on mofo(α=0.15)</c>.</summary>
@@ -85,12 +137,14 @@ public sealed record MethodSpec
     {
         var m = Methods.Member(Optimizer);
         var head = m.UsesAlpha ? $"{m.Name}(α={Alpha.ToString("G", System.Globalization.CultureInfo.InvariantCulture)})" : m.Name;
+        if (Subset is not null) head += Subset.Describe(m.Name);
         if (Lora is not null) head = m.Name == "adamw" ? Lora.ToString() : $"{Lora} on {head}";
         return string.Concat(Terms.Select(t => $" + {t.Term}(λ={t.Lambda.ToString("G", System.Globalization.CultureInfo.InvariantCulture)})").Prepend(head));
     }
 
     public bool Equals(MethodSpec? other) =>
-        other is not null && Optimizer == other.Optimizer && Alpha.Equals(other.Alpha) && Terms.SequenceEqual(other.Terms) && Equals(Lora, other.Lora);
+        other is not null && Optimizer == other.Optimizer && Alpha.Equals(other.Alpha) && Terms.SequenceEqual(other.Terms) && Equals(Lora, other.Lora)
+        && Equals(Subset, other.Subset);
 
     public override int GetHashCode() => HashCode.Combine(Optimizer, Alpha, Terms.Count);
 }
@@ -119,6 +173,15 @@ public static class Methods
             a => new RandomizedBCD(a.Parameters, a.LearningRate, a.Alpha, seed: a.Seed, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
         new("gd-mofo", "GD-MoFO (Algorithm 2): a plain gradient step on the top-α entries by |g|, no moments", true, 1.0, GDMoFO.Moments,
             a => new GDMoFO(a.Parameters, a.LearningRate, a.Alpha, weight_decay: a.WeightDecay, trackTouched: a.TrackTouched)),
+        new("lisa", $"LISA: embeddings, head and final norm always, plus a fresh random set of decoder layers every K steps, AdamW (--lisa-layers {Defaults.LisaLayers}, --lisa-interval {Defaults.LisaInterval})", false, 1.0, MaskedAdam.Moments,
+            a => new LISA(a.Parameters, a.LearningRate, a.Subset.LisaLayers, a.Subset.LisaInterval, a.Seed, a.WeightDecay, a.TrackTouched))
+            { UsesSubset = true, Held = (t, m) => LISA.Held(t, (m.Subset ?? new()).LisaLayers) },
+        new("badam", $"BAdam: one decoder layer at a time for K steps, Adam states for it only (--badam-interval {Defaults.BAdamInterval}, --badam-order random|ascending|descending, default random)", false, 1.0, MaskedAdam.Moments,
+            a => new BAdam(a.Parameters, a.LearningRate, a.Subset.BAdamInterval, a.Subset.BAdamOrder, a.Seed, a.WeightDecay, a.TrackTouched))
+            { UsesSubset = true, Held = (t, _) => BAdam.Held(t) },
+        new("spectrum", $"Spectrum: per module type the top fraction by signal-to-noise ratio (Marchenko–Pastur), AdamW; the rest frozen (--spectrum-fraction {Defaults.SpectrumFraction})", false, 1.0, MaskedAdam.Moments,
+            a => new Spectrum(a.Parameters, a.LearningRate, a.Subset.SpectrumFraction, a.WeightDecay, a.TrackTouched))
+            { UsesSubset = true, Held = (t, m) => Spectrum.Held(t, (m.Subset ?? new()).SpectrumFraction) },
     ];
 
     /// <summary>The loss terms (each also names a preset: AdamW with that term, as the paper's baselines).</summary>
@@ -172,9 +235,11 @@ public static class Methods
     /// default; <c>mofo</c> filters the adapters' moments with α = <paramref name="alpha"/>).</para>
     /// </summary>
     public static MethodSpec Parse(string name, double alpha = Defaults.Alpha, double? l1Lambda = null, double? l2Lambda = null,
-                                   LoraSpec? lora = null, string? loraMember = null)
+                                   LoraSpec? lora = null, string? loraMember = null, SubsetSpec? subset = null)
     {
         var key = name.ToLowerInvariant();
+        if (subset is not null && !Members.Any(m => m.UsesSubset && m.Name == key))
+            throw new OptionException("Method", $"Method {name}: the LISA, BAdam and Spectrum options need the method {string.Join(", ", Members.Where(m => m.UsesSubset).Select(m => m.Name))}");
         var terms = new List<LossTermSpec>();
         string optimizer;
         var adapter = Adapters.FirstOrDefault(a => a.Name == key);
@@ -203,7 +268,8 @@ public static class Methods
             if (l1Lambda is double l1) terms.Add(new LossTermSpec("l1", l1));
             if (l2Lambda is double l2) terms.Add(new LossTermSpec("l2", l2));
         }
-        return new MethodSpec { Optimizer = optimizer, Alpha = alpha, Terms = terms.OrderBy(t => t.Term, StringComparer.Ordinal).ToList() };
+        return new MethodSpec { Optimizer = optimizer, Alpha = alpha, Terms = terms.OrderBy(t => t.Term, StringComparer.Ordinal).ToList(),
+                                Subset = Member(optimizer).UsesSubset ? subset ?? new SubsetSpec() : null };
     }
 
     /// <summary>Checks a method's fields (member and terms exist, α in (0, 1], λ ≥ 0).</summary>
@@ -216,6 +282,7 @@ public static class Methods
             if (m.Terms.Count > 0) throw new OptionException("Method", $"Method {m.Lora.VariantName}: the L1/L2 terms toward the pretrained weights do not apply to adapters (the base is frozen)");
         }
         if (!(m.Alpha > 0 && m.Alpha <= 1)) throw new OptionException("Alpha", $"Alpha {m.Alpha}: must lie in (0, 1]");
+        m.Subset?.Validate();
         foreach (var t in m.Terms)
         {
             Term(t.Term);
@@ -230,7 +297,7 @@ public static class Methods
         var named = trained.Parameters;
         var member = Member(o.Method.Optimizer);
         var track = o.TrackTouched ?? named.Sum(p => p.Parameter.numel()) < Defaults.SmallModel;
-        var opt = member.Create(new OptimizerArgs(named, o.LearningRate, o.WeightDecay, o.Method.Alpha, o.Seed, track));
+        var opt = member.Create(new OptimizerArgs(named, o.LearningRate, o.WeightDecay, o.Method.Alpha, o.Seed, track) { Subset = o.Method.Subset ?? new() });
         opt.BFloat16Update = o.BFloat16Update;
         opt.MomentStorage = o.OptimizerState;
         opt.RoundingSeed = o.Seed;

@@ -168,6 +168,8 @@ public sealed class Trainer
         using var baseDistance = trained.Distance(terms);
         int distanceEvery = _o.DistanceEvery > 0 ? _o.DistanceEvery : baseDistance.EveryStep ? 1 : 50;
         int start = Start(trained, exec, resume);
+        // what the member chose before training (Spectrum's spectrum.json)
+        if (root) foreach (var (name, text) in opt.RunFiles()) AtomicFile.WriteAllText(Path.Combine(_out, name), text);
         // the watch's curve: the held-out loss of the base on the probe set (every rank computes it), then at each watch
         double? baseHeldOut = start == 0 && _o.WatchForgetting.Count > 0 && _eval.Count > 0 ? EvalLoss(ForgettingWatch.ProbeExamples) : null;
         var watch = ForgettingWatch.Open(_lm, trained, _o, _eval, _out, start == 0, () => baseDistance.L2(), root, () => Comm.Sum(0.0), baseHeldOut);

@@ -145,13 +145,33 @@ let loraSpec (rank: int option) (alpha: float option) (dropout: float option) (t
     else None
 
 /// The method of `--method`, `--alpha`, `--l1-lambda`, `--l2-lambda` (a λ with a member adds its loss term) and the
-/// LoRA settings and `--lora-optimizer` (with `--method lora`).
-let methodSpecWith (name: string option) (alpha: float option) (l1: float option) (l2: float option) (lora: MoFO.Models.LoraSpec option) (loraMember: string option) =
-    Methods.Parse(defaultArg name Defaults.Method, defaultArg alpha Defaults.Alpha, Option.toNullable l1, Option.toNullable l2, Option.toObj lora, Option.toObj loraMember)
+/// LoRA settings and `--lora-optimizer` (with `--method lora`), and the subset members' options (`subsetSpec`).
+let methodSpecWith (name: string option) (alpha: float option) (l1: float option) (l2: float option) (lora: MoFO.Models.LoraSpec option)
+                   (loraMember: string option) (subset: SubsetSpec option) =
+    Methods.Parse(defaultArg name Defaults.Method, defaultArg alpha Defaults.Alpha, Option.toNullable l1, Option.toNullable l2, Option.toObj lora,
+                  Option.toObj loraMember, Option.toObj subset)
+
+/// The options of LISA, BAdam and Spectrum from `--lisa-layers`, `--lisa-interval`, `--badam-interval`, `--badam-order`,
+/// `--spectrum-fraction` (each flag of another member than `--method`'s is refused, naming it); None when none is given.
+let subsetSpec (methodName: string option) (lisaLayers: int option) (lisaInterval: int option) (badamInterval: int option)
+               (badamOrder: MoFO.Optim.BlockOrder option) (fraction: float option) =
+    let given = [ "lisa", Flags.lisaLayers.Name, lisaLayers.IsSome; "lisa", Flags.lisaInterval.Name, lisaInterval.IsSome
+                  "badam", Flags.badamInterval.Name, badamInterval.IsSome; "badam", Flags.badamOrder.Name, badamOrder.IsSome
+                  "spectrum", Flags.spectrumFraction.Name, fraction.IsSome ] |> List.filter (fun (_, _, g) -> g)
+    if given.IsEmpty then None
+    else
+        let m = (defaultArg methodName Defaults.Method).ToLowerInvariant()
+        match given |> List.tryFind (fun (owner, _, _) -> owner <> m) with
+        | Some (owner, flag, _) -> raise (ArgumentException $"{flag} applies to {Flags.method.Name} {owner} (not {m})")
+        | None ->
+            let d = SubsetSpec()
+            Some(SubsetSpec(LisaLayers = defaultArg lisaLayers d.LisaLayers, LisaInterval = defaultArg lisaInterval d.LisaInterval,
+                            BAdamInterval = defaultArg badamInterval d.BAdamInterval, BAdamOrder = defaultArg badamOrder d.BAdamOrder,
+                            SpectrumFraction = defaultArg fraction d.SpectrumFraction))
 
 /// The method of `--method`, `--alpha`, `--l1-lambda`, `--l2-lambda` (a λ with a member adds its loss term).
 let methodSpec (name: string option) (alpha: float option) (l1: float option) (l2: float option) =
-    methodSpecWith name alpha l1 l2 None None
+    methodSpecWith name alpha l1 l2 None None None
 
 /// The dtype of a precision.
 let dtype (p: Precision) = if p = Precision.BFloat16 then TorchSharp.torch.ScalarType.BFloat16 else TorchSharp.torch.ScalarType.Float32
@@ -185,7 +205,9 @@ let trainingOptions (device: TorchSharp.torch.Device) (a: Argu.ParseResults<'A>)
     let lora = loraSpec (given Flags.loraRank) (given Flags.loraAlpha) (given Flags.loraDropout) (given Flags.loraTargets)
     let o =
         TrainingOptions(
-            Method = methodSpecWith (given Flags.method) (given Flags.alpha) (given Flags.l1Lambda) (given Flags.l2Lambda) lora (given Flags.loraOptimizer),
+            Method = methodSpecWith (given Flags.method) (given Flags.alpha) (given Flags.l1Lambda) (given Flags.l2Lambda) lora (given Flags.loraOptimizer)
+                         (subsetSpec (given Flags.method) (given Flags.lisaLayers) (given Flags.lisaInterval) (given Flags.badamInterval)
+                                     (given Flags.badamOrder) (given Flags.spectrumFraction)),
             LearningRate = get Flags.lr d.LearningRate,
             Epochs = get Flags.epochs d.Epochs,
             Steps = (given Flags.steps |> Option.toNullable),

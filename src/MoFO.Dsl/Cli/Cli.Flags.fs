@@ -106,6 +106,20 @@ let loraOptimizer =
         (fun () -> Methods.Members |> Seq.map (fun m -> m.Name)) accepts
     |> Flag.sets "LoraOptimizer"
 
+let lisaLayers =
+    Flag.int "--lisa-layers" $"--method lisa: decoder layers trained at once (default {Defaults.LisaLayers})." |> Flag.atLeast 1 |> Flag.sets "LisaLayers"
+let lisaInterval =
+    Flag.int "--lisa-interval" $"--method lisa: steps between two draws of the trained layers (default {Defaults.LisaInterval})." |> Flag.atLeast 1 |> Flag.sets "LisaInterval"
+let badamInterval =
+    Flag.int "--badam-interval" $"--method badam: steps a decoder layer is trained before the next (default {Defaults.BAdamInterval})." |> Flag.atLeast 1 |> Flag.sets "BAdamInterval"
+let badamOrder =
+    Flag.choice "--badam-order" "--method badam: the order of the layers, random (default: a fresh permutation each pass), ascending or descending."
+        [ "random", MoFO.Optim.BlockOrder.Random; "ascending", MoFO.Optim.BlockOrder.Ascending; "descending", MoFO.Optim.BlockOrder.Descending ]
+    |> Flag.sets "BAdamOrder"
+let spectrumFraction =
+    Flag.float "--spectrum-fraction" $"--method spectrum: the fraction of each module type trained, by signal-to-noise ratio (default {Defaults.SpectrumFraction})."
+    |> Flag.sets "SpectrumFraction"
+
 // ---- the training loop (defaults: Core's `Defaults`) ---------------------------------------------------------------
 
 let lr = Flag.float "--lr" $"peak learning rate (default {Defaults.LearningRate}; LoRA usually wants about {Methods.LoraLrScale}× more)." |> Flag.sets "LearningRate"
@@ -201,6 +215,6 @@ let addBos =
 let all : Flag list =
     [ model; tokenizer; data; output; device; dataRoot; like; layers; shardSizeMb; limit; seed; tensorboard; cache; unsafeNoSandbox
       maxNewTokens; temperature; topP; k; repetitions; warmup; method; alpha; l1Lambda; l2Lambda; loraRank; loraAlpha; loraDropout
-      loraTargets; loraOptimizer; lr; epochs; steps; batchSize; microBatchSize; maxLen; schedule; warmupRatio; weightDecay; maxGradNorm
+      loraTargets; loraOptimizer; lisaLayers; lisaInterval; badamInterval; badamOrder; spectrumFraction; lr; epochs; steps; batchSize; microBatchSize; maxLen; schedule; warmupRatio; weightDecay; maxGradNorm
       saveEvery; evalEvery; pack; resume; skipEmpty; precision; optimizerState; masterWeights; roundToNearest; stepInBackward; gradientCheckpointing
       trackTouched; memoryBudget; watchForgetting; watchEvery; forgettingBudget; addBos ]

@@ -27,6 +27,11 @@ type PlanArgs =
     | Lora_Dropout of p: string
     | Lora_Targets of names: string
     | Lora_Optimizer of name: string
+    | Lisa_Layers of n: string
+    | Lisa_Interval of n: string
+    | Badam_Interval of n: string
+    | Badam_Order of name: string
+    | Spectrum_Fraction of f: string
     | Precision of name: string
     | Optimizer_State of storage: string
     | Device of device: string
@@ -45,7 +50,9 @@ type PlanArgs =
             match this with
             | Model _ -> Own.model | Like _ -> Flags.like | Layers _ -> Flags.layers | Method _ -> Flags.method | Alpha _ -> Flags.alpha
             | Lora_Rank _ -> Flags.loraRank | Lora_Alpha _ -> Flags.loraAlpha | Lora_Dropout _ -> Flags.loraDropout
-            | Lora_Targets _ -> Flags.loraTargets | Lora_Optimizer _ -> Flags.loraOptimizer | Precision _ -> Flags.precision | Optimizer_State _ -> Flags.optimizerState | Device _ -> Own.device
+            | Lora_Targets _ -> Flags.loraTargets | Lora_Optimizer _ -> Flags.loraOptimizer
+            | Lisa_Layers _ -> Flags.lisaLayers | Lisa_Interval _ -> Flags.lisaInterval | Badam_Interval _ -> Flags.badamInterval
+            | Badam_Order _ -> Flags.badamOrder | Spectrum_Fraction _ -> Flags.spectrumFraction | Precision _ -> Flags.precision | Optimizer_State _ -> Flags.optimizerState | Device _ -> Own.device
             | Master_Weights -> Flags.masterWeights | Batch_Size _ -> Flags.batchSize | Micro_Batch_Size _ -> Flags.microBatchSize
             | Max_Len _ -> Flags.maxLen | Gradient_Checkpointing -> Flags.gradientCheckpointing | Step_In_Backward -> Flags.stepInBackward
             | Track_Touched -> Flags.trackTouched | Memory _ -> Own.memory | Ranks _ -> Own.ranks | Ranks_Per_Device _ -> Own.ranksPerDevice

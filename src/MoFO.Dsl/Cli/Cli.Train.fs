@@ -45,6 +45,11 @@ type TrainArgs =
     | Lora_Dropout of p: string
     | Lora_Targets of names: string
     | Lora_Optimizer of name: string
+    | Lisa_Layers of n: string
+    | Lisa_Interval of n: string
+    | Badam_Interval of n: string
+    | Badam_Order of name: string
+    | Spectrum_Fraction of f: string
     | Lr of lr: string
     | Epochs of n: string
     | Steps of n: string
@@ -90,7 +95,9 @@ type TrainArgs =
             | Model _ -> Flags.model | Data _ -> Own.data | Format _ -> Own.format | Output _ -> Own.output
             | Tensorboard _ -> Flags.tensorboard | Method _ -> Flags.method | Alpha _ -> Flags.alpha
             | Lora_Rank _ -> Flags.loraRank | Lora_Alpha _ -> Flags.loraAlpha | Lora_Dropout _ -> Flags.loraDropout
-            | Lora_Targets _ -> Flags.loraTargets | Lora_Optimizer _ -> Flags.loraOptimizer | Lr _ -> Flags.lr
+            | Lora_Targets _ -> Flags.loraTargets | Lora_Optimizer _ -> Flags.loraOptimizer
+            | Lisa_Layers _ -> Flags.lisaLayers | Lisa_Interval _ -> Flags.lisaInterval | Badam_Interval _ -> Flags.badamInterval
+            | Badam_Order _ -> Flags.badamOrder | Spectrum_Fraction _ -> Flags.spectrumFraction | Lr _ -> Flags.lr
             | Epochs _ -> Flags.epochs | Steps _ -> Flags.steps | Batch_Size _ -> Flags.batchSize | Micro_Batch_Size _ -> Flags.microBatchSize
             | Max_Len _ -> Flags.maxLen | Schedule _ -> Flags.schedule | Warmup_Ratio _ -> Flags.warmupRatio | Weight_Decay _ -> Flags.weightDecay
             | Max_Grad_Norm _ -> Flags.maxGradNorm | L1_Lambda _ -> Flags.l1Lambda | L2_Lambda _ -> Flags.l2Lambda | Seed _ -> Flags.seed

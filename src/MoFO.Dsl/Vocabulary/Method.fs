@@ -24,6 +24,12 @@ type Method =
     | DoRA of rank: int
     /// PiSSA adapters of rank r (LoRA started from the weights' top-r singular triplets; α = 2r), trained by AdamW
     | PiSSA of rank: int
+    /// LISA: embeddings, final norm and head always, plus `layers` random decoder layers redrawn every `interval` steps
+    | LISA of layers: int * interval: int
+    /// BAdam: one decoder layer at a time for `interval` steps, in a fresh random order each pass
+    | BAdam of interval: int
+    /// Spectrum: per module type the top `fraction` by signal-to-noise ratio, the rest frozen
+    | Spectrum of fraction: float
     | Replay of perTask: int * Method
     | GEM of memory: int * Method
     | MTL
@@ -44,6 +50,9 @@ type Method =
         | LoRA (r, Some a) -> Methods.Parse(Methods.LoraName, a, lora = MoFO.Models.LoraSpec(Rank = r), loraMember = "mofo")
         | DoRA r -> Methods.Parse("dora", lora = MoFO.Models.LoraSpec(Rank = r))
         | PiSSA r -> Methods.Parse("pissa", lora = MoFO.Models.LoraSpec(Rank = r))
+        | LISA (l, k) -> Methods.Parse("lisa", subset = SubsetSpec(LisaLayers = l, LisaInterval = k))
+        | BAdam k -> Methods.Parse("badam", subset = SubsetSpec(BAdamInterval = k))
+        | Spectrum f -> Methods.Parse("spectrum", subset = SubsetSpec(SpectrumFraction = f))
         | Replay (_, inner) | GEM (_, inner) -> inner.Spec
 
     /// The optimizer member (its name, description, learning-rate factor).
@@ -63,6 +72,7 @@ type Method =
         | FullFT -> "Full FT" | MoFO a -> $"MoFO (α={pct a})" | HFT -> "HFT" | L1 _ -> "L1-regularization" | L2 _ -> "L2-regularization"
         | Lion -> "Lion" | GradBCD a -> $"Gradient-filtered BCD (α={pct a})" | RandomBCD a -> $"Randomized BCD (α={pct a})"
         | GDMoFO a -> $"GD-MoFO (α={pct a})"
+        | LISA (l, k) -> $"LISA ({l} layers, every {k} steps)" | BAdam k -> $"BAdam (every {k} steps)" | Spectrum f -> $"Spectrum ({pct f})"
         | LoRA (r, None) -> $"LoRA (r={r})" | LoRA (r, Some a) -> $"LoRA (r={r}) + MoFO (α={pct a})"
         | DoRA r -> $"DoRA (r={r})" | PiSSA r -> $"PiSSA (r={r})"
         | Replay (_, FullFT) -> "Replay" | Replay (_, inner) -> $"Replay + {inner.Label}"
@@ -74,6 +84,7 @@ type Method =
         match m with
         | FullFT -> "adamw" | MoFO a -> $"mofo{a}" | HFT -> "hft" | L1 l -> $"l1-{l}" | L2 l -> $"l2-{l}" | Lion -> "lion"
         | GradBCD a -> $"gradbcd{a}" | RandomBCD a -> $"randbcd{a}" | GDMoFO a -> $"gdmofo{a}" | LoRA (r, None) -> $"lora{r}" | LoRA (r, Some a) -> $"lora{r}-mofo{a}" | DoRA r -> $"dora{r}" | PiSSA r -> $"pissa{r}" | Replay (n, i) -> $"replay{n}-{i.Key}" | GEM (n, i) -> $"gem{n}-{i.Key}"
+        | LISA (l, k) -> $"lisa{l}-{k}" | BAdam k -> $"badam{k}" | Spectrum f -> $"spectrum{f}"
         | MTL -> "mtl"
 
     /// The continual strategy's memory: (replayed examples per earlier task, GEM memory per earlier task).
