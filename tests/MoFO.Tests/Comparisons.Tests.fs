@@ -14,20 +14,8 @@ open MoFO.Tests.ModelFixtures
 
 let private mofo (args: string list) = captureConsole (fun () -> MoFO.Dsl.Cli.Main.run (List.toArray args))
 
-/// stories260K with every weight moved by seeded noise, written as an HF folder (a stand-in for a fine-tuned model).
-let private perturbed (dir: string) (scale: float) =
-    use lm = ModelLoader.Load(requireAsset DataRoot.Assets.Stories260K)
-    use _ = torch.no_grad()
-    use g = new torch.Generator(7UL)
-    use s = torch.tensor scale
-    for KeyValue (_, w) in lm.Module.StateDict() do
-        w.add_(torch.randn(w.shape, generator = g).mul(s)) |> ignore
-    HfFolder.Save(lm, dir) |> ignore
-    dir
-
-let private weights (path: string) =
-    use lm = ModelLoader.Load path
-    lm.Module.StateDict() |> Seq.map (fun kv -> kv.Key, kv.Value.``to``(torch.ScalarType.Float32).data<float32>().ToArray()) |> Map.ofSeq
+let private perturbed (dir: string) (scale: float) = perturbedStories dir 7UL scale
+let private weights = weightsOf
 
 [<Tests>]
 let tests =

@@ -67,6 +67,7 @@ let tests =
                 [ point 1e-4 0 slow 2.1 0.12; point 1e-3 0 fast 1.5 0.40
                   point 1e-4 1 unwatched 2.2 0.09; point 1e-3 1 unwatched 1.4 0.5 ]
             // budget 0.1: seed 0 — slow@20 (2.3, rise 0.06), fast@10 (2.0, rise 0.08) → 2.0 at lr 1e-3 step 10; seed 1 — 2.2 (0.09)
+            // (the rates are the recipe's times MoFO's factor, 1)
             let b = Frontier.withinBudget 0.1 points m
             Expect.equal b.PerSeed [ 0, Some (2.0, 1e-3, 10); 1, Some (2.2, 1e-4, 0) ] "per seed: the loss, the rate and the step"
             Expect.floatClose Accuracy.veryHigh b.Mean 2.1 "the mean over seeds"
@@ -77,6 +78,11 @@ let tests =
             let md = FrontierReport.budgetTable [ b; tight ]
             Expect.stringContains md "Δ proxy ≤ 0.1" "a column per budget"
             Expect.stringContains md "2.1000" "the mean in its cell"
+            Expect.stringContains md "s0: the base" "step 0 is the base"
+            // an adapter's rate is the one it ran at (10× the recipe's)
+            let lora = Method.LoRA (8, None)
+            let adapter = Frontier.withinBudget 0.1 [ { point 1e-4 0 slow 2.1 0.12 with Method = lora; Run = run slow lora } ] lora
+            Expect.equal adapter.PerSeed [ 0, Some (2.3, 1e-3, 20) ] "LoRA at 10× the recipe's rate"
         }
 
         testSequenced <| test "Dsl.watch.budget: Experiment.withBudget stops the run and keeps the model within it; the budget is part of the run's identity and label" {

@@ -25,20 +25,8 @@ let private tau1 = [ 0.9; -0.1; 0.4; -0.8; 0.2; 0.05; -0.6; 0.3 ]    // keeps 0.
 let private tau2 = [ -0.5; 0.7; 0.3; -0.2; -0.9; 0.1; 0.25; 0.15 ]   // keeps -0.5, 0.7, 0.3, -0.9
 let private tau3 = [ 0.2; -0.3; -0.45; 0.6; 0.1; -0.7; 0.35; -0.05 ] // keeps -0.45, 0.6, -0.7, 0.35
 
-/// stories260K with every weight moved by seeded noise, as an HF folder (a stand-in for a fine-tune).
-let private perturbed (dir: string) (seed: uint64) (scale: float) =
-    use lm = ModelLoader.Load(requireAsset DataRoot.Assets.Stories260K)
-    use _ = torch.no_grad()
-    use g = new torch.Generator(seed)
-    use s = torch.tensor (scale: float)
-    for KeyValue (_, w) in lm.Module.StateDict() do
-        w.add_(torch.randn(w.shape, generator = g).mul(s)) |> ignore
-    HfFolder.Save(lm, dir) |> ignore
-    dir
-
-let private weights (path: string) =
-    use lm = ModelLoader.Load path
-    lm.Module.StateDict() |> Seq.map (fun kv -> kv.Key, kv.Value.``to``(torch.ScalarType.Float32).data<float32>().ToArray()) |> Map.ofSeq
+let private perturbed = perturbedStories
+let private weights = weightsOf
 
 /// TIES in float64 from float32 task vectors: top-⌊d·n⌋ by magnitude, weighted, the sign of the sum elected (+ at 0),
 /// the mean of the weighted entries of that sign.

@@ -55,3 +55,19 @@ let ids (xs: int64 list) = torch.tensor(List.toArray xs).view(1L, int64 xs.Lengt
 let randomIds (vocab: int) (batch: int) (len: int) (seed: int64) =
     let g = new torch.Generator(uint64 seed)
     torch.randint(0L, int64 vocab, [| int64 batch; int64 len |], dtype = torch.int64, generator = g)
+
+/// stories260K with every weight moved by seeded noise, written as an HF folder (a stand-in for a fine-tune).
+let perturbedStories (dir: string) (seed: uint64) (scale: float) =
+    use lm = ModelLoader.Load(MoFO.Tests.Fixtures.requireAsset MoFO.DataRoot.Assets.Stories260K)
+    use _ = torch.no_grad()
+    use g = new torch.Generator(seed)
+    use s = torch.tensor scale
+    for KeyValue (_, w) in lm.Module.StateDict() do
+        w.add_(torch.randn(w.shape, generator = g).mul(s)) |> ignore
+    HfFolder.Save(lm, dir) |> ignore
+    dir
+
+/// Every weight of a model (any format the loader reads), as float32 arrays by name.
+let weightsOf (path: string) =
+    use lm = ModelLoader.Load path
+    lm.Module.StateDict() |> Seq.map (fun kv -> kv.Key, kv.Value.``to``(torch.ScalarType.Float32).data<float32>().ToArray()) |> Map.ofSeq

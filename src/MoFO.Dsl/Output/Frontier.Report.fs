@@ -151,7 +151,7 @@ let budgetTable (budgets: Frontier.WithinBudget list) =
     let line (s: string) = sb.AppendLine(s) |> ignore
     let limits = budgets |> List.map (fun b -> b.Budget) |> List.distinct |> List.sort
     if not limits.IsEmpty then
-        line "### The best task loss within a forgetting budget (the lowest held-out loss among each method's models — every watch of every learning rate's run — whose proxy rise stays within the budget; mean over seeds)"
+        line "### The best task loss within a forgetting budget (the lowest held-out loss among each method's models — every watch of every learning rate's run, measured on the watch's probe set: the first 64 held-out examples — whose proxy rise stays within the budget; mean over seeds)"
         line ""
         line ("| method | " + String.Join(" | ", limits |> List.map (fun l -> $"Δ proxy ≤ {l:G3}")) + " |")
         line ("|---|" + String.replicate limits.Length "---|")
@@ -159,7 +159,12 @@ let budgetTable (budgets: Frontier.WithinBudget list) =
             let cell (l: float) =
                 match budgets |> List.tryFind (fun b -> b.Method = m && b.Budget = l) with
                 | Some b ->
-                    let where = b.PerSeed |> List.map (fun (s, x) -> match x with Some (_, lr, step) -> $"s{s}: lr {lr:G3}, step {step}" | None -> $"s{s}: none")
+                    let where =
+                        b.PerSeed |> List.map (fun (s, x) ->
+                            match x with
+                            | Some (_, _, 0) -> $"s{s}: the base"
+                            | Some (_, lr, step) -> $"s{s}: lr {lr:G3}, step {step}"
+                            | None -> $"s{s}: none")
                     let places = String.Join("; ", where)
                     $"{f4 b.Mean} ({places})"
                 | None -> "–"
@@ -174,7 +179,9 @@ let markdown (e: Experiment) (methods: Method list) (lrs: float list) (seeds: in
     let sb = Text.StringBuilder()
     let line (s: string) = sb.AppendLine(s) |> ignore
     let lrText, seedText = String.Join(", ", lrs |> List.map (fun l -> l.ToString("G3"))), String.Join(", ", seeds)
-    line $"### Learning–forgetting frontier on {e.Data.Name} ({e.Model.Label}; learning rates {lrText}, Lion at {Method.Lion.LrScale}×, LoRA at {MoFO.Training.Methods.LoraLrScale}×; seeds {seedText})"
+    let scaled = methods |> List.filter (fun m -> m.LrScale <> 1.0) |> List.map (fun m -> $"{m.Label} at {m.LrScale}×")
+    let scaledText = if scaled.IsEmpty then "" else ", " + String.Join(", ", scaled)
+    line $"### Learning–forgetting frontier on {e.Data.Name} ({e.Model.Label}; learning rates {lrText}{scaledText}; seeds {seedText})"
     line ""
     line ("Methods: " + String.Join(", ", methods |> List.map (fun m -> m.Label)) + ".")
     line ""

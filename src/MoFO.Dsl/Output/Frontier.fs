@@ -109,8 +109,8 @@ let dominatedBy (by: Method) (points: Point list) (m: Method) =
 type WithinBudget =
     { Method: Method
       Budget: float
-      /// per seed: (the best task loss, the learning rate, the step of that model), or None when no model of the seed
-      /// stays within the budget
+      /// per seed: (the best task loss, the learning rate the method ran at (`Recipe.lrFor`), the step of that model:
+      /// 0 is the base), or None when no model of the seed stays within the budget
       PerSeed: (int * (float * float * int) option) list
       /// the mean over the seeds that have one (NaN when none has)
       Mean: float }
@@ -135,7 +135,7 @@ let withinBudget (budget: float) (points: Point list) (m: Method) =
                 [ for p in mine do
                     if p.Seed = s then
                         for loss, forget, step in budgetCandidates p do
-                            if Double.IsFinite loss && Double.IsFinite forget && forget <= budget then yield loss, p.Lr, step ]
+                            if Double.IsFinite loss && Double.IsFinite forget && forget <= budget then yield loss, p.Lr * p.Method.LrScale, step ]
             s, (if within.IsEmpty then None else Some (List.minBy (fun (l, _, _) -> l) within)) ]
     let found = per |> List.choose (fun (_, b) -> b |> Option.map (fun (l, _, _) -> l))
     { Method = m; Budget = budget; PerSeed = per; Mean = (if found.IsEmpty then nan else List.average found) }
