@@ -149,10 +149,14 @@ public sealed class ForgettingWatch
         return values;
     }
 
+    /// <summary>The benchmark items a watch scores, read once per run (not at every watch).</summary>
+    readonly Dictionary<(string Name, int Items), List<McItem>> _items = new();
+
     /// <summary>Zero-shot acc_norm of the first <paramref name="n"/> test items of a benchmark, in points.</summary>
     double Accuracy(string name, int n)
     {
-        var items = Arc.Read(DataRoot.Require(Benchmarks[name])).Take(n).ToList();
+        if (!_items.TryGetValue((name, n), out var items))
+            _items[(name, n)] = items = Arc.Read(DataRoot.Require(Benchmarks[name])).Take(n).ToList();
         return 100 * new MultipleChoiceEvaluator().Evaluate(_lm, name.Replace('-', '_'), items).AccNorm;
     }
 
